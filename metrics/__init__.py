@@ -1,0 +1,1 @@
+"""Every Shardflow metric, defined once; exporters and the SQL that reads shard figures."""

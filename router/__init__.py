@@ -1,0 +1,1 @@
+"""HTTP router (aiohttp): hashes workflow IDs onto slots and slots onto shards."""

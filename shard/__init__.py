@@ -1,0 +1,1 @@
+"""Everything that runs against one shard: schema, runtime, executor, GC, client."""

@@ -1,0 +1,240 @@
+"""Async client for one shard: start, inspect, wait for, cancel and signal workflows.
+
+``start(..., conn=conn)`` enqueues inside the caller's own open transaction on the
+shard, so application data and the workflow start commit together (or neither).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from shard import codec
+from shard.dbfaults import is_unavailable
+from shard.errors import (
+    ResultTimeoutError,
+    ShardflowError,
+    ShardUnavailableError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+    from_postgres,
+)
+from shard.queries import query
+from shard.sdk import WorkflowDef
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    workflow: str
+    input: Any
+    id: str | None = None
+    routing_key: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    id: str
+    slot: int
+    status: str
+    created: bool
+    conflict: bool
+
+
+def workflow_name(workflow: str | WorkflowDef) -> str:
+    return workflow.name if isinstance(workflow, WorkflowDef) else workflow
+
+
+async def start_many_on(
+    conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest]
+) -> list[StartResult]:
+    """One round trip: validate, encode and start a batch on one shard."""
+    inputs = [codec.dumps(r.input, f"the input of workflow {r.workflow}") for r in requests]
+    ids = [r.id if r.id is not None else uuid.uuid4().hex for r in requests]
+    try:
+        rows = await conn.fetch(
+            query("workflow_start_many"),
+            ids,
+            [r.workflow for r in requests],
+            inputs,
+            [r.routing_key for r in requests],
+            [None] * len(requests),
+            [r.timeout for r in requests],
+        )
+    except Exception as exc:
+        raise translate(exc) from exc
+    return [StartResult(*row) for row in rows]
+
+
+def translate(exc: BaseException) -> BaseException:
+    mapped = from_postgres(exc)
+    if mapped is not None:
+        return mapped
+    if is_unavailable(exc):
+        return ShardUnavailableError(f"the shard is unavailable: {exc!r}")
+    return exc
+
+
+class ShardClient:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self.pool = pool
+        self._dsn = dsn
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._notified = asyncio.Event()
+
+    @classmethod
+    async def connect(cls, dsn: str, *, pool_size: int = 4) -> ShardClient:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        except Exception as exc:
+            raise translate(exc) from exc
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        await self.pool.close()
+
+    async def __aenter__(self) -> ShardClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def start(
+        self, workflow: str | WorkflowDef, input: Any = None, *, id: str | None = None,
+        routing_key: str | None = None, timeout: float | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> str:
+        """Start a workflow; idempotent by ``id`` (same input: the existing instance)."""
+        request = StartRequest(workflow_name(workflow), input, id, routing_key, timeout)
+        (result,) = await start_many_on(conn or self.pool, [request])
+        if result.conflict:
+            raise WorkflowConflictError(
+                f"workflow ID {result.id!r} already exists with another name or input; "
+                "use a new ID to start another instance",
+                id=result.id,
+            )
+        return result.id
+
+    async def start_many(
+        self, requests: Sequence[StartRequest], *, conn: asyncpg.Connection | None = None
+    ) -> list[StartResult]:
+        return await start_many_on(conn or self.pool, requests)
+
+    async def status(self, workflow_id: str) -> dict[str, Any]:
+        try:
+            text = await self.pool.fetchval(query("workflow_status"), workflow_id)
+        except Exception as exc:
+            raise translate(exc) from exc
+        if text is None:
+            raise WorkflowNotFoundError(f"unknown workflow ID {workflow_id!r}", id=workflow_id)
+        doc: dict[str, Any] = codec.loads(text)
+        return doc
+
+    async def cancel(self, workflow_id: str) -> str:
+        try:
+            return str(await self.pool.fetchval(query("workflow_cancel"), workflow_id))
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def send_event(
+        self, workflow_id: str, name: str, payload: Any = None, *, dedup_id: str | None = None
+    ) -> bool:
+        """Deliver an event; False when ``dedup_id`` was already delivered."""
+        text = codec.dumps(payload, f"the payload of event {name}")
+        try:
+            return bool(
+                await self.pool.fetchval(query("event_send"), workflow_id, name, text, dedup_id)
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def result(self, workflow_id: str, timeout: float | None = None) -> Any:
+        """The workflow's output once it finishes; raises for failed or cancelled ones."""
+        outcome = await self.wait(workflow_id, timeout)
+        error = codec.loads(outcome["error"])
+        if outcome["status"] == "failed":
+            raise WorkflowFailedError(
+                f"workflow {workflow_id} failed: {error.get('type')}: {error.get('message')}", error
+            )
+        if outcome["status"] == "cancelled":
+            raise WorkflowCancelledError(f"workflow {workflow_id} was cancelled", error)
+        return codec.loads(outcome["output"])
+
+    async def wait(self, workflow_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the workflow to finish; its {id, status, output, error} (JSON text)."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(workflow_id, []).append(fut)
+        self._ensure_watcher()
+        self._notified.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise ResultTimeoutError(
+                f"workflow {workflow_id} did not finish within {timeout} s", id=workflow_id
+            ) from None
+        finally:
+            waiters = self._waiters.get(workflow_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[workflow_id]
+
+    def _ensure_watcher(self) -> None:
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """One LISTEN connection and one batched query per wake-up serve every waiter."""
+        conn: asyncpg.Connection | None = None
+        try:
+            while True:
+                if conn is None or conn.is_closed():
+                    conn = await self._listen()
+                self._notified.clear()
+                if self._waiters:
+                    await self._check(list(self._waiters))
+                try:
+                    await asyncio.wait_for(self._notified.wait(), 1.0)
+                except TimeoutError:
+                    pass
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        try:
+            conn = await asyncpg.connect(self._dsn)
+            await conn.add_listener("shardflow_done", lambda *_: self._notified.set())
+            return conn
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            return None
+
+    async def _check(self, ids: list[str]) -> None:
+        try:
+            rows = await self.pool.fetch(query("workflow_outcomes"), ids)
+        except Exception as exc:
+            if is_unavailable(exc):
+                return
+            raise
+        for row in rows:
+            for fut in self._waiters.pop(row["id"], []):
+                if not fut.done():
+                    fut.set_result(dict(row))
+
+
+__all__ = ["ShardClient", "ShardflowError", "StartRequest", "StartResult"]

@@ -1,0 +1,277 @@
+"""The executor: claims runnable workflows of one shard and runs many at once.
+
+Liveness: a session advisory lock (``lock_key``) held on a dedicated connection,
+so peers know at once when this process is gone, plus a lease renewed by the
+heartbeat for when it is alive but stalled. Every write is fenced on the lease
+epoch, so a late write after either is rejected, never applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any
+
+import asyncpg
+
+from metrics.shard import ShardMetrics
+from shard.committer import GroupCommitter
+from shard.dbfaults import is_unavailable
+from shard.executor_settings import ExecutorSettings
+from shard.faults import Faults
+from shard.model import ClaimedWorkflow, History
+from shard.queries import query
+from shard.runner import WorkflowRunner
+from shard.sdk import Registry
+from shard.store import ShardStore
+
+log = logging.getLogger("shardflow.executor")
+GC_LOCK_KEY = 7358201947
+
+
+class Executor:
+    def __init__(
+        self, settings: ExecutorSettings, registry: Registry, *, faults: Faults | None = None,
+        metrics: ShardMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.faults = faults or Faults()
+        self.metrics = metrics or ShardMetrics(settings.shard)
+        self.owner = ""
+        self.lock_key = 0
+        self._new_identity()
+        self._pool: asyncpg.Pool | None = None
+        self._lock_conn: asyncpg.Connection | None = None
+        self._inflight: dict[str, tuple[asyncio.Task[None], int]] = {}
+        self._release: list[tuple[str, int]] = []
+        self._wake = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+        self.runner: WorkflowRunner | None = None
+
+    def _new_identity(self) -> None:
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.lock_key = secrets.randbits(62)
+
+    @property
+    def store(self) -> ShardStore:
+        assert self.runner is not None, "executor not started"
+        return self.runner.store
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        s = self.settings
+        delay = 0.1
+        while True:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    s.dsn, min_size=2, max_size=s.pool_size, command_timeout=60
+                )
+                break
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                log.warning("event=connect_failed retry_in=%.1f error=%r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        store = ShardStore(self._pool)
+        committer = GroupCommitter(store, self.faults, self.metrics)
+        self.runner = WorkflowRunner(store, committer, self.registry, self.faults, self.metrics)
+        await self._attach()
+        await store.registry_add(
+            [(w.name, w.version, w.timeout) for w in self.registry.workflows.values()]
+        )
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="claim"),
+            asyncio.create_task(self._maintenance_loop(), name="maintenance"),
+            asyncio.create_task(self._gc_loop(), name="gc"),
+        ]
+        log.info("event=executor_started owner=%s shard=%s workflows=%s", self.owner,
+                 s.shard, ",".join(sorted(self.registry.workflows)))
+
+    async def _attach(self) -> None:
+        """Open the liveness connection: advisory lock, registration, LISTEN."""
+        s = self.settings
+        conn = await asyncpg.connect(s.dsn)
+        await conn.execute(query("executor_lock"), self.lock_key)
+        await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
+        await conn.add_listener("shardflow_ready", self._on_notify)
+        self._lock_conn = conn
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop claiming, let running workflows finish up to the grace period, release the rest."""
+        self._stopping = True
+        self._wake.set()
+        self._capacity.set()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        running = [task for task, _ in self._inflight.values()]
+        if running:
+            await asyncio.wait(running, timeout=self.settings.shutdown_grace)
+        for task, _ in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if self.runner is not None:
+            try:
+                await self.runner.committer.drain()
+                await self._release_lost()
+                await self.store.executor_unregister(self.owner)
+            except Exception as exc:
+                log.warning("event=shutdown_incomplete error=%r", exc)
+        if self._lock_conn is not None:
+            await self._lock_conn.close()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("event=executor_stopped owner=%s", self.owner)
+
+    # -- claiming ---------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        s = self.settings
+        delay = 0.05
+        while not self._stopping:
+            free = s.concurrency - len(self._inflight)
+            if free <= 0:
+                self._capacity.clear()
+                await self._capacity.wait()
+                continue
+            limit = min(free, s.claim_batch)
+            self._wake.clear()
+            started = time.perf_counter()
+            try:
+                claimed = await self.store.workflow_claim_batch(self.owner, limit, s.lease_seconds)
+            except Exception as exc:
+                log.warning("event=claim_failed retry_in=%.2f error=%r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
+            self.metrics.claim_seconds.observe(time.perf_counter() - started)
+            self.metrics.claim_batch_size.observe(len(claimed))
+            if claimed:
+                await self._launch(claimed)
+            if len(claimed) < limit:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), s.poll_interval)
+                except TimeoutError:
+                    pass
+
+    async def _launch(self, claimed: list[ClaimedWorkflow]) -> None:
+        try:
+            histories = await self.store.history_for(claimed)
+        except Exception as exc:
+            log.warning("event=history_failed count=%d error=%r", len(claimed), exc)
+            self._release.extend((c.id, c.epoch) for c in claimed)
+            return
+        await self.faults.point("after_claim")
+        for c in claimed:
+            task = asyncio.create_task(self._execute(c, histories[c.id]))
+            self._inflight[c.id] = (task, c.epoch)
+        self.metrics.inflight.set(len(self._inflight))
+
+    async def _execute(self, claimed: ClaimedWorkflow, history: History) -> None:
+        assert self.runner is not None
+        try:
+            if not await self.runner.execute(claimed, history):
+                self._release.append((claimed.id, claimed.epoch))
+        except asyncio.CancelledError:
+            self._release.append((claimed.id, claimed.epoch))
+            raise
+        except Exception:
+            log.exception("event=runner_error workflow=%s", claimed.id)
+            self._release.append((claimed.id, claimed.epoch))
+        finally:
+            entry = self._inflight.get(claimed.id)
+            if entry is not None and entry[1] == claimed.epoch:
+                del self._inflight[claimed.id]
+            self.metrics.inflight.set(len(self._inflight))
+            self._capacity.set()
+
+    # -- maintenance ------------------------------------------------------------------------
+    async def _maintenance_loop(self) -> None:
+        s = self.settings
+        last_beat = time.monotonic()
+        while not self._stopping:
+            await asyncio.sleep(s.maintenance_interval)
+            try:
+                if self._lock_conn is None or self._lock_conn.is_closed():
+                    await self._reattach("liveness connection lost")
+                    last_beat = time.monotonic()
+                if time.monotonic() - last_beat >= s.lease_seconds / 3:
+                    if not await self.store.executor_heartbeat(self.owner, s.lease_seconds):
+                        await self._reattach("declared dead by a peer (lease expired)")
+                    last_beat = time.monotonic()
+                reclaimed = await self.store.reclaim_dead(self.owner, s.max_recovery_attempts)
+                if reclaimed:
+                    self.metrics.reclaimed.inc(reclaimed)
+                    log.info("event=reclaimed workflows=%d", reclaimed)
+                await self._release_lost()
+            except Exception as exc:
+                log.warning("event=maintenance_failed error=%r", exc)
+
+    async def _reattach(self, reason: str) -> None:
+        """Our identity is gone: drop every workflow in memory, come back as a new owner."""
+        log.warning("event=reattach owner=%s reason=%r inflight=%d", self.owner, reason,
+                    len(self._inflight))
+        for task, _ in list(self._inflight.values()):
+            task.cancel()
+        if self._lock_conn is not None and not self._lock_conn.is_closed():
+            await self._lock_conn.close()
+        self._lock_conn = None
+        self._new_identity()
+        await self._attach()
+
+    async def _release_lost(self) -> None:
+        if not self._release:
+            return
+        items, self._release = self._release, []
+        try:
+            count = await self.store.workflow_release_many(items)
+            log.info("event=released requested=%d released=%d", len(items), count)
+        except Exception:
+            self._release.extend(items)
+            raise
+
+    async def _gc_loop(self) -> None:
+        s = self.settings
+        while not self._stopping:
+            await asyncio.sleep(s.gc_interval)
+            try:
+                await self.collect_garbage()
+            except Exception as exc:
+                log.warning("event=gc_failed error=%r", exc)
+
+    async def collect_garbage(self) -> int:
+        """One GC run: batches of finished workflows past retention, each its own transaction."""
+        s = self.settings
+        started = time.perf_counter()
+        removed = 0
+        while True:
+            count = await self.store.gc_delete_batch(s.gc_retention, s.gc_batch, GC_LOCK_KEY)
+            if count is None:
+                break
+            removed += count
+            if count < s.gc_batch:
+                break
+            await asyncio.sleep(0)
+        self.metrics.gc_rows.inc(removed)
+        self.metrics.gc_seconds.observe(time.perf_counter() - started)
+        if removed:
+            log.info("event=gc removed=%d seconds=%.3f", removed, time.perf_counter() - started)
+        return removed

@@ -1,0 +1,151 @@
+"""Runs one claimed workflow instance and writes its outcome through the group committer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from metrics.shard import ShardMetrics
+from shard import codec
+from shard.dbfaults import is_unavailable
+from shard.errors import ShardUnavailableError, UnknownWorkflowError, WorkflowTimeoutError
+from shard.faults import Faults
+from shard.model import ClaimedWorkflow, FlushResult, History, StepRow, WorkflowRecord
+from shard.queries import query
+from shard.runtime import (
+    ControlFlow,
+    Fenced,
+    Suspend,
+    WorkflowCancelled,
+    WorkflowRun,
+    with_timeout,
+    error_record,
+)
+from shard.sdk import Registry, StepDef, WorkflowDef
+from shard.store import ShardStore
+
+log = logging.getLogger("shardflow.runner")
+
+
+class Lost(ControlFlow):
+    """A write's outcome is unknown (the shard went away); release and replay later."""
+
+
+class WorkflowRunner:
+    """Implements RunServices for the runs of one executor."""
+
+    def __init__(
+        self, store: ShardStore, committer: Any, registry: Registry, faults: Faults,
+        metrics: ShardMetrics,
+    ) -> None:
+        self.store = store
+        self.committer = committer
+        self.registry = registry
+        self.faults = faults
+        self.metrics = metrics
+        self.shard = metrics.shard
+
+    # -- RunServices ----------------------------------------------------------------
+    async def checkpoint(self, run: WorkflowRun, steps: list[StepRow], **state: Any) -> FlushResult:
+        record = WorkflowRecord(
+            run.id, run.epoch, next_seq=run.seq, seen_signal=run.claimed.signal_seq,
+            steps=steps, **state,
+        )
+        try:
+            result: FlushResult = await self.committer.submit(record)
+        except ShardUnavailableError:
+            raise Lost() from None
+        return result
+
+    async def transactional_step(
+        self, run: WorkflowRun, step: StepDef, seq: int, args: tuple[Any, ...],
+        kwargs: dict[str, Any], attempt: int, started: datetime,
+    ) -> tuple[Any, bool]:
+        try:
+            async with self.store.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(query("workflow_lock_for_step"), run.id, run.epoch, seq)
+                if row is None:
+                    self.metrics.fenced_writes.inc()
+                    raise Fenced()
+                value = await with_timeout(step.fn(conn, *args, **kwargs), step.timeout, step.name)
+                text = codec.dumps(value, f"the result of step {step.name}")
+                await self.faults.point("before_step_commit")
+                await conn.execute(
+                    query("step_insert"), run.id, seq, step.name, text, attempt, started
+                )
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise Lost() from exc
+            raise
+        await self.faults.point("after_step_commit")
+        return value, bool(row["cancel_requested"])
+
+    def step_retried(self, run: WorkflowRun, step: StepDef) -> None:
+        self.metrics.step_retries.labels(self.shard, run.claimed.name).inc()
+
+    # -- one instance -------------------------------------------------------------------
+    async def execute(self, claimed: ClaimedWorkflow, history: History) -> bool:
+        """Run until the workflow finishes or suspends; False if it must be released."""
+        run = WorkflowRun(claimed, history, self)
+        run.bind()
+        if claimed.next_seq == 0:
+            self.metrics.workflows_started.labels(self.shard, claimed.name).inc()
+        try:
+            state = await self._drive(run)
+            result = await self.checkpoint(run, state.pop("steps", []), **state)
+        except Fenced:
+            return True
+        except Lost:
+            return False
+        if result.applied and state["status"] in ("completed", "failed", "cancelled"):
+            self.metrics.workflows_completed.labels(self.shard, claimed.name, state["status"]).inc()
+            self.metrics.workflow_duration.labels(self.shard, claimed.name).observe(
+                max(0.0, time.time() - claimed.created_at.timestamp())
+            )
+        return True
+
+    async def _drive(self, run: WorkflowRun) -> dict[str, Any]:
+        claimed = run.claimed
+        definition = self.registry.get(claimed.name)
+        try:
+            if definition is None:
+                raise UnknownWorkflowError(
+                    f"this executor has no code for workflow {claimed.name!r} "
+                    f"(version {claimed.version}); start it with the app that defines it"
+                )
+            if claimed.cancel_requested:
+                raise WorkflowCancelled()
+            output = await self._call(run, definition)
+            if run.fatal is not None:
+                raise run.fatal
+            return {"status": "completed", "output": codec.dumps(output, "the workflow's result")}
+        except Suspend as s:
+            return {"status": s.status, "run_at": s.run_at, "steps": s.steps}
+        except WorkflowCancelled:
+            error = {"type": "Cancelled", "code": "cancelled", "message": "cancelled on request"}
+            return {"status": "cancelled", "error": codec.dumps(error, "error")}
+        except (Fenced, Lost):
+            raise
+        except Exception as exc:
+            failure = run.fatal if run.fatal is not None else exc
+            log.info("event=workflow_failed workflow=%s error=%r", run.id, failure)
+            return {"status": "failed", "error": codec.dumps(error_record(failure), "error")}
+
+    async def _call(self, run: WorkflowRun, definition: WorkflowDef) -> Any:
+        deadline = run.claimed.deadline
+        if deadline is None:
+            return await definition(run.ctx, codec.loads(run.claimed.input))
+        remaining = deadline.timestamp() - time.time()
+        message = f"workflow {definition.name} passed its deadline ({definition.timeout} s)"
+        if remaining <= 0:
+            raise WorkflowTimeoutError(message)
+        try:
+            async with asyncio.timeout(remaining) as scope:
+                return await definition(run.ctx, codec.loads(run.claimed.input))
+        except TimeoutError:
+            if scope.expired():
+                raise WorkflowTimeoutError(message) from None
+            raise

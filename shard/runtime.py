@@ -1,0 +1,318 @@
+"""Replay of one workflow instance: step calls, recorded values, timers and events.
+
+A workflow is re-run from the start each time it is claimed. Every step call,
+timer and recorded value takes the next position (``seq``); a position with a
+checkpoint returns what was recorded instead of running again, and a position
+recorded under another name is a NonDeterminismError naming both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+import time
+import traceback
+import uuid as _uuid
+from collections.abc import Awaitable, Coroutine
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shard import codec
+from shard.errors import (
+    EventTimeoutError,
+    NonDeterminismError,
+    NonRetryableError,
+    SerializationError,
+    StepFailedError,
+    StepTimeoutError,
+)
+from shard.model import ClaimedWorkflow, FlushResult, History, StepRow
+
+if TYPE_CHECKING:
+    from shard.sdk import StepDef
+
+_CURRENT: ContextVar[WorkflowRun | None] = ContextVar("shardflow_run", default=None)
+
+
+def current_run() -> WorkflowRun | None:
+    return _CURRENT.get()
+
+
+class ControlFlow(BaseException):  # noqa: N818 - control flow, not an error
+    """Unwinds workflow code; BaseException so ``except Exception`` cannot swallow it."""
+
+
+class Suspend(ControlFlow):
+    def __init__(self, status: str, run_at: datetime | None, steps: list[StepRow]) -> None:
+        super().__init__(status)
+        self.status, self.run_at, self.steps = status, run_at, steps
+
+
+class Fenced(ControlFlow):
+    """This executor's lease on the workflow is gone; drop it without writing."""
+
+
+class WorkflowCancelled(ControlFlow):
+    """Cancellation was requested; raised into workflow code at its next checkpoint."""
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "code": getattr(exc, "code", None),
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunServices(Protocol):
+    """What a run needs from its executor (the committer and the store)."""
+
+    async def checkpoint(
+        self, run: WorkflowRun, steps: list[StepRow], **state: Any
+    ) -> FlushResult: ...
+
+    async def transactional_step(
+        self, run: WorkflowRun, step: StepDef, seq: int, args: tuple[Any, ...],
+        kwargs: dict[str, Any], attempt: int, started: datetime,
+    ) -> tuple[Any, bool]: ...
+
+    def step_retried(self, run: WorkflowRun, step: StepDef) -> None: ...
+
+
+class WorkflowRun:
+    def __init__(self, claimed: ClaimedWorkflow, history: History, services: RunServices) -> None:
+        self.claimed = claimed
+        self.id = claimed.id
+        self.epoch = claimed.epoch
+        self.history = history
+        self.services = services
+        self.seq = 0
+        self.fatal: BaseException | None = None
+        self._event_counts: dict[str, int] = {}
+        self.ctx = Context(self)
+
+    def bind(self) -> object:
+        return _CURRENT.set(self)
+
+    def next_seq(self) -> int:
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    def recorded(self, seq: int, name: str) -> Any:
+        rec = self.history.steps.get(seq)
+        if rec is None:
+            return None
+        if rec.name != name:
+            err = NonDeterminismError(
+                f"workflow {self.claimed.name} (ID {self.id}) is not deterministic: at "
+                f"position {seq} the code now calls {name!r} but the recorded history has "
+                f"{rec.name!r}; keep code replay-stable or start a new workflow version",
+                recorded=rec.name,
+                called=name,
+                seq=seq,
+            )
+            self.fatal = err
+            raise err
+        return rec
+
+    async def save(self, steps: list[StepRow]) -> None:
+        result = await self.services.checkpoint(self, steps)
+        if not result.applied:
+            raise Fenced()
+        if result.cancel_requested:
+            raise WorkflowCancelled()
+
+    # -- steps -----------------------------------------------------------------
+    def call_step(
+        self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        return self._step(step, self.next_seq(), args, kwargs)
+
+    async def _step(
+        self, step: StepDef, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        rec = self.recorded(seq, step.name)
+        if rec is not None:
+            if rec.status == "failed":
+                error = codec.loads(rec.error) or {}
+                raise StepFailedError(_failed_message(step.name, error), error)
+            return codec.loads(rec.output)
+        started = utcnow()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if step.transactional:
+                    value, cancel = await self.services.transactional_step(
+                        self, step, seq, args, kwargs, attempt, started
+                    )
+                    if cancel:
+                        raise WorkflowCancelled()
+                    return value
+                value = await with_timeout(step.invoke(args, kwargs), step.timeout, step.name)
+            except (ControlFlow, SerializationError):
+                raise
+            except Exception as exc:
+                retryable = isinstance(exc, step.policy.retry_on) and not isinstance(
+                    exc, NonRetryableError | NonDeterminismError
+                )
+                if retryable and attempt <= step.policy.retries:
+                    self.services.step_retried(self, step)
+                    await asyncio.sleep(step.policy.delay(attempt))
+                    continue
+                error = error_record(exc)
+                error["attempts"] = attempt
+                row = StepRow(seq, step.name, "failed", None, codec.dumps(error, "error"),
+                              attempt, started)
+                await self.save([row])
+                raise StepFailedError(_failed_message(step.name, error), error) from exc
+            text = codec.dumps(value, f"the result of step {step.name}")
+            await self.save([StepRow(seq, step.name, "completed", text, None, attempt, started)])
+            return value
+
+    # -- recorded values, timers, events ------------------------------------------
+    async def record_value(self, name: str, make: Any) -> Any:
+        seq = self.next_seq()
+        rec = self.recorded(seq, name)
+        if rec is not None:
+            return codec.loads(rec.output)
+        value = make()
+        await self.save(
+            [StepRow(seq, name, "completed", codec.dumps(value, name), None, 1, utcnow())]
+        )
+        return value
+
+    def _wake_time(self, at: float) -> datetime:
+        deadline = self.claimed.deadline
+        moment = datetime.fromtimestamp(at, UTC)
+        return min(moment, deadline) if deadline is not None else moment
+
+    async def sleep_until(self, at: float) -> None:
+        seq = self.next_seq()
+        rec = self.recorded(seq, "ctx.sleep")
+        new: list[StepRow] = []
+        if rec is not None:
+            at = float(codec.loads(rec.output))
+        else:
+            new.append(StepRow(seq, "ctx.sleep", "completed", codec.dumps(at, "wake time"),
+                               None, 1, utcnow()))
+        if time.time() >= at:
+            if new:
+                await self.save(new)
+            return
+        raise Suspend("sleeping", self._wake_time(at), new)
+
+    async def wait_for_event(self, name: str, timeout: float | None) -> Any:
+        count = self._event_counts.get(name, 0)
+        self._event_counts[name] = count + 1
+        seq = self.next_seq()
+        rec = self.recorded(seq, "ctx.event_deadline")
+        new: list[StepRow] = []
+        if rec is not None:
+            deadline = codec.loads(rec.output)
+        else:
+            deadline = None if timeout is None else time.time() + timeout
+            new.append(StepRow(seq, "ctx.event_deadline", "completed",
+                               codec.dumps(deadline, "deadline"), None, 1, utcnow()))
+        seq = self.next_seq()
+        label = f"ctx.wait_for_event:{name}"
+        rec = self.recorded(seq, label)
+        if rec is not None:
+            outcome = codec.loads(rec.output)
+            if outcome.get("timeout"):
+                raise EventTimeoutError(f"no event {name!r} arrived within {timeout} s")
+            return outcome["payload"]
+        arrived = self.history.events.get(name, [])
+        if count < len(arrived):
+            payload = arrived[count]
+            new.append(StepRow(seq, label, "completed",
+                               codec.dumps({"payload": payload}, "event"), None, 1, utcnow()))
+            await self.save(new)
+            return payload
+        if deadline is not None and time.time() >= deadline:
+            new.append(StepRow(seq, label, "completed", '{"timeout":true}', None, 1, utcnow()))
+            await self.save(new)
+            raise EventTimeoutError(f"no event {name!r} arrived within {timeout} s")
+        run_at = None if deadline is None else self._wake_time(float(deadline))
+        raise Suspend("waiting", run_at, new)
+
+
+async def with_timeout(aw: Awaitable[Any], timeout: float | None, name: str) -> Any:
+    if timeout is None:
+        return await aw
+    try:
+        async with asyncio.timeout(timeout) as scope:
+            return await aw
+    except TimeoutError:
+        if scope.expired():
+            raise StepTimeoutError(f"step {name} did not finish within {timeout} s") from None
+        raise
+
+
+def _failed_message(name: str, error: dict[str, Any]) -> str:
+    return (f"step {name} failed after {error.get('attempts', 1)} attempt(s): "
+            f"{error.get('type')}: {error.get('message')}")
+
+
+class Context:
+    """What workflow code receives as ``ctx``; every method is replay-safe."""
+
+    def __init__(self, run: WorkflowRun) -> None:
+        self._run = run
+
+    @property
+    def workflow_id(self) -> str:
+        return self._run.id
+
+    @property
+    def workflow_name(self) -> str:
+        return self._run.claimed.name
+
+    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
+        """A durable timer: the instance is suspended, not held in memory."""
+        return self._run.sleep_until(time.time() + float(seconds))
+
+    def sleep_until(self, when: datetime) -> Coroutine[Any, Any, None]:
+        if when.tzinfo is None:
+            raise ValueError("sleep_until needs a timezone-aware datetime")
+        return self._run.sleep_until(when.timestamp())
+
+    def wait_for_event(self, name: str, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
+        """Return the payload of the next event ``name``; EventTimeoutError after ``timeout``."""
+        return self._run.wait_for_event(name, timeout)
+
+    async def now(self) -> datetime:
+        value = await self._run.record_value("ctx.now", time.time)
+        return datetime.fromtimestamp(float(value), UTC)
+
+    async def uuid(self) -> str:
+        return str(await self._run.record_value("ctx.uuid", lambda: str(_uuid.uuid4())))
+
+    async def random(self) -> float:
+        return float(await self._run.record_value("ctx.random", _random.random))
+
+    async def gather(self, *aws: Awaitable[Any]) -> list[Any]:
+        """Run steps concurrently; the first failure cancels the others and is raised."""
+        tasks = [asyncio.ensure_future(a) for a in aws]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            pending = [t for t in tasks if not t.done()]
+            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+            if failed or pending:
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        control = [t.exception() for t in failed if isinstance(t.exception(), ControlFlow)]
+        if control:
+            raise control[0]  # type: ignore[misc]
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+        return [t.result() for t in tasks]

@@ -1,0 +1,167 @@
+"""The programming model: ``@workflow`` and ``@step`` decorators and the registry.
+
+Decorators only describe; they register nothing globally. An executor builds a
+:class:`Registry` from the app modules it is given, by collecting the workflow
+definitions found in them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import types
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shard.errors import SettingsError
+from shard.runtime import current_run
+
+WorkflowFn = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.max_backoff, self.backoff * (2 ** (attempt - 1))))
+
+
+@dataclass(frozen=True)
+class StepDef:
+    name: str
+    fn: Callable[..., Any]
+    policy: RetryPolicy
+    timeout: float | None
+    transactional: bool
+    is_async: bool
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        run = current_run()
+        if run is None:
+            return self.call_direct(*args, **kwargs)
+        return run.call_step(self, args, kwargs)
+
+    async def call_direct(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the body once, outside any workflow (tests, scripts)."""
+        if self.transactional:
+            raise TypeError(f"transactional step {self.name} needs a connection: call it "
+                            "from a workflow")
+        return await self.invoke(args, kwargs)
+
+    async def invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.is_async:
+            return await self.fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(self.fn, *args, **kwargs))
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    name: str
+    version: str
+    fn: WorkflowFn
+    timeout: float | None = None
+
+    async def __call__(self, ctx: Any, input: Any) -> Any:
+        return await self.fn(ctx, input)
+
+
+def step(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    retries: int = 3,
+    backoff: float = 0.5,
+    max_backoff: float = 30.0,
+    timeout: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    transactional: bool = False,
+) -> Any:
+    """Declare a step: its result is checkpointed and returned as recorded on replay.
+
+    A plain step is at-least-once (retried ``retries`` times with exponential backoff
+    from ``backoff`` seconds, capped at ``max_backoff``, for exceptions in
+    ``retry_on``). A ``transactional`` step receives the asyncpg connection of the
+    checkpoint's transaction as its first argument: its writes and its checkpoint
+    commit together, exactly once.
+    """
+    if retries < 0 or backoff < 0 or max_backoff < 0 or (timeout is not None and timeout <= 0):
+        raise SettingsError("step retries, backoff and timeout must be positive numbers")
+    on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+
+    def wrap(f: Callable[..., Any]) -> StepDef:
+        is_async = inspect.iscoroutinefunction(f)
+        if transactional and not is_async:
+            raise SettingsError(f"transactional step {f.__qualname__} must be async def")
+        definition = StepDef(
+            name=name or f.__qualname__,
+            fn=f,
+            policy=RetryPolicy(retries, backoff, max_backoff, on),
+            timeout=timeout,
+            transactional=transactional,
+            is_async=is_async,
+        )
+        return definition
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def workflow(
+    fn: WorkflowFn | None = None,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    timeout: float | None = None,
+) -> Any:
+    """Declare a workflow: ``async def wf(ctx, input)``, replayed from its checkpoints."""
+    if timeout is not None and timeout <= 0:
+        raise SettingsError("workflow timeout must be a positive number of seconds")
+
+    def wrap(f: WorkflowFn) -> WorkflowDef:
+        if not inspect.iscoroutinefunction(f):
+            raise SettingsError(f"workflow {f.__qualname__} must be async def")
+        return WorkflowDef(name=name or f.__name__, version=str(version), fn=f, timeout=timeout)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+@dataclass
+class Registry:
+    """The workflows an executor can run, by name."""
+
+    workflows: dict[str, WorkflowDef] = field(default_factory=dict)
+
+    def add(self, definition: WorkflowDef) -> None:
+        existing = self.workflows.get(definition.name)
+        if existing is not None and existing is not definition:
+            raise SettingsError(f"workflow {definition.name} is defined twice")
+        self.workflows[definition.name] = definition
+
+    def get(self, name: str) -> WorkflowDef | None:
+        return self.workflows.get(name)
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[types.ModuleType | str]) -> Registry:
+        import importlib
+
+        registry = cls()
+        for module in modules:
+            mod = importlib.import_module(module) if isinstance(module, str) else module
+            for value in vars(mod).values():
+                if isinstance(value, WorkflowDef):
+                    registry.add(value)
+        return registry
+
+    @classmethod
+    def of(cls, *definitions: WorkflowDef) -> Registry:
+        registry = cls()
+        for definition in definitions:
+            registry.add(definition)
+        return registry

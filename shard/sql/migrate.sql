@@ -1,0 +1,18 @@
+-- Bootstrap of the migration runner (shard/migrate.py).
+
+-- name: bootstrap
+CREATE SCHEMA IF NOT EXISTS shardflow;
+CREATE TABLE IF NOT EXISTS shardflow.schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: lock
+SELECT pg_advisory_xact_lock(7358201946);
+
+-- name: applied
+SELECT version FROM shardflow.schema_migrations ORDER BY version;
+
+-- name: record
+INSERT INTO shardflow.schema_migrations (version, name) VALUES ($1, $2);

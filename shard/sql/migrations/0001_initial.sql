@@ -1,0 +1,106 @@
+-- 0001: the initial shard schema.
+
+CREATE SCHEMA IF NOT EXISTS shardflow;
+
+-- Cluster-level settings copied onto the shard (slot count, fixed at creation).
+CREATE TABLE shardflow.settings (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+INSERT INTO shardflow.settings (key, value) VALUES ('slots', '1024');
+
+-- Workflow names and versions the shard's executors can run (filled at executor start).
+CREATE TABLE shardflow.registry (
+    name text NOT NULL,
+    version text NOT NULL,
+    timeout_s double precision,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);
+
+-- Live executors: liveness is one advisory lock (lock_key) held by the executor's
+-- connection, plus a lease renewed by its heartbeat for a stalled but alive process.
+CREATE TABLE shardflow.executors (
+    owner text PRIMARY KEY,
+    lock_key bigint NOT NULL,
+    lease_until timestamptz NOT NULL,
+    host text NOT NULL DEFAULT '',
+    pid integer NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per workflow instance (the wide row; never scanned by the claim loop).
+CREATE TABLE shardflow.workflows (
+    id text PRIMARY KEY,
+    slot integer NOT NULL,
+    routing_key text NOT NULL,
+    name text NOT NULL,
+    version text NOT NULL,
+    status text NOT NULL,
+    input jsonb NOT NULL,
+    output jsonb,
+    error jsonb,
+    attempt integer NOT NULL DEFAULT 0,
+    next_seq integer NOT NULL DEFAULT 0,
+    signal_seq integer NOT NULL DEFAULT 0,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    priority integer NOT NULL DEFAULT 0,
+    wake_at timestamptz,
+    deadline timestamptz,
+    lease_owner text,
+    lease_epoch bigint NOT NULL DEFAULT 0,
+    lease_until timestamptz,
+    parent text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    CONSTRAINT workflows_status_check CHECK (status IN
+        ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled'))
+) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.02,
+        autovacuum_analyze_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);
+CREATE INDEX workflows_running_owner ON shardflow.workflows (lease_owner)
+    WHERE status = 'running';
+CREATE INDEX workflows_finished_at ON shardflow.workflows (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX workflows_created_at ON shardflow.workflows (created_at, id);
+
+-- Step checkpoints: one row per completed (or finally failed) step, timer or
+-- recorded value, keyed by the position (seq) of the call in the workflow's code.
+CREATE TABLE shardflow.steps (
+    workflow_id text NOT NULL,
+    seq integer NOT NULL,
+    name text NOT NULL,
+    status text NOT NULL,
+    output jsonb,
+    error jsonb,
+    attempts integer NOT NULL DEFAULT 1,
+    started_at timestamptz,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workflow_id, seq),
+    CONSTRAINT steps_status_check CHECK (status IN ('completed', 'failed'))
+) WITH (autovacuum_vacuum_scale_factor = 0.05);
+
+-- Events sent to workflows (human in the loop); the k-th wait for a name
+-- consumes the k-th event of that name. dedup_id delivers an event once.
+CREATE TABLE shardflow.events (
+    id bigserial PRIMARY KEY,
+    workflow_id text NOT NULL,
+    name text NOT NULL,
+    payload jsonb,
+    dedup_id text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_workflow ON shardflow.events (workflow_id, name, id);
+CREATE UNIQUE INDEX events_dedup ON shardflow.events (workflow_id, name, dedup_id)
+    WHERE dedup_id IS NOT NULL;
+
+-- The narrow hot queue executors claim from: one row per runnable or scheduled
+-- (timer) workflow; a row is deleted by the claim that takes it.
+CREATE TABLE shardflow.ready (
+    workflow_id text PRIMARY KEY,
+    slot integer NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    run_at timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0);
+CREATE INDEX ready_run_at ON shardflow.ready (run_at);

@@ -1,0 +1,169 @@
+-- Named queries of the shard runtime, loaded once by shard/queries.py and called
+-- by name. Every executor write is fenced on the workflow's lease epoch by an
+-- UPDATE of the workflow row that locks it, in the same statement as the write.
+
+-- name: executor_register
+INSERT INTO shardflow.executors (owner, lock_key, lease_until, host, pid)
+VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5)
+ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until;
+
+-- name: executor_heartbeat
+-- Renew the executor's lease; no row means peers declared it dead.
+UPDATE shardflow.executors SET lease_until = now() + make_interval(secs => $2)
+WHERE owner = $1
+RETURNING owner;
+
+-- name: executor_unregister
+DELETE FROM shardflow.executors WHERE owner = $1;
+
+-- name: executor_lock
+SELECT pg_advisory_lock($1);
+
+-- name: registry_add
+INSERT INTO shardflow.registry (name, version, timeout_s)
+SELECT * FROM unnest($1::text[], $2::text[], $3::double precision[])
+ON CONFLICT (name, version) DO UPDATE SET timeout_s = excluded.timeout_s;
+
+-- name: reclaim_dead
+SELECT shardflow.reclaim_dead($1, $2);
+
+-- name: workflow_claim_batch
+-- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds.
+WITH picked AS (
+    DELETE FROM shardflow.ready r
+    WHERE r.workflow_id IN (
+        SELECT q.workflow_id FROM shardflow.ready q
+        WHERE q.run_at <= now()
+        ORDER BY q.run_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING r.workflow_id
+)
+UPDATE shardflow.workflows w
+SET status = 'running', lease_owner = $1, lease_epoch = w.lease_epoch + 1,
+    lease_until = now() + make_interval(secs => $3), updated_at = now(), wake_at = NULL
+FROM picked
+WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
+RETURNING w.id, w.name, w.version, w.input::text AS input, w.lease_epoch, w.attempt,
+          w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at;
+
+-- name: steps_for_workflows
+SELECT workflow_id, seq, name, status, output::text AS output, error::text AS error
+FROM shardflow.steps WHERE workflow_id = ANY ($1::text[])
+ORDER BY workflow_id, seq;
+
+-- name: events_for_workflows
+SELECT workflow_id, name, payload::text AS payload
+FROM shardflow.events WHERE workflow_id = ANY ($1::text[])
+ORDER BY workflow_id, id;
+
+-- name: checkpoint_flush
+-- Group commit: the new state of many workflows and their step rows in one
+-- statement. Only rows whose lease epoch still matches are written; the result
+-- lists them. Suspended workflows go back to the ready queue at their timer, or
+-- at once when an event or a cancel arrived since the executor last looked.
+WITH wf_in AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::jsonb[], $5::jsonb[],
+                         $6::timestamptz[], $7::integer[], $8::integer[])
+        AS t(id, epoch, new_status, output, error, run_at, next_seq, seen_signal)
+), fenced AS (
+    UPDATE shardflow.workflows w
+    SET status = i.new_status,
+        output = i.output,
+        error = i.error,
+        next_seq = greatest(w.next_seq, i.next_seq),
+        wake_at = i.run_at,
+        lease_owner = CASE WHEN i.new_status = 'running' THEN w.lease_owner END,
+        lease_until = CASE WHEN i.new_status = 'running' THEN w.lease_until END,
+        finished_at = CASE WHEN i.new_status IN ('completed', 'failed', 'cancelled') THEN now() END,
+        updated_at = now()
+    FROM wf_in i
+    WHERE w.id = i.id AND w.lease_epoch = i.epoch AND w.status = 'running'
+    RETURNING w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
+              w.cancel_requested
+), st AS (
+    INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
+    SELECT s.workflow_id, s.seq, s.name, s.status, s.output, s.error, s.attempts, s.started_at
+    FROM unnest($9::text[], $10::integer[], $11::text[], $12::text[], $13::jsonb[], $14::jsonb[],
+                $15::integer[], $16::timestamptz[])
+        AS s(workflow_id, seq, name, status, output, error, attempts, started_at)
+    JOIN fenced f ON f.id = s.workflow_id
+    ON CONFLICT (workflow_id, seq) DO NOTHING
+), rdy AS (
+    INSERT INTO shardflow.ready (workflow_id, slot, run_at)
+    SELECT f.id, f.slot,
+           CASE WHEN f.signalled OR f.cancel_requested THEN now() ELSE f.run_at END
+    FROM fenced f
+    WHERE f.status IN ('sleeping', 'waiting')
+      AND (f.run_at IS NOT NULL OR f.signalled OR f.cancel_requested)
+    ON CONFLICT (workflow_id) DO UPDATE SET run_at = least(shardflow.ready.run_at, excluded.run_at)
+), done AS (
+    SELECT pg_notify('shardflow_done', '')
+    WHERE EXISTS (SELECT 1 FROM fenced WHERE status IN ('completed', 'failed', 'cancelled'))
+)
+SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fenced f;
+
+-- name: workflow_lock_for_step
+-- Fence a transactional step: lock the workflow row under the lease epoch.
+UPDATE shardflow.workflows SET next_seq = greatest(next_seq, $3 + 1), updated_at = now()
+WHERE id = $1 AND lease_epoch = $2 AND status = 'running'
+RETURNING cancel_requested;
+
+-- name: step_insert
+INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
+VALUES ($1, $2, $3, 'completed', $4::jsonb, NULL, $5, $6)
+ON CONFLICT (workflow_id, seq) DO NOTHING;
+
+-- name: workflow_release_many
+-- Give workflows back to the ready queue (shutdown, or a write whose outcome is unknown).
+WITH rel AS (
+    UPDATE shardflow.workflows w
+    SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+        lease_epoch = w.lease_epoch + 1, updated_at = now()
+    FROM unnest($1::text[], $2::bigint[]) AS i(id, epoch)
+    WHERE w.id = i.id AND w.lease_epoch = i.epoch AND w.status = 'running'
+    RETURNING w.id, w.slot
+), rdy AS (
+    INSERT INTO shardflow.ready (workflow_id, slot) SELECT rel.id, rel.slot FROM rel
+    ON CONFLICT (workflow_id) DO NOTHING
+)
+SELECT count(*) FROM rel;
+
+-- name: workflow_start_many
+SELECT id, slot, status, created, conflict
+FROM shardflow.start_workflows($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
+                               $6::double precision[]);
+
+-- name: workflow_status
+SELECT shardflow.workflow_status($1)::text;
+
+-- name: workflow_outcomes
+SELECT id, status, output::text AS output, error::text AS error
+FROM shardflow.workflows
+WHERE id = ANY ($1::text[]) AND status IN ('completed', 'failed', 'cancelled');
+
+-- name: workflow_cancel
+SELECT shardflow.cancel_workflow($1);
+
+-- name: event_send
+SELECT shardflow.send_event($1, $2, $3::jsonb, $4);
+
+-- name: gc_delete_batch
+-- Remove up to $2 workflows finished more than $1 seconds ago, with their rows.
+WITH doomed AS (
+    SELECT id FROM shardflow.workflows
+    WHERE finished_at < now() - make_interval(secs => $1)
+      AND status IN ('completed', 'failed', 'cancelled')
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), s AS (
+    DELETE FROM shardflow.steps st USING doomed d WHERE st.workflow_id = d.id
+), e AS (
+    DELETE FROM shardflow.events ev USING doomed d WHERE ev.workflow_id = d.id
+)
+DELETE FROM shardflow.workflows w USING doomed d WHERE w.id = d.id
+RETURNING w.id;
+
+-- name: gc_try_lock
+SELECT pg_try_advisory_xact_lock($1);

@@ -1,0 +1,104 @@
+"""The shard's storage interface: one narrow, batched set of noun-verb methods over asyncpg."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from shard import codec
+from shard.model import ClaimedWorkflow, History, RecordedStep, WorkflowRecord
+from shard.queries import query
+
+
+class ShardStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def executor_register(self, owner: str, lock_key: int, lease: float) -> None:
+        await self.pool.execute(
+            query("executor_register"), owner, lock_key, lease, socket.gethostname(), os.getpid()
+        )
+
+    async def executor_heartbeat(self, owner: str, lease: float) -> bool:
+        return await self.pool.fetchval(query("executor_heartbeat"), owner, lease) is not None
+
+    async def executor_unregister(self, owner: str) -> None:
+        await self.pool.execute(query("executor_unregister"), owner)
+
+    async def registry_add(self, names: Sequence[tuple[str, str, float | None]]) -> None:
+        await self.pool.execute(
+            query("registry_add"),
+            [n for n, _, _ in names],
+            [v for _, v, _ in names],
+            [t for _, _, t in names],
+        )
+
+    async def reclaim_dead(self, owner: str, max_attempts: int) -> int:
+        return int(await self.pool.fetchval(query("reclaim_dead"), owner, max_attempts))
+
+    async def workflow_claim_batch(
+        self, owner: str, limit: int, lease: float
+    ) -> list[ClaimedWorkflow]:
+        rows = await self.pool.fetch(query("workflow_claim_batch"), owner, limit, lease)
+        return [ClaimedWorkflow(*row) for row in rows]
+
+    async def history_for(self, claimed: Sequence[ClaimedWorkflow]) -> dict[str, History]:
+        """Recorded steps and events of the claimed workflows that have any."""
+        histories = {c.id: History() for c in claimed}
+        with_steps = [c.id for c in claimed if c.next_seq > 0]
+        with_events = [c.id for c in claimed if c.signal_seq > 0]
+        if with_steps:
+            for row in await self.pool.fetch(query("steps_for_workflows"), with_steps):
+                histories[row["workflow_id"]].steps[row["seq"]] = RecordedStep(
+                    row["seq"], row["name"], row["status"], row["output"], row["error"]
+                )
+        if with_events:
+            for row in await self.pool.fetch(query("events_for_workflows"), with_events):
+                events = histories[row["workflow_id"]].events
+                events.setdefault(row["name"], []).append(codec.loads(row["payload"]))
+        return histories
+
+    async def checkpoint_flush(self, records: Sequence[WorkflowRecord]) -> dict[str, bool]:
+        """Group-commit ``records``; returns {applied workflow ID: cancel requested}."""
+        steps = [(r.id, s) for r in records for s in r.steps]
+        args: list[list[Any]] = [
+            [r.id for r in records],
+            [r.epoch for r in records],
+            [r.status for r in records],
+            [r.output for r in records],
+            [r.error for r in records],
+            [r.run_at for r in records],
+            [r.next_seq for r in records],
+            [r.seen_signal for r in records],
+            [wid for wid, _ in steps],
+            [s.seq for _, s in steps],
+            [s.name for _, s in steps],
+            [s.status for _, s in steps],
+            [s.output for _, s in steps],
+            [s.error for _, s in steps],
+            [s.attempts for _, s in steps],
+            [s.started_at for _, s in steps],
+        ]
+        rows = await self.pool.fetch(query("checkpoint_flush"), *args)
+        return {row["id"]: row["cancel_requested"] for row in rows}
+
+    async def workflow_release_many(self, items: Sequence[tuple[str, int]]) -> int:
+        return int(
+            await self.pool.fetchval(
+                query("workflow_release_many"), [i for i, _ in items], [e for _, e in items]
+            )
+        )
+
+    async def gc_delete_batch(self, retention: float, limit: int, lock_key: int) -> int | None:
+        """Delete one batch; None when another executor holds the GC lock."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(query("gc_try_lock"), lock_key):
+                return None
+            rows = await conn.fetch(query("gc_delete_batch"), retention, limit)
+            return len(rows)
+
+

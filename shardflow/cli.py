@@ -1,0 +1,110 @@
+"""The ``shardflow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from shard.errors import ShardflowError
+
+
+def _install_loop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # uvloop is optional on platforms without it
+        pass
+
+
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    _install_loop()
+    return asyncio.run(main)
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _executor(args: argparse.Namespace) -> int:
+    from metrics.exporter import serve_metrics
+    from shard.executor import Executor
+    from shard.executor_settings import ExecutorSettings
+    from shard.faults import Faults
+    from shard.logs import configure
+    from shard.sdk import Registry
+
+    settings = ExecutorSettings.load(vars(args))
+    configure(settings.log_level)
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    executor = Executor(settings, Registry.from_modules(settings.app), faults=Faults.from_env())
+    stop = stop_event_on_signals()
+    runner = None
+    if settings.metrics_port is not None:
+        runner, port = await serve_metrics(
+            executor.metrics.registry, settings.metrics_host, settings.metrics_port
+        )
+        print(f"metrics http://{settings.metrics_host}:{port}/metrics", flush=True)
+    try:
+        await executor.run(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    return 0
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from shard.migrate import migrate
+
+    conn = await asyncpg.connect(args.dsn)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print(f"applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shard.executor_settings import ExecutorSettings
+
+    parser = argparse.ArgumentParser(prog="shardflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("executor", help="run workflows of one shard")
+    ExecutorSettings.add_arguments(p)
+    p.set_defaults(handler=_executor)
+
+    p = sub.add_parser("migrate", help="create or upgrade the schema of a shard")
+    p.add_argument("--dsn", required=True)
+    p.set_defaults(handler=_migrate)
+
+    from shardflow import bench, demo
+
+    demo.add_parser(sub)
+    bench.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = run_async(args.handler(args))
+    except ShardflowError as exc:
+        print(f"shardflow: error [{exc.code}]: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""`shardflow demo`: placeholder replaced below."""

@@ -1,0 +1,128 @@
+"""The engine end to end on one real shard with an in-process executor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from examples.bench import make_input
+from shardflow import (
+    InvalidWorkflowIdError,
+    SerializationError,
+    ShardClient,
+    StartRequest,
+    UnknownWorkflowError,
+    WorkflowConflictError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+
+
+async def test_w3_completes_and_records_three_steps(client: ShardClient, start_executor: Any):
+    await start_executor()
+    wid = await client.start("w3", make_input(1))
+    assert await client.result(wid, timeout=30) == {
+        "reserved": 1, "charged": 10.25, "notified": True,
+    }
+    doc = await client.status(wid)
+    assert doc["status"] == "completed"
+    assert [s["name"] for s in doc["steps"]] == ["reserve", "charge", "notify"]
+    assert all(s["status"] == "completed" and s["attempts"] == 1 for s in doc["steps"])
+    assert doc["workflow"] == "w3" and doc["version"] == "1"
+
+
+async def test_start_many_runs_every_workflow_once(client: ShardClient, start_executor: Any):
+    await start_executor()
+    results = await client.start_many([StartRequest("w3", make_input(i)) for i in range(300)])
+    assert len({r.id for r in results}) == 300 and all(r.created for r in results)
+    for r in results:
+        await client.result(r.id, timeout=60)
+    async with client.pool.acquire() as conn:
+        steps = await conn.fetchval("SELECT count(*) FROM shardflow.steps")
+        dupes = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT workflow_id, name FROM shardflow.steps "
+            "GROUP BY 1, 2 HAVING count(*) > 1) d"
+        )
+    assert steps == 900 and dupes == 0
+
+
+async def test_start_is_idempotent_by_id(client: ShardClient, start_executor: Any):
+    await start_executor()
+    first = await client.start("w3", make_input(7), id="order-7")
+    again = await client.start("w3", make_input(7), id="order-7")
+    assert first == again == "order-7"
+    with pytest.raises(WorkflowConflictError):
+        await client.start("w3", make_input(8), id="order-7")
+    await client.result("order-7", timeout=30)
+    async with client.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM shardflow.workflows") == 1
+
+
+async def test_start_inside_callers_transaction(client: ShardClient, start_executor: Any):
+    await start_executor()
+    async with client.pool.acquire() as conn:
+        await conn.execute("CREATE TABLE orders (id text primary key)")
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await conn.execute("INSERT INTO orders VALUES ('a')")
+                await client.start("w3", make_input(1), id="wf-a", conn=conn)
+                raise RuntimeError("application rolls back")
+        async with conn.transaction():
+            await conn.execute("INSERT INTO orders VALUES ('b')")
+            await client.start("w3", make_input(2), id="wf-b", conn=conn)
+    with pytest.raises(WorkflowNotFoundError):
+        await client.status("wf-a")
+    assert (await client.result("wf-b", timeout=30))["reserved"] == 2
+
+
+async def test_sql_api_starts_and_inspects(client: ShardClient, start_executor: Any):
+    await start_executor()
+    async with client.pool.acquire() as conn:
+        wid = await conn.fetchval(
+            "SELECT shardflow.start_workflow('w3', $1::jsonb, 'from-sql')",
+            '{"order_id": 5, "amount": 1.5, "pad": "p"}',
+        )
+        assert wid == "from-sql"
+        await client.result(wid, timeout=30)
+        doc = await conn.fetchval("SELECT shardflow.workflow_status('from-sql')::text")
+        assert '"status": "completed"' in doc
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.fetchval("SELECT shardflow.start_workflow('nope', '{}'::jsonb)")
+        assert info.value.sqlstate == "SF001"
+
+
+async def test_bad_input_is_refused_before_anything_is_written(
+    client: ShardClient, start_executor: Any
+):
+    await start_executor()
+    with pytest.raises(UnknownWorkflowError, match="unknown workflow 'nope'"):
+        await client.start("nope", {})
+    with pytest.raises(InvalidWorkflowIdError):
+        await client.start("w3", {}, id="")
+    with pytest.raises(InvalidWorkflowIdError):
+        await client.start("w3", {}, id="x" * 201)
+    with pytest.raises(SerializationError, match="input of workflow w3"):
+        await client.start("w3", {"when": object()})
+    with pytest.raises(SerializationError):
+        await client.start("w3", {"nan": float("nan")})
+    with pytest.raises(UnknownWorkflowError):
+        await client.start_many([StartRequest("w3", {}), StartRequest("nope", {})])
+    with pytest.raises(WorkflowNotFoundError):
+        await client.status("missing")
+    async with client.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM shardflow.workflows") == 0
+
+
+async def test_failed_step_fails_workflow_with_its_error(client: ShardClient, start_executor: Any):
+    await start_executor()
+    wid = await client.start("failing", None)
+    with pytest.raises(WorkflowFailedError) as info:
+        await client.result(wid, timeout=30)
+    assert info.value.error["type"] == "StepFailedError"
+    doc = await client.status(wid)
+    (row,) = doc["steps"]
+    assert row["status"] == "failed" and row["attempts"] == 1
+    assert row["error"]["type"] == "NonRetryableError"
+    assert "Traceback" in row["error"]["traceback"]
