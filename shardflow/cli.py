@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -44,8 +45,6 @@ async def _executor(args: argparse.Namespace) -> int:
 
     settings = ExecutorSettings.load(vars(args))
     configure(settings.log_level)
-    if "" not in sys.path:
-        sys.path.insert(0, "")
     executor = Executor(settings, Registry.from_modules(settings.app), faults=Faults.from_env())
     stop = stop_event_on_signals()
     runner = None
@@ -98,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # App modules (--app, the examples) are importable from the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

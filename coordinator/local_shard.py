@@ -1,0 +1,88 @@
+"""One local shard with real executor processes: used by `shardflow demo` and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from coordinator.launcher import LocalPostgres, PostgresServer
+from shard.migrate import migrate
+
+
+class LocalShard:
+    def __init__(self, data: Path, *, apps: list[str], durable: bool = True,
+                 database: str = "shardflow") -> None:
+        self.data = Path(data).absolute()
+        self.apps = apps
+        self.database = database
+        self.cluster = LocalPostgres(self.data, durable=durable)
+        self.server: PostgresServer | None = None
+        self.executors: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def dsn(self) -> str:
+        assert self.server is not None
+        return self.server.dsn(self.database)
+
+    async def start(self) -> None:
+        (self.server,) = self.cluster.start("shard0")
+        conn = await asyncpg.connect(self.server.dsn())
+        try:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", self.database
+            )
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    def spawn_executor(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "shardflow", "executor", "--dsn", self.dsn]
+        for app in self.apps:
+            args += ["--app", app]
+        log = open(self.data / f"executor-{len(self.executors)}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [*args, *extra], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})},
+        )
+        log.close()
+        self.executors.append(proc)
+        return proc
+
+    async def wait_registered(self, name: str, timeout: float = 30.0) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            for _ in range(int(timeout / 0.1)):
+                if await conn.fetchval("SELECT 1 FROM shardflow.registry WHERE name = $1", name):
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        raise TimeoutError(f"no executor registered workflow {name} within {timeout} s")
+
+    def stop_executors(self) -> None:
+        for proc in self.executors:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.executors:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.executors.clear()
+
+    def stop(self) -> None:
+        self.stop_executors()
+        self.cluster.stop()

@@ -1,0 +1,204 @@
+"""`shardflow bench engine|recovery`: measured figures, printed with a baseline from the same run.
+
+engine: W3 workflows started in batches against one local shard with one executor
+process, and the Postgres ceiling of the same server (pgbench doing what one
+workflow minimally needs). recovery: SIGKILL an executor under load and time how
+long its in-flight workflows take to checkpoint again on another executor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from coordinator.local_shard import LocalShard
+from examples.bench import make_input
+from shard.client import ShardClient, StartRequest
+
+CEILING_SCRIPT = """\
+INSERT INTO ceiling_wf (status, input) VALUES ('pending', '{"order_id": 1, "amount": 10.5, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}');
+INSERT INTO ceiling_steps (wf, seq, output) VALUES (currval('ceiling_wf_id_seq'), 0, '{"reserved": 1}');
+INSERT INTO ceiling_steps (wf, seq, output) VALUES (currval('ceiling_wf_id_seq'), 1, '{"charged": 10.5}');
+INSERT INTO ceiling_steps (wf, seq, output) VALUES (currval('ceiling_wf_id_seq'), 2, '{"notified": true}');
+UPDATE ceiling_wf SET status = 'completed', output = '{"ok": true}' WHERE id = currval('ceiling_wf_id_seq');
+"""  # noqa: E501
+
+CEILING_SCHEMA = """
+DROP TABLE IF EXISTS ceiling_wf, ceiling_steps;
+CREATE TABLE ceiling_wf (id bigserial PRIMARY KEY, status text NOT NULL, input jsonb NOT NULL,
+                         output jsonb, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE ceiling_steps (wf bigint NOT NULL, seq int NOT NULL, output jsonb,
+                            PRIMARY KEY (wf, seq));
+"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmarks (figures and a same-run baseline)")
+    which = p.add_subparsers(dest="bench", required=True)
+    e = which.add_parser("engine", help="W3 throughput of one shard vs the Postgres ceiling")
+    e.add_argument("--seconds", type=float, default=20.0)
+    e.add_argument("--queue", type=int, default=512, help="ready-queue depth kept by the loader")
+    e.add_argument("--executor-flag", action="append", default=[],
+                   help="extra flag for the executor, e.g. --executor-flag=--concurrency=1024")
+    e.set_defaults(handler=_engine)
+    r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
+    r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
+    r.set_defaults(handler=_recovery)
+
+
+async def _load(client: ShardClient, seconds: float, queue: int, batch: int = 256) -> int:
+    """Keep the ready queue near ``queue`` deep for ``seconds``; returns workflows started."""
+    started = 0
+    deadline = time.monotonic() + seconds
+    async with client.pool.acquire() as conn:
+        while time.monotonic() < deadline:
+            depth = await conn.fetchval("SELECT count(*) FROM shardflow.ready")
+            room = queue - depth
+            if room < batch // 4:
+                await asyncio.sleep(0.005)
+                continue
+            n = min(room, batch)
+            await client.start_many(
+                [StartRequest("w3", make_input(started + i)) for i in range(n)]
+            )
+            started += n
+    return started
+
+
+async def _window_stats(dsn: str, t0: float, t1: float) -> dict[str, float]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            """SELECT count(*) AS n,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) AS p50,
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) AS p99
+               FROM shardflow.workflows
+               WHERE status = 'completed' AND finished_at >= to_timestamp($1) AND finished_at < to_timestamp($2)""",  # noqa: E501
+            t0, t1,
+        )
+    finally:
+        await conn.close()
+    n = row["n"] or 0
+    return {"n": n, "wf_per_s": n / (t1 - t0), "p50_ms": float(row["p50"] or 0) * 1000,
+            "p99_ms": float(row["p99"] or 0) * 1000}
+
+
+def _pgbench(shard: LocalShard, seconds: float) -> float:
+    assert shard.server is not None
+    binary = shard.cluster.bindir / "pgbench"
+    path = str(binary) if binary.exists() else shutil.which("pgbench")
+    if path is None:
+        raise RuntimeError("pgbench not found")
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(CEILING_SCRIPT)
+    try:
+        out = subprocess.run(
+            [path, "-h", "127.0.0.1", "-p", str(shard.server.port), "-U", "postgres",
+             "-n", "-c", "32", "-j", "2", "-T", str(max(1, int(seconds))), "-f", f.name,
+             shard.database],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    match = re.search(r"tps = ([\d.]+)", out)
+    return float(match[1]) if match else 0.0
+
+
+async def _engine(args: argparse.Namespace) -> int:
+    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    shard = LocalShard(data, apps=["examples.bench"])
+    try:
+        await shard.start()
+        shard.spawn_executor(*args.executor_flag)
+        await shard.wait_registered("w3")
+        client = await ShardClient.connect(shard.dsn)
+        try:
+            print("warming up 3 s ...", flush=True)
+            await _load(client, 3.0, args.queue)
+            t0 = time.time()
+            started = await _load(client, args.seconds, args.queue)
+            t1 = time.time()
+        finally:
+            await client.close()
+        stats = await _window_stats(shard.dsn, t0, t1)
+        print(f"shardflow: {stats['wf_per_s']:.0f} wf/s  p50 {stats['p50_ms']:.1f} ms  "
+              f"p99 {stats['p99_ms']:.1f} ms  ({started} started in {t1 - t0:.1f} s)", flush=True)
+        shard.stop_executors()
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            await conn.execute(CEILING_SCHEMA)
+        finally:
+            await conn.close()
+        ceiling = _pgbench(shard, args.seconds)
+        print(f"postgres ceiling (pgbench -c 32 -j 2, 5 autocommit statements): "
+              f"{ceiling:.0f} wf/s", flush=True)
+    finally:
+        shard.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    result = {"workload": "W3", "wf_per_s": round(stats["wf_per_s"], 1),
+              "p50_ms": round(stats["p50_ms"], 2), "p99_ms": round(stats["p99_ms"], 2),
+              "ceiling_wf_per_s": round(ceiling, 1),
+              "ratio_to_ceiling": round(stats["wf_per_s"] / ceiling, 3) if ceiling else None}
+    print(json.dumps(result))
+    return 0
+
+
+async def _recovery(args: argparse.Namespace) -> int:
+    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    shard = LocalShard(data, apps=["examples.bench"])
+    try:
+        await shard.start()
+        victim = shard.spawn_executor()
+        await shard.wait_registered("w3")
+        survivor = shard.spawn_executor()
+        client = await ShardClient.connect(shard.dsn)
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            load = asyncio.create_task(_load(client, args.seconds + 10, 256))
+            await asyncio.sleep(args.seconds)
+            owner = await conn.fetchval(
+                "SELECT owner FROM shardflow.executors WHERE pid = $1", victim.pid
+            )
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.time()
+            inflight = [r["id"] for r in await conn.fetch(
+                "SELECT id FROM shardflow.workflows WHERE status = 'running' AND lease_owner = $1",
+                owner)]
+            resumed: dict[str, float] = {}
+            while len(resumed) < len(inflight) and time.time() - killed_at < 60:
+                rows = await conn.fetch(
+                    """SELECT workflow_id, extract(epoch FROM min(finished_at)) AS t
+                       FROM shardflow.steps WHERE workflow_id = ANY($1::text[])
+                         AND finished_at > to_timestamp($2) GROUP BY workflow_id""",
+                    inflight, killed_at)
+                resumed = {r["workflow_id"]: float(r["t"]) for r in rows}
+                await asyncio.sleep(0.02)
+            load.cancel()
+            await asyncio.gather(load, return_exceptions=True)
+        finally:
+            await conn.close()
+            await client.close()
+        del survivor
+        recovery = max(resumed.values()) - killed_at if resumed else None
+        print(f"killed executor had {len(inflight)} workflows in flight; "
+              f"{len(resumed)} resumed on the survivor", flush=True)
+    finally:
+        shard.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    print(json.dumps({"recovery_s": None if recovery is None else round(recovery, 3),
+                      "inflight": len(inflight), "resumed": len(resumed)}))
+    return 0
