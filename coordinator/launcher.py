@@ -92,7 +92,8 @@ def _pg_account() -> pwd.struct_passwd | None:
     except KeyError:
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         return pwd.getpwnam(PG_USER)
 
@@ -194,8 +195,12 @@ class LocalPostgres:
             args += ["-c", f"{key}={value}"]
         log = open(data / "server.log", "ab")  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: _demote(self.account), close_fds=True,  # noqa: PLW1509
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: _demote(self.account),
+            close_fds=True,
         )
         log.close()
         server = PostgresServer(name, data, port, process)
@@ -208,9 +213,20 @@ class LocalPostgres:
             os.chown(data, self.account.pw_uid, self.account.pw_gid)
         os.chmod(data, 0o700)
         result = subprocess.run(
-            [str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-             "-E", "UTF8", "--locale=C", "--no-sync"],
-            capture_output=True, preexec_fn=lambda: _demote(self.account),  # noqa: PLW1509
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            capture_output=True,
+            preexec_fn=lambda: _demote(self.account),
         )
         if result.returncode != 0:
             raise LauncherError(f"initdb failed for {data}: {result.stderr.decode()[-2000:]}")

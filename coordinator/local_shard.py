@@ -16,8 +16,9 @@ from shard.migrate import migrate
 
 
 class LocalShard:
-    def __init__(self, data: Path, *, apps: list[str], durable: bool = True,
-                 database: str = "shardflow") -> None:
+    def __init__(
+        self, data: Path, *, apps: list[str], durable: bool = True, database: str = "shardflow"
+    ) -> None:
         self.data = Path(data).absolute()
         self.apps = apps
         self.database = database
@@ -47,13 +48,18 @@ class LocalShard:
         finally:
             await conn.close()
 
-    def spawn_executor(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn_executor(
+        self, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "shardflow", "executor", "--dsn", self.dsn]
         for app in self.apps:
             args += ["--app", app]
         log = open(self.data / f"executor-{len(self.executors)}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [*args, *extra], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [*args, *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})},
         )
         log.close()

@@ -23,7 +23,8 @@ async def charge_payment(conn: asyncpg.Connection, order: dict[str, Any]) -> dic
     )
     await conn.execute(
         "INSERT INTO demo_charges (order_id, amount) VALUES ($1, $2)",
-        order["order_id"], order["amount"],
+        order["order_id"],
+        order["amount"],
     )
     return {"charged": order["amount"]}
 

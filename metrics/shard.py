@@ -9,7 +9,21 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -22,59 +36,82 @@ class ShardMetrics:
         self.workflows_started = Counter(
             "shardflow_workflows_started_total",
             "Workflow runs started by this executor (first claim of an instance).",
-            ["shard", "workflow"], registry=r,
+            ["shard", "workflow"],
+            registry=r,
         )
         self.workflows_completed = Counter(
             "shardflow_workflows_completed_total",
             "Workflows finished by this executor, by outcome.",
-            ["shard", "workflow", "outcome"], registry=r,
+            ["shard", "workflow", "outcome"],
+            registry=r,
         )
         self.workflow_duration = Histogram(
             "shardflow_workflow_duration_seconds",
             "Start (creation) to finish of workflows finished by this executor.",
-            ["shard", "workflow"], buckets=LATENCY_BUCKETS, registry=r,
+            ["shard", "workflow"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.step_duration = Histogram(
-            "shardflow_step_duration_seconds", "Duration of step executions.",
-            ["shard", "workflow"], buckets=LATENCY_BUCKETS, registry=r,
+            "shardflow_step_duration_seconds",
+            "Duration of step executions.",
+            ["shard", "workflow"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.step_retries = Counter(
-            "shardflow_step_retries_total", "Step attempts that failed and were retried.",
-            ["shard", "workflow"], registry=r,
+            "shardflow_step_retries_total",
+            "Step attempts that failed and were retried.",
+            ["shard", "workflow"],
+            registry=r,
         )
         self.claim_batch_size = Histogram(
-            "shardflow_claim_batch_size", "Workflows claimed per claim statement.",
-            buckets=BATCH_BUCKETS, registry=r,
+            "shardflow_claim_batch_size",
+            "Workflows claimed per claim statement.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.claim_seconds = Histogram(
-            "shardflow_claim_duration_seconds", "Latency of one claim statement.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "shardflow_claim_duration_seconds",
+            "Latency of one claim statement.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.checkpoint_batch_size = Histogram(
-            "shardflow_checkpoint_batch_size", "Workflow records per group-commit flush.",
-            buckets=BATCH_BUCKETS, registry=r,
+            "shardflow_checkpoint_batch_size",
+            "Workflow records per group-commit flush.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.checkpoint_seconds = Histogram(
             "shardflow_checkpoint_commit_duration_seconds",
             "Latency of one group-commit flush (one statement, one transaction).",
-            buckets=LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.fenced_writes = Counter(
             "shardflow_fenced_writes_total",
-            "Writes rejected because the workflow's lease epoch had changed.", registry=r,
+            "Writes rejected because the workflow's lease epoch had changed.",
+            registry=r,
         )
         self.reclaimed = Counter(
             "shardflow_lease_reclaims_total",
-            "Workflows taken back from dead or stalled executors.", registry=r,
+            "Workflows taken back from dead or stalled executors.",
+            registry=r,
         )
         self.inflight = Gauge(
-            "shardflow_executor_inflight_workflows", "Workflows held in memory now.", registry=r,
+            "shardflow_executor_inflight_workflows",
+            "Workflows held in memory now.",
+            registry=r,
         )
         self.gc_rows = Counter(
-            "shardflow_gc_workflows_removed_total", "Finished workflows removed by the GC.",
+            "shardflow_gc_workflows_removed_total",
+            "Finished workflows removed by the GC.",
             registry=r,
         )
         self.gc_seconds = Histogram(
-            "shardflow_gc_run_duration_seconds", "Duration of one GC run.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "shardflow_gc_run_duration_seconds",
+            "Duration of one GC run.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )

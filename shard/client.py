@@ -7,6 +7,7 @@ shard, so application data and the workflow start commit together (or neither).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,8 +114,13 @@ class ShardClient:
         await self.close()
 
     async def start(
-        self, workflow: str | WorkflowDef, input: Any = None, *, id: str | None = None,
-        routing_key: str | None = None, timeout: float | None = None,
+        self,
+        workflow: str | WorkflowDef,
+        input: Any = None,
+        *,
+        id: str | None = None,
+        routing_key: str | None = None,
+        timeout: float | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> str:
         """Start a workflow; idempotent by ``id`` (same input: the existing instance)."""
@@ -206,10 +212,8 @@ class ShardClient:
                 self._notified.clear()
                 if self._waiters:
                     await self._check(list(self._waiters))
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._notified.wait(), 1.0)
-                except TimeoutError:
-                    pass
         finally:
             if conn is not None:
                 await conn.close()

@@ -9,6 +9,7 @@ epoch, so a late write after either is rejected, never applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -35,7 +36,11 @@ GC_LOCK_KEY = 7358201947
 
 class Executor:
     def __init__(
-        self, settings: ExecutorSettings, registry: Registry, *, faults: Faults | None = None,
+        self,
+        settings: ExecutorSettings,
+        registry: Registry,
+        *,
+        faults: Faults | None = None,
         metrics: ShardMetrics | None = None,
     ) -> None:
         self.settings = settings
@@ -99,8 +104,12 @@ class Executor:
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
             asyncio.create_task(self._gc_loop(), name="gc"),
         ]
-        log.info("event=executor_started owner=%s shard=%s workflows=%s", self.owner,
-                 s.shard, ",".join(sorted(self.registry.workflows)))
+        log.info(
+            "event=executor_started owner=%s shard=%s workflows=%s",
+            self.owner,
+            s.shard,
+            ",".join(sorted(self.registry.workflows)),
+        )
 
     async def _attach(self) -> None:
         """Open the liveness connection: advisory lock, registration, LISTEN."""
@@ -167,10 +176,8 @@ class Executor:
             if claimed:
                 await self._launch(claimed)
             if len(claimed) < limit:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), s.poll_interval)
-                except TimeoutError:
-                    pass
 
     async def _launch(self, claimed: list[ClaimedWorkflow]) -> None:
         try:
@@ -227,8 +234,9 @@ class Executor:
 
     async def _reattach(self, reason: str) -> None:
         """Our identity is gone: drop every workflow in memory, come back as a new owner."""
-        log.warning("event=reattach owner=%s reason=%r inflight=%d", self.owner, reason,
-                    len(self._inflight))
+        log.warning(
+            "event=reattach owner=%s reason=%r inflight=%d", self.owner, reason, len(self._inflight)
+        )
         for task, _ in list(self._inflight.values()):
             task.cancel()
         if self._lock_conn is not None and not self._lock_conn.is_closed():

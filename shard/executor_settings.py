@@ -18,22 +18,26 @@ class ExecutorSettings(Settings):
         512, help="workflows held in memory at once; asyncio makes many cheap", minimum=1
     )
     claim_batch: int = setting(
-        128, help="workflows claimed per statement; large enough to amortise a round trip",
+        128,
+        help="workflows claimed per statement; large enough to amortise a round trip",
         minimum=1,
     )
     pool_size: int = setting(
-        6, help="Postgres connections of the pool (claims, flushes, transactional steps)",
+        6,
+        help="Postgres connections of the pool (claims, flushes, transactional steps)",
         minimum=2,
     )
     lease_seconds: float = setting(
-        15.0, help="lease of a stalled-but-alive executor; a dead one is detected at once",
+        15.0,
+        help="lease of a stalled-but-alive executor; a dead one is detected at once",
         minimum=0.5,
     )
     poll_interval: float = setting(
         0.1, help="fallback poll when no NOTIFY arrives (seconds)", minimum=0.005
     )
     maintenance_interval: float = setting(
-        0.25, help="how often to look for dead peers and renew the lease (seconds)",
+        0.25,
+        help="how often to look for dead peers and renew the lease (seconds)",
         minimum=0.01,
     )
     max_recovery_attempts: int = setting(

@@ -21,8 +21,8 @@ from shard.runtime import (
     Suspend,
     WorkflowCancelled,
     WorkflowRun,
-    with_timeout,
     error_record,
+    with_timeout,
 )
 from shard.sdk import Registry, StepDef, WorkflowDef
 from shard.store import ShardStore
@@ -38,7 +38,11 @@ class WorkflowRunner:
     """Implements RunServices for the runs of one executor."""
 
     def __init__(
-        self, store: ShardStore, committer: Any, registry: Registry, faults: Faults,
+        self,
+        store: ShardStore,
+        committer: Any,
+        registry: Registry,
+        faults: Faults,
         metrics: ShardMetrics,
     ) -> None:
         self.store = store
@@ -51,8 +55,12 @@ class WorkflowRunner:
     # -- RunServices ----------------------------------------------------------------
     async def checkpoint(self, run: WorkflowRun, steps: list[StepRow], **state: Any) -> FlushResult:
         record = WorkflowRecord(
-            run.id, run.epoch, next_seq=run.seq, seen_signal=run.claimed.signal_seq,
-            steps=steps, **state,
+            run.id,
+            run.epoch,
+            next_seq=run.seq,
+            seen_signal=run.claimed.signal_seq,
+            steps=steps,
+            **state,
         )
         try:
             result: FlushResult = await self.committer.submit(record)
@@ -61,8 +69,14 @@ class WorkflowRunner:
         return result
 
     async def transactional_step(
-        self, run: WorkflowRun, step: StepDef, seq: int, args: tuple[Any, ...],
-        kwargs: dict[str, Any], attempt: int, started: datetime,
+        self,
+        run: WorkflowRun,
+        step: StepDef,
+        seq: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        attempt: int,
+        started: datetime,
     ) -> tuple[Any, bool]:
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():

@@ -39,7 +39,7 @@ def current_run() -> WorkflowRun | None:
     return _CURRENT.get()
 
 
-class ControlFlow(BaseException):  # noqa: N818 - control flow, not an error
+class ControlFlow(BaseException):
     """Unwinds workflow code; BaseException so ``except Exception`` cannot swallow it."""
 
 
@@ -78,8 +78,14 @@ class RunServices(Protocol):
     ) -> FlushResult: ...
 
     async def transactional_step(
-        self, run: WorkflowRun, step: StepDef, seq: int, args: tuple[Any, ...],
-        kwargs: dict[str, Any], attempt: int, started: datetime,
+        self,
+        run: WorkflowRun,
+        step: StepDef,
+        seq: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        attempt: int,
+        started: datetime,
     ) -> tuple[Any, bool]: ...
 
     def step_retried(self, run: WorkflowRun, step: StepDef) -> None: ...
@@ -169,8 +175,9 @@ class WorkflowRun:
                     continue
                 error = error_record(exc)
                 error["attempts"] = attempt
-                row = StepRow(seq, step.name, "failed", None, codec.dumps(error, "error"),
-                              attempt, started)
+                row = StepRow(
+                    seq, step.name, "failed", None, codec.dumps(error, "error"), attempt, started
+                )
                 await self.save([row])
                 raise StepFailedError(_failed_message(step.name, error), error) from exc
             text = codec.dumps(value, f"the result of step {step.name}")
@@ -201,8 +208,11 @@ class WorkflowRun:
         if rec is not None:
             at = float(codec.loads(rec.output))
         else:
-            new.append(StepRow(seq, "ctx.sleep", "completed", codec.dumps(at, "wake time"),
-                               None, 1, utcnow()))
+            new.append(
+                StepRow(
+                    seq, "ctx.sleep", "completed", codec.dumps(at, "wake time"), None, 1, utcnow()
+                )
+            )
         if time.time() >= at:
             if new:
                 await self.save(new)
@@ -219,8 +229,17 @@ class WorkflowRun:
             deadline = codec.loads(rec.output)
         else:
             deadline = None if timeout is None else time.time() + timeout
-            new.append(StepRow(seq, "ctx.event_deadline", "completed",
-                               codec.dumps(deadline, "deadline"), None, 1, utcnow()))
+            new.append(
+                StepRow(
+                    seq,
+                    "ctx.event_deadline",
+                    "completed",
+                    codec.dumps(deadline, "deadline"),
+                    None,
+                    1,
+                    utcnow(),
+                )
+            )
         seq = self.next_seq()
         label = f"ctx.wait_for_event:{name}"
         rec = self.recorded(seq, label)
@@ -232,8 +251,17 @@ class WorkflowRun:
         arrived = self.history.events.get(name, [])
         if count < len(arrived):
             payload = arrived[count]
-            new.append(StepRow(seq, label, "completed",
-                               codec.dumps({"payload": payload}, "event"), None, 1, utcnow()))
+            new.append(
+                StepRow(
+                    seq,
+                    label,
+                    "completed",
+                    codec.dumps({"payload": payload}, "event"),
+                    None,
+                    1,
+                    utcnow(),
+                )
+            )
             await self.save(new)
             return payload
         if deadline is not None and time.time() >= deadline:
@@ -257,8 +285,10 @@ async def with_timeout(aw: Awaitable[Any], timeout: float | None, name: str) -> 
 
 
 def _failed_message(name: str, error: dict[str, Any]) -> str:
-    return (f"step {name} failed after {error.get('attempts', 1)} attempt(s): "
-            f"{error.get('type')}: {error.get('message')}")
+    return (
+        f"step {name} failed after {error.get('attempts', 1)} attempt(s): "
+        f"{error.get('type')}: {error.get('message')}"
+    )
 
 
 class Context:

@@ -13,7 +13,7 @@ import inspect
 import types
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from shard.errors import SettingsError
 from shard.runtime import current_run
@@ -51,8 +51,9 @@ class StepDef:
     async def call_direct(self, *args: Any, **kwargs: Any) -> Any:
         """Run the body once, outside any workflow (tests, scripts)."""
         if self.transactional:
-            raise TypeError(f"transactional step {self.name} needs a connection: call it "
-                            "from a workflow")
+            raise TypeError(
+                f"transactional step {self.name} needs a connection: call it from a workflow"
+            )
         return await self.invoke(args, kwargs)
 
     async def invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -73,8 +74,26 @@ class WorkflowDef:
         return await self.fn(ctx, input)
 
 
+@overload
+def step(fn: Callable[..., Any], /) -> StepDef: ...
+
+
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retries: int = 3,
+    backoff: float = 0.5,
+    max_backoff: float = 30.0,
+    timeout: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    transactional: bool = False,
+) -> Callable[[Callable[..., Any]], StepDef]: ...
+
+
 def step(
     fn: Callable[..., Any] | None = None,
+    /,
     *,
     name: str | None = None,
     retries: int = 3,
@@ -113,8 +132,19 @@ def step(
     return wrap(fn) if fn is not None else wrap
 
 
+@overload
+def workflow(fn: WorkflowFn, /) -> WorkflowDef: ...
+
+
+@overload
+def workflow(
+    *, name: str | None = None, version: str = "1", timeout: float | None = None
+) -> Callable[[WorkflowFn], WorkflowDef]: ...
+
+
 def workflow(
     fn: WorkflowFn | None = None,
+    /,
     *,
     name: str | None = None,
     version: str = "1",

@@ -100,5 +100,3 @@ class ShardStore:
                 return None
             rows = await conn.fetch(query("gc_delete_batch"), retention, limit)
             return len(rows)
-
-

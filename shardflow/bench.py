@@ -50,8 +50,12 @@ def add_parser(sub: Any) -> None:
     e = which.add_parser("engine", help="W3 throughput of one shard vs the Postgres ceiling")
     e.add_argument("--seconds", type=float, default=20.0)
     e.add_argument("--queue", type=int, default=512, help="ready-queue depth kept by the loader")
-    e.add_argument("--executor-flag", action="append", default=[],
-                   help="extra flag for the executor, e.g. --executor-flag=--concurrency=1024")
+    e.add_argument(
+        "--executor-flag",
+        action="append",
+        default=[],
+        help="extra flag for the executor, e.g. --executor-flag=--concurrency=1024",
+    )
     e.set_defaults(handler=_engine)
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
@@ -70,9 +74,7 @@ async def _load(client: ShardClient, seconds: float, queue: int, batch: int = 25
                 await asyncio.sleep(0.005)
                 continue
             n = min(room, batch)
-            await client.start_many(
-                [StartRequest("w3", make_input(started + i)) for i in range(n)]
-            )
+            await client.start_many([StartRequest("w3", make_input(started + i)) for i in range(n)])
             started += n
     return started
 
@@ -86,13 +88,19 @@ async def _window_stats(dsn: str, t0: float, t1: float) -> dict[str, float]:
                       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) AS p99
                FROM shardflow.workflows
                WHERE status = 'completed' AND finished_at >= to_timestamp($1) AND finished_at < to_timestamp($2)""",  # noqa: E501
-            t0, t1,
+            t0,
+            t1,
         )
     finally:
         await conn.close()
+    assert row is not None
     n = row["n"] or 0
-    return {"n": n, "wf_per_s": n / (t1 - t0), "p50_ms": float(row["p50"] or 0) * 1000,
-            "p99_ms": float(row["p99"] or 0) * 1000}
+    return {
+        "n": n,
+        "wf_per_s": n / (t1 - t0),
+        "p50_ms": float(row["p50"] or 0) * 1000,
+        "p99_ms": float(row["p99"] or 0) * 1000,
+    }
 
 
 def _pgbench(shard: LocalShard, seconds: float) -> float:
@@ -105,10 +113,28 @@ def _pgbench(shard: LocalShard, seconds: float) -> float:
         f.write(CEILING_SCRIPT)
     try:
         out = subprocess.run(
-            [path, "-h", "127.0.0.1", "-p", str(shard.server.port), "-U", "postgres",
-             "-n", "-c", "32", "-j", "2", "-T", str(max(1, int(seconds))), "-f", f.name,
-             shard.database],
-            capture_output=True, text=True, check=True,
+            [
+                path,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(shard.server.port),
+                "-U",
+                "postgres",
+                "-n",
+                "-c",
+                "32",
+                "-j",
+                "2",
+                "-T",
+                str(max(1, int(seconds))),
+                "-f",
+                f.name,
+                shard.database,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     finally:
         os.unlink(f.name)
@@ -134,8 +160,11 @@ async def _engine(args: argparse.Namespace) -> int:
         finally:
             await client.close()
         stats = await _window_stats(shard.dsn, t0, t1)
-        print(f"shardflow: {stats['wf_per_s']:.0f} wf/s  p50 {stats['p50_ms']:.1f} ms  "
-              f"p99 {stats['p99_ms']:.1f} ms  ({started} started in {t1 - t0:.1f} s)", flush=True)
+        print(
+            f"shardflow: {stats['wf_per_s']:.0f} wf/s  p50 {stats['p50_ms']:.1f} ms  "
+            f"p99 {stats['p99_ms']:.1f} ms  ({started} started in {t1 - t0:.1f} s)",
+            flush=True,
+        )
         shard.stop_executors()
         conn = await asyncpg.connect(shard.dsn)
         try:
@@ -143,15 +172,21 @@ async def _engine(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
         ceiling = _pgbench(shard, args.seconds)
-        print(f"postgres ceiling (pgbench -c 32 -j 2, 5 autocommit statements): "
-              f"{ceiling:.0f} wf/s", flush=True)
+        print(
+            f"postgres ceiling (pgbench -c 32 -j 2, 5 autocommit statements): {ceiling:.0f} wf/s",
+            flush=True,
+        )
     finally:
         shard.stop()
         shutil.rmtree(data, ignore_errors=True)
-    result = {"workload": "W3", "wf_per_s": round(stats["wf_per_s"], 1),
-              "p50_ms": round(stats["p50_ms"], 2), "p99_ms": round(stats["p99_ms"], 2),
-              "ceiling_wf_per_s": round(ceiling, 1),
-              "ratio_to_ceiling": round(stats["wf_per_s"] / ceiling, 3) if ceiling else None}
+    result = {
+        "workload": "W3",
+        "wf_per_s": round(stats["wf_per_s"], 1),
+        "p50_ms": round(stats["p50_ms"], 2),
+        "p99_ms": round(stats["p99_ms"], 2),
+        "ceiling_wf_per_s": round(ceiling, 1),
+        "ratio_to_ceiling": round(stats["wf_per_s"] / ceiling, 3) if ceiling else None,
+    }
     print(json.dumps(result))
     return 0
 
@@ -175,16 +210,23 @@ async def _recovery(args: argparse.Namespace) -> int:
             )
             os.kill(victim.pid, signal.SIGKILL)
             killed_at = time.time()
-            inflight = [r["id"] for r in await conn.fetch(
-                "SELECT id FROM shardflow.workflows WHERE status = 'running' AND lease_owner = $1",
-                owner)]
+            inflight = [
+                r["id"]
+                for r in await conn.fetch(
+                    "SELECT id FROM shardflow.workflows "
+                    "WHERE status = 'running' AND lease_owner = $1",
+                    owner,
+                )
+            ]
             resumed: dict[str, float] = {}
             while len(resumed) < len(inflight) and time.time() - killed_at < 60:
                 rows = await conn.fetch(
                     """SELECT workflow_id, extract(epoch FROM min(finished_at)) AS t
                        FROM shardflow.steps WHERE workflow_id = ANY($1::text[])
                          AND finished_at > to_timestamp($2) GROUP BY workflow_id""",
-                    inflight, killed_at)
+                    inflight,
+                    killed_at,
+                )
                 resumed = {r["workflow_id"]: float(r["t"]) for r in rows}
                 await asyncio.sleep(0.02)
             load.cancel()
@@ -194,11 +236,21 @@ async def _recovery(args: argparse.Namespace) -> int:
             await client.close()
         del survivor
         recovery = max(resumed.values()) - killed_at if resumed else None
-        print(f"killed executor had {len(inflight)} workflows in flight; "
-              f"{len(resumed)} resumed on the survivor", flush=True)
+        print(
+            f"killed executor had {len(inflight)} workflows in flight; "
+            f"{len(resumed)} resumed on the survivor",
+            flush=True,
+        )
     finally:
         shard.stop()
         shutil.rmtree(data, ignore_errors=True)
-    print(json.dumps({"recovery_s": None if recovery is None else round(recovery, 3),
-                      "inflight": len(inflight), "resumed": len(resumed)}))
+    print(
+        json.dumps(
+            {
+                "recovery_s": None if recovery is None else round(recovery, 3),
+                "inflight": len(inflight),
+                "resumed": len(resumed),
+            }
+        )
+    )
     return 0

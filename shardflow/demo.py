@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,15 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=_demo)
 
 
+def _absolute(path: str) -> Path:
+    return Path(os.path.abspath(path))
+
+
 async def _demo(args: argparse.Namespace) -> int:
     console = Console()
-    shard = LocalShard(Path(args.data), apps=["examples.bench", "examples.orders"])
-    console.print(f"[bold]starting a local shard[/] (data in {Path(args.data).absolute()})")
+    data = _absolute(args.data)
+    shard = LocalShard(data, apps=["examples.bench", "examples.orders"])
+    console.print(f"[bold]starting a local shard[/] (data in {data})")
     try:
         await shard.start()
         for _ in range(args.executors):
@@ -50,29 +56,41 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _run_load(console: Console, client: ShardClient, dsn: str, total: int) -> None:
     stamp = int(time.time())
     order_id = f"demo-order-{stamp}"
-    await client.start("order_fulfillment", {"order_id": order_id, "amount": 42.0,
-                                              "items": ["book", "lamp"]}, id=order_id)
+    await client.start(
+        "order_fulfillment",
+        {"order_id": order_id, "amount": 42.0, "items": ["book", "lamp"]},
+        id=order_id,
+    )
     t0 = time.time()
     started = 0
     conn = await asyncpg.connect(dsn)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             starting = progress.add_task("started  ", total=total)
             finishing = progress.add_task("completed", total=total)
             done = 0
             while done < total:
                 if started < total:
                     n = min(500, total - started)
-                    await client.start_many([
-                        StartRequest("w3", make_input(i), id=f"demo-{stamp}-{i}")
-                        for i in range(started, started + n)
-                    ])
+                    await client.start_many(
+                        [
+                            StartRequest("w3", make_input(i), id=f"demo-{stamp}-{i}")
+                            for i in range(started, started + n)
+                        ]
+                    )
                     started += n
                     progress.update(starting, completed=started)
                 done = await conn.fetchval(
                     "SELECT count(*) FROM shardflow.workflows WHERE name = 'w3' "
-                    "AND status = 'completed' AND created_at >= to_timestamp($1)", t0)
+                    "AND status = 'completed' AND created_at >= to_timestamp($1)",
+                    t0,
+                )
                 progress.update(finishing, completed=done)
                 await asyncio.sleep(0.1)
         elapsed = time.time() - t0
@@ -80,7 +98,8 @@ async def _run_load(console: Console, client: ShardClient, dsn: str, total: int)
             """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) AS p50,
                       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) AS p99
                FROM shardflow.workflows WHERE name = 'w3' AND created_at >= to_timestamp($1)""",  # noqa: E501
-            t0)
+            t0,
+        )
     finally:
         await conn.close()
     order = await client.result(order_id, timeout=30)
@@ -89,6 +108,7 @@ async def _run_load(console: Console, client: ShardClient, dsn: str, total: int)
     table.add_column("value", justify="right")
     table.add_row("W3 workflows completed", str(total))
     table.add_row("throughput (start to last finish)", f"{total / elapsed:.0f} wf/s")
+    assert row is not None
     table.add_row("start-to-finish p50", f"{(row['p50'] or 0) * 1000:.1f} ms")
     table.add_row("start-to-finish p99", f"{(row['p99'] or 0) * 1000:.1f} ms")
     table.add_row("order_fulfillment result", str(order))

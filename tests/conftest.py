@@ -132,9 +132,17 @@ class ExecutorProcess:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
         full_env.pop("SHARDFLOW_FAULTS", None)
         full_env.update(env or {})
-        self.log = tempfile.NamedTemporaryFile(prefix="executor-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+            prefix="executor-", suffix=".log", delete=False
+        )
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     @property
     def pid(self) -> int:
@@ -162,8 +170,9 @@ class ExecutorProcess:
 def spawn_executor(dsn: str) -> Iterator[Callable[..., ExecutorProcess]]:
     procs: list[ExecutorProcess] = []
 
-    def spawn(app: str = "tests.apps.basic", env: dict[str, str] | None = None,
-              **flags: Any) -> ExecutorProcess:
+    def spawn(
+        app: str = "tests.apps.basic", env: dict[str, str] | None = None, **flags: Any
+    ) -> ExecutorProcess:
         proc = ExecutorProcess(dsn, app, env, **flags)
         procs.append(proc)
         return proc

@@ -24,7 +24,9 @@ async def test_w3_completes_and_records_three_steps(client: ShardClient, start_e
     await start_executor()
     wid = await client.start("w3", make_input(1))
     assert await client.result(wid, timeout=30) == {
-        "reserved": 1, "charged": 10.25, "notified": True,
+        "reserved": 1,
+        "charged": 10.25,
+        "notified": True,
     }
     doc = await client.status(wid)
     assert doc["status"] == "completed"

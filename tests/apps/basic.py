@@ -95,8 +95,14 @@ async def mixed(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
     stamp = await ctx.now()
     token = await ctx.uuid()
     roll = await ctx.random()
-    return {"total": total, "rows": rows, "pair": [a, b], "stamp": stamp.isoformat(),
-            "token": token, "roll": roll}
+    return {
+        "total": total,
+        "rows": rows,
+        "pair": [a, b],
+        "stamp": stamp.isoformat(),
+        "token": token,
+        "roll": roll,
+    }
 
 
 @workflow(name="sleeper")

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := shard router coordinator metrics shardflow
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck pytest bench clean
+
+run: install
+	$(BIN)/shardflow demo --data .shardflow
+
+test: install lint typecheck pytest
+
+install: $(STAMP)
+	@bash scripts/install-postgres.sh $(VENV)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy $(PACKAGES)
+
+pytest:
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/shardflow bench engine --seconds 20
+
+clean:
+	rm -rf $(VENV) .shardflow .mypy_cache .ruff_cache .pytest_cache
