@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,6 +180,10 @@ class LocalPostgres:
         return started
 
     def start_one(self, name: str) -> PostgresServer:
+        if threading.current_thread() is not threading.main_thread():
+            # The parent-death signal fires when the forking *thread* exits: a server
+            # started from a worker thread would die with that thread.
+            raise LauncherError("start Postgres servers from the main thread")
         data = self.root / name
         if not (data / "PG_VERSION").exists():
             self._initdb(data)
@@ -289,7 +294,9 @@ class LocalPostgres:
 
 
 def _port_free(port: int) -> bool:
+    """Whether nothing listens on the port (TIME_WAIT leftovers do not count, as for Postgres)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

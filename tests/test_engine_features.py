@@ -75,13 +75,17 @@ async def test_sync_transactional_parallel_and_recorded_values(
     assert out["total"] == 5 and out["rows"] == 1 and out["pair"] == ["left", "right"]
     names = [s["name"] for s in (await client.status(wid))["steps"]]
     assert names == [
-        "blocking_add", "record_row", "echo", "echo", "ctx.now", "ctx.uuid", "ctx.random",
+        "blocking_add",
+        "record_row",
+        "echo",
+        "echo",
+        "ctx.now",
+        "ctx.uuid",
+        "ctx.random",
     ]
 
 
-async def test_sleep_suspends_and_replays_recorded_values(
-    client: ShardClient, start_executor: Any
-):
+async def test_sleep_suspends_and_replays_recorded_values(client: ShardClient, start_executor: Any):
     executor = await start_executor()
     wid = await client.start("sleeper", {"seconds": 0.3})
     out = await client.result(wid, timeout=30)

@@ -1,0 +1,57 @@
+"""Workflows for the crash tests: effects whose exactly-once-ness the tests check."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import asyncpg
+
+from shardflow import Context, step, workflow
+
+
+@step
+async def plain(label: str, n: int) -> dict[str, Any]:
+    return {"label": label, "n": n}
+
+
+@step(transactional=True)
+async def insert_app_row(conn: asyncpg.Connection, workflow_id: str) -> int:
+    # app_rows has no unique constraint: a second insert would show as a duplicate.
+    await conn.execute("INSERT INTO app_rows (workflow_id) VALUES ($1)", workflow_id)
+    return 1
+
+
+@step
+async def pause(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@step
+async def maybe_die() -> str:
+    if os.environ.get("SHARDFLOW_TEST_KILL_IN_STEP") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@workflow(name="crashy")
+async def crashy(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
+    a = await plain("a", inp["n"])
+    rows = await insert_app_row(ctx.workflow_id)
+    b = await plain("b", inp["n"])
+    return {"a": a, "rows": rows, "b": b}
+
+
+@workflow(name="slow")
+async def slow(ctx: Context, inp: dict[str, Any]) -> int:
+    for _ in range(inp["steps"]):
+        await pause(inp["seconds"])
+    return int(inp["steps"])
+
+
+@workflow(name="killer")
+async def killer(ctx: Context, inp: Any) -> str:
+    return str(await maybe_die())

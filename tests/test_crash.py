@@ -1,0 +1,165 @@
+"""Crash tests with real executor processes killed with SIGKILL or stopped with SIGSTOP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.request
+from typing import Any
+
+import asyncpg
+import pytest
+
+from coordinator.launcher import LocalPostgres, free_port
+from shard.client import ShardClient, StartRequest
+from shard.errors import ShardUnavailableError
+from tests.conftest import ExecutorProcess
+from tests.waiting import until
+
+N = 120
+
+
+async def _exited(proc: ExecutorProcess) -> bool:
+    return proc.proc.poll() is not None
+
+
+async def _check_exactly_once(conn: asyncpg.Connection, ids: list[str]) -> None:
+    statuses = await conn.fetch("SELECT status, count(*) FROM shardflow.workflows GROUP BY 1")
+    assert {r["status"]: r["count"] for r in statuses} == {"completed": len(ids)}
+    per_wf = await conn.fetch("SELECT workflow_id, count(*) AS n FROM app_rows GROUP BY 1")
+    assert len(per_wf) == len(ids) and all(r["n"] == 1 for r in per_wf), "app row not once"
+    steps = await conn.fetch(
+        "SELECT workflow_id, array_agg(name ORDER BY seq) AS names FROM shardflow.steps GROUP BY 1"
+    )
+    assert len(steps) == len(ids)
+    assert all(r["names"] == ["plain", "insert_app_row", "plain"] for r in steps)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "before_checkpoint_commit=kill@4",
+        "after_checkpoint_commit=kill@4",
+        "before_step_commit=kill@10",
+        "after_step_commit=kill@10",
+    ],
+)
+async def test_sigkill_at_fault_point_loses_and_repeats_nothing(
+    dsn: str, client: ShardClient, spawn_executor: Any, fault: str
+):
+    async with client.pool.acquire() as conn:
+        await conn.execute("CREATE TABLE app_rows (workflow_id text NOT NULL)")
+    victim = spawn_executor("tests.apps.crash", env={"SHARDFLOW_FAULTS": fault})
+    async with client.pool.acquire() as conn:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
+        )
+    results = await client.start_many([StartRequest("crashy", {"n": i}) for i in range(N)])
+    await until(lambda: _exited(victim), what="the victim to hit its fault point")
+    assert victim.proc.returncode == -signal.SIGKILL
+    spawn_executor("tests.apps.crash")
+    ids = [r.id for r in results]
+    for wid in ids:
+        await client.result(wid, timeout=60)
+    async with client.pool.acquire() as conn:
+        await _check_exactly_once(conn, ids)
+        assert await conn.fetchval("SELECT max(attempt) FROM shardflow.workflows") == 1
+
+
+async def _metric(port: int, name: str) -> float:
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    text = await asyncio.to_thread(fetch)
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_stalled_executor_is_fenced_after_its_lease(client: ShardClient, spawn_executor: Any):
+    port = free_port()
+    stalled = spawn_executor("tests.apps.crash", lease_seconds=1.5, metrics_port=port)
+    async with client.pool.acquire() as conn:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
+        )
+        results = await client.start_many(
+            [StartRequest("slow", {"steps": 4, "seconds": 0.3}) for _ in range(20)]
+        )
+        await until(
+            lambda: conn.fetchval(
+                "SELECT count(*) = 20 FROM shardflow.workflows WHERE status = 'running'"
+            ),
+            what="all claimed",
+        )
+        stalled.signal(signal.SIGSTOP)
+        spawn_executor("tests.apps.crash", lease_seconds=1.5)
+        for r in results:
+            await client.result(r.id, timeout=60)
+        stalled.signal(signal.SIGCONT)
+        await until(lambda: _metric(port, "shardflow_fenced_writes_total"), what="fenced writes")
+        assert await conn.fetchval("SELECT max(attempt) FROM shardflow.workflows") == 1
+        dupes = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT workflow_id FROM shardflow.steps "
+            "GROUP BY 1 HAVING count(*) <> 4) d"
+        )
+        assert dupes == 0
+    assert "event=fenced_write" in stalled.output() or "reattach" in stalled.output()
+
+
+async def test_crash_looping_workflow_fails_after_max_recoveries(
+    client: ShardClient, spawn_executor: Any
+):
+    env = {"SHARDFLOW_TEST_KILL_IN_STEP": "1"}
+    first = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
+    async with client.pool.acquire() as conn:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
+        )
+    wid = await client.start("killer", None)
+    current = first
+    for _ in range(6):
+        await until(lambda: _settled(client, wid, current), what="a crash or the failure")
+        if (await client.status(wid))["status"] == "failed":
+            break
+        current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
+    doc = await _final(client, wid)
+    assert doc["status"] == "failed"
+    assert doc["error"]["type"] == "RecoveryLimitExceeded" and doc["attempt"] == 3
+
+
+async def _settled(client: ShardClient, wid: str, proc: ExecutorProcess) -> bool:
+    return proc.proc.poll() is not None or (await client.status(wid))["status"] == "failed"
+
+
+async def _final(client: ShardClient, wid: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        doc = await client.status(wid)
+        return doc if doc["status"] in ("failed", "completed") else None
+
+    result: dict[str, Any] = await until(done, what="the workflow to end")
+    return result
+
+
+async def test_executor_survives_postgres_restart(
+    pg_cluster: LocalPostgres, client: ShardClient, start_executor: Any, dsn: str
+):
+    await start_executor(app=["tests.apps.crash"], maintenance_interval=0.1)
+    async with client.pool.acquire() as conn:
+        await conn.execute("CREATE TABLE app_rows (workflow_id text NOT NULL)")
+    results = await client.start_many([StartRequest("crashy", {"n": i}) for i in range(200)])
+    pg_cluster.restart_one("shard0")  # blocks the loop (and the executor) briefly
+    batch = [StartRequest("crashy", {"n": i}, id=f"after-{i}") for i in range(50)]
+    for _ in range(5):  # pooled connections died with the server: a clear, retryable error
+        try:
+            more = await client.start_many(batch)  # idempotent by ID, so safe to retry
+            break
+        except ShardUnavailableError:
+            continue
+    ids = [r.id for r in results + more]
+    for wid in ids:
+        await client.result(wid, timeout=60)
+    async with client.pool.acquire() as conn:
+        await _check_exactly_once(conn, ids)
