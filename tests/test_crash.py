@@ -121,7 +121,7 @@ async def test_crash_looping_workflow_fails_after_max_recoveries(
     wid = await client.start("killer", None)
     current = first
     for _ in range(6):
-        await until(lambda: _settled(client, wid, current), what="a crash or the failure")
+        await until(lambda p=current: _settled(client, wid, p), what="a crash or the failure")
         if (await client.status(wid))["status"] == "failed":
             break
         current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
