@@ -27,6 +27,7 @@ from pathlib import Path
 from shard.errors import ShardflowError
 
 PG_USER = "shardflow"
+_DEBIAN_BIN = "/usr/lib/postgresql/15/bin"
 PR_SET_PDEATHSIG = 1
 
 # Tuned for many short transactions from few connections; durability stays on.
@@ -58,7 +59,7 @@ def find_bindir() -> Path:
     candidates: list[str] = []
     if os.environ.get("SHARDFLOW_PG_BIN"):
         candidates.append(os.environ["SHARDFLOW_PG_BIN"])
-    candidates.append("/usr/lib/postgresql/15/bin")
+    candidates.append(_DEBIAN_BIN)
     candidates.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
     found = shutil.which("postgres")
     if found:
@@ -113,14 +114,19 @@ def _reachable(path: Path, account: pwd.struct_passwd) -> bool:
 
 
 def _demote(account: pwd.struct_passwd | None) -> None:
-    """In the child: drop to the account, then ask for SIGTERM when the parent dies."""
+    """In the child: drop to the account, then ask for a fast shutdown when the parent dies."""
     if account is not None:
         os.setgroups([])
         os.setgid(account.pw_gid)
         os.setuid(account.pw_uid)
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGINT)
     os.setpgid(0, 0)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child (preexec_fn): receive ``sig`` when the parent thread dies (Linux)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, sig)
 
 
 @dataclass

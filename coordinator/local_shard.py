@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from coordinator.launcher import LocalPostgres, PostgresServer
+from coordinator.launcher import LocalPostgres, PostgresServer, die_with_parent
 from shard.migrate import migrate
 
 
@@ -61,6 +61,7 @@ class LocalShard:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})},
+            preexec_fn=die_with_parent,  # no executor outlives a killed launcher
         )
         log.close()
         self.executors.append(proc)

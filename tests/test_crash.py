@@ -163,3 +163,31 @@ async def test_executor_survives_postgres_restart(
         await client.result(wid, timeout=60)
     async with client.pool.acquire() as conn:
         await _check_exactly_once(conn, ids)
+
+
+async def test_sigterm_releases_leases_for_another_executor(
+    client: ShardClient, spawn_executor: Any
+):
+    first = spawn_executor("tests.apps.crash", shutdown_grace=0.2)
+    async with client.pool.acquire() as conn:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
+        )
+        results = await client.start_many(
+            [StartRequest("slow", {"steps": 5, "seconds": 0.2}) for _ in range(30)]
+        )
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.steps"), what="some progress"
+        )
+        first.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(first.proc.wait, 30) == 0
+        running = await conn.fetchval(
+            "SELECT count(*) FROM shardflow.workflows WHERE status = 'running'"
+        )
+        assert running == 0, "a stopped executor keeps no lease"
+        assert await conn.fetchval("SELECT count(*) FROM shardflow.executors") == 0
+        spawn_executor("tests.apps.crash")
+        for r in results:
+            assert await client.result(r.id, timeout=60) == 5
+        assert await conn.fetchval("SELECT max(attempt) FROM shardflow.workflows") == 0
+        assert await conn.fetchval("SELECT count(*) FROM shardflow.steps") == 150

@@ -1,0 +1,82 @@
+"""The local Postgres launcher: unprivileged servers, reuse on restart, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from coordinator.launcher import LocalPostgres
+from tests.conftest import ROOT
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+async def test_reuses_its_data_directory_across_restarts(tmp_path: Path):
+    base = tmp_path / "cluster"  # under pytest's 0700 folder: unreachable for other users
+    with LocalPostgres(base, durable=False) as cluster:
+        (server,) = cluster.start("s1")
+        port = server.port
+        conn = await asyncpg.connect(server.dsn())
+        await conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        await conn.close()
+        assert server.process is not None
+        if os.geteuid() == 0:
+            uid = Path(f"/proc/{server.process.pid}/status").read_text()
+            assert "Uid:\t0\t" not in uid, "postgres must not run as root"
+    with LocalPostgres(base, durable=False) as cluster:
+        (server,) = cluster.start("s1")
+        assert server.port == port
+        conn = await asyncpg.connect(server.dsn())
+        assert await conn.fetchval("SELECT v FROM kept") == 42
+        await conn.close()
+
+
+def test_killed_launcher_leaves_no_server(tmp_path: Path):
+    script = (
+        "import sys, time\n"
+        "from coordinator.launcher import LocalPostgres\n"
+        "c = LocalPostgres(sys.argv[1], durable=False)\n"
+        "(s,) = c.start('s1')\n"
+        "print(s.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "orphans")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    assert _alive(pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "postgres outlived its killed launcher"
+
+
+def test_missing_binaries_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from coordinator import launcher
+
+    monkeypatch.setattr(launcher.glob, "glob", lambda _: [])
+    monkeypatch.setattr(launcher.shutil, "which", lambda _: None)
+    monkeypatch.setattr(launcher, "_DEBIAN_BIN", str(tmp_path / "none"))
+    with pytest.raises(launcher.LauncherError, match="no Postgres server binaries"):
+        launcher.find_bindir()

@@ -1,0 +1,77 @@
+"""Settings: flags over environment over defaults; invalid values named at start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shard.errors import SettingsError
+from shard.executor_settings import ExecutorSettings
+from shard.faults import Faults
+from tests.conftest import ROOT
+
+
+def test_flags_override_environment_override_defaults():
+    env = {
+        "SHARDFLOW_DSN": "postgresql://env/db",
+        "SHARDFLOW_APP": "a.b,c.d",
+        "SHARDFLOW_CONCURRENCY": "64",
+    }
+    s = ExecutorSettings.load({"concurrency": "32"}, env=env)
+    assert s.dsn == "postgresql://env/db" and s.app == ["a.b", "c.d"] and s.concurrency == 32
+    assert s.poll_interval == 0.1 and s.metrics_port is None
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "setting"),
+    [
+        ({}, {"SHARDFLOW_APP": "x"}, "dsn"),
+        ({"dsn": "d"}, {}, "app"),
+        ({"dsn": "d", "app": ["x"], "concurrency": "many"}, {}, "concurrency"),
+        ({"dsn": "d", "app": ["x"], "concurrency": "0"}, {}, "concurrency"),
+        ({"dsn": "d", "app": ["x"]}, {"SHARDFLOW_POLL_INTERVAL": "nan"}, "poll_interval"),
+        ({"dsn": "d", "app": ["x"], "log_level": "loud"}, {}, "log_level"),
+        (
+            {"dsn": "d", "app": ["x"], "lease_seconds": "1", "maintenance_interval": "2"},
+            {},
+            "maintenance_interval",
+        ),
+    ],
+)
+def test_invalid_settings_name_the_setting(args: dict, env: dict, setting: str):
+    with pytest.raises(SettingsError) as info:
+        ExecutorSettings.load(args, env=env)
+    assert info.value.details["setting"] == setting
+    assert setting in str(info.value)
+
+
+def test_bad_fault_spec_is_refused():
+    with pytest.raises(SettingsError, match="fault"):
+        Faults.parse("nowhere=kill")
+
+
+def test_cli_reports_bad_settings_without_a_traceback():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "executor",
+            "--dsn",
+            "postgresql://x/y",
+            "--app",
+            "examples.bench",
+            "--concurrency",
+            "-3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2
+    assert "[invalid_setting]" in proc.stderr and "concurrency" in proc.stderr
+    assert "Traceback" not in proc.stderr
