@@ -35,8 +35,7 @@ async def test_reuses_its_data_directory_across_restarts(tmp_path: Path):
         await conn.close()
         assert server.process is not None
         if os.geteuid() == 0:
-            uid = Path(f"/proc/{server.process.pid}/status").read_text()
-            assert "Uid:\t0\t" not in uid, "postgres must not run as root"
+            assert os.stat(f"/proc/{server.process.pid}").st_uid != 0, "postgres ran as root"
     with LocalPostgres(base, durable=False) as cluster:
         (server,) = cluster.start("s1")
         assert server.port == port
