@@ -53,6 +53,12 @@ class ShardUnavailableError(ShardflowError):
     code = "shard_unavailable"
 
 
+class SlotMovedError(ShardflowError):
+    """The shard does not own the workflow's slot: refresh the slot map and retry."""
+
+    code = "slot_moved"
+
+
 class ResultTimeoutError(ShardflowError):
     code = "result_timeout"
 
@@ -111,6 +117,7 @@ _BY_SQLSTATE: dict[str, type[ShardflowError]] = {
     "SF003": WorkflowConflictError,
     "SF004": WorkflowNotFoundError,
     "SF005": WorkflowFinishedError,
+    "SF006": SlotMovedError,
 }
 
 

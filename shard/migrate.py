@@ -13,7 +13,7 @@ from importlib import resources
 
 import asyncpg
 
-from shard.queries import parse, sql_text
+from shard.queries import parse
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -25,8 +25,8 @@ class Migration:
     sql: str
 
 
-def migrations() -> list[Migration]:
-    folder = resources.files("shard").joinpath("sql", "migrations")
+def migrations(package: str = "shard") -> list[Migration]:
+    folder = resources.files(package).joinpath("sql", "migrations")
     found = []
     for entry in folder.iterdir():
         match = _FILE.match(entry.name)
@@ -36,19 +36,26 @@ def migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Bring the shard schema up to date; returns the versions applied now."""
-    q = parse(sql_text("migrate.sql"))
+async def migrate(conn: asyncpg.Connection, package: str = "shard") -> list[int]:
+    """Bring the schema of ``package`` (shard or coordinator) up to date.
+
+    Returns the versions applied now. The package's ``sql/functions.sql``, if any,
+    is re-applied every time.
+    """
+    sql = resources.files(package).joinpath("sql")
+    q = parse(sql.joinpath("migrate.sql").read_text(encoding="utf-8"))
     applied_now: list[int] = []
     async with conn.transaction():
         await conn.execute(q["lock"])
         await conn.execute(q["bootstrap"])
         done = {row["version"] for row in await conn.fetch(q["applied"])}
-        for migration in migrations():
+        for migration in migrations(package):
             if migration.version in done:
                 continue
             await conn.execute(migration.sql)
             await conn.execute(q["record"], migration.version, migration.name)
             applied_now.append(migration.version)
-        await conn.execute(sql_text("functions.sql"))
+        functions = sql.joinpath("functions.sql")
+        if functions.is_file():
+            await conn.execute(functions.read_text(encoding="utf-8"))
     return applied_now

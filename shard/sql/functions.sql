@@ -49,6 +49,20 @@ BEGIN
     FOR v_bad IN SELECT x FROM unnest(p_ids) AS x LOOP
         PERFORM shardflow.check_workflow_id(v_bad);
     END LOOP;
+    IF EXISTS (SELECT 1 FROM shardflow.slots) THEN
+        SELECT t.id INTO v_bad
+        FROM unnest(p_ids, p_routing_keys) AS t(id, routing_key)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM shardflow.slots s
+            WHERE s.slot = shardflow.slot_of(coalesce(t.routing_key, t.id), v_slots)
+              AND s.state = 'owned')
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'SF006', MESSAGE = format(
+                'the slot of workflow %s is not owned by this shard (moved or moving); '
+                'refresh the slot map and retry', quote_literal(v_bad));
+        END IF;
+    END IF;
     FOR v_bad IN SELECT x FROM unnest(p_routing_keys) AS x WHERE x IS NOT NULL LOOP
         IF length(v_bad) = 0 OR length(v_bad) > 200 THEN
             RAISE EXCEPTION USING ERRCODE = 'SF002', MESSAGE =

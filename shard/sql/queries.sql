@@ -167,3 +167,22 @@ RETURNING w.id;
 
 -- name: gc_try_lock
 SELECT pg_try_advisory_xact_lock($1);
+
+-- name: slots_own
+-- The catalog gave this shard these slots at these epochs.
+INSERT INTO shardflow.slots (slot, epoch)
+SELECT * FROM unnest($1::integer[], $2::bigint[])
+ON CONFLICT (slot) DO UPDATE SET epoch = excluded.epoch, state = 'owned';
+
+-- name: settings_set_slots
+UPDATE shardflow.settings SET value = $1::text WHERE key = 'slots';
+
+-- name: workflow_list
+-- One page of workflows after the cursor (created_at, id), optionally filtered.
+SELECT shardflow.workflow_status(w.id)::text AS doc, w.created_at, w.id
+FROM shardflow.workflows w
+WHERE (w.created_at, w.id) > ($1::timestamptz, $2::text)
+  AND ($3::text IS NULL OR w.status = $3)
+  AND ($4::text IS NULL OR w.name = $4)
+ORDER BY w.created_at, w.id
+LIMIT $5;

@@ -107,3 +107,12 @@ CREATE TABLE shardflow.ready (
 ) WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0);
 CREATE INDEX ready_run_at ON shardflow.ready (run_at);
+
+-- The slots this shard owns, with their epochs (set by the catalog).
+-- With no rows the shard is standalone and owns every slot.
+CREATE TABLE shardflow.slots (
+    slot integer PRIMARY KEY,
+    epoch bigint NOT NULL,
+    state text NOT NULL DEFAULT 'owned',
+    CONSTRAINT slots_state_check CHECK (state IN ('owned', 'moving'))
+);
