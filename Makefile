@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test install lint typecheck pytest bench clean
 
 run: install
-	$(BIN)/shardflow demo --data .shardflow
+	$(BIN)/shardflow dev --shards 3 --app examples.bench --app examples.orders --demo 3000
 
 test: install lint typecheck pytest
 

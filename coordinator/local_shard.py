@@ -11,8 +11,10 @@ from pathlib import Path
 
 import asyncpg
 
+from coordinator.catalog import ensure_database
 from coordinator.launcher import LocalPostgres, PostgresServer, die_with_parent
 from shard.migrate import migrate
+from shard.queries import query
 
 
 class LocalShard:
@@ -33,15 +35,7 @@ class LocalShard:
 
     async def start(self) -> None:
         (self.server,) = self.cluster.start("shard0")
-        conn = await asyncpg.connect(self.server.dsn())
-        try:
-            exists = await conn.fetchval(
-                "SELECT 1 FROM pg_database WHERE datname = $1", self.database
-            )
-            if not exists:
-                await conn.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            await conn.close()
+        await ensure_database(self.server.dsn(), self.database)
         conn = await asyncpg.connect(self.dsn)
         try:
             await migrate(conn)
@@ -71,7 +65,7 @@ class LocalShard:
         conn = await asyncpg.connect(self.dsn)
         try:
             for _ in range(int(timeout / 0.1)):
-                if await conn.fetchval("SELECT 1 FROM shardflow.registry WHERE name = $1", name):
+                if await conn.fetchval(query("registry_has"), name):
                     return
                 await asyncio.sleep(0.1)
         finally:

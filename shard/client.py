@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -94,9 +95,14 @@ class ShardClient:
         self._notified = asyncio.Event()
 
     @classmethod
-    async def connect(cls, dsn: str, *, pool_size: int = 4) -> ShardClient:
+    async def connect(
+        cls, dsn: str, *, pool_size: int = 4, min_size: int = 1, connect_timeout: float = 60.0
+    ) -> ShardClient:
+        """A pool on the shard; ``min_size=0`` connects lazily (a down shard fails per call)."""
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=pool_size, timeout=connect_timeout
+            )
         except Exception as exc:
             raise translate(exc) from exc
         return cls(pool, dsn)
@@ -148,6 +154,40 @@ class ShardClient:
             raise WorkflowNotFoundError(f"unknown workflow ID {workflow_id!r}", id=workflow_id)
         doc: dict[str, Any] = codec.loads(text)
         return doc
+
+    async def ping(self) -> bool:
+        """Whether the shard answers a query now."""
+        try:
+            await self.pool.fetchval(query("ping"))
+        except Exception:
+            return False
+        return True
+
+    async def locate(self, workflow_id: str) -> str | None:
+        """The workflow's status if this shard holds it, else None."""
+        try:
+            value = await self.pool.fetchval(query("workflow_locate"), workflow_id)
+        except Exception as exc:
+            raise translate(exc) from exc
+        return None if value is None else str(value)
+
+    async def list_page(
+        self,
+        *,
+        after: tuple[datetime, str] | None,
+        status: str | None,
+        workflow: str | None,
+        limit: int,
+    ) -> list[tuple[datetime, str, dict[str, Any]]]:
+        """A page of (created_at, id, status document) ordered by (created_at, id)."""
+        created, wid = after or (datetime.fromtimestamp(0, UTC), "")
+        try:
+            rows = await self.pool.fetch(
+                query("workflow_list"), created, wid, status, workflow, limit
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        return [(r["created_at"], r["id"], codec.loads(r["doc"])) for r in rows]
 
     async def cancel(self, workflow_id: str) -> str:
         try:

@@ -59,6 +59,22 @@ class SlotMovedError(ShardflowError):
     code = "slot_moved"
 
 
+class BadRequestError(ShardflowError):
+    code = "bad_request"
+
+
+class UnauthorizedError(ShardflowError):
+    code = "unauthorized"
+
+
+class RequestTooLargeError(ShardflowError):
+    code = "too_large"
+
+
+class OverloadedError(ShardflowError):
+    code = "overloaded"
+
+
 class ResultTimeoutError(ShardflowError):
     code = "result_timeout"
 

@@ -13,7 +13,10 @@ class ExecutorSettings(Settings):
     app: list[str] = setting(
         [], help="module(s) defining the workflows to run, e.g. examples.bench (repeatable)"
     )
-    shard: str = setting("0", help="shard name used in metrics and logs")
+    shard: str = setting("0", help="shard ID (as in the catalog), used in metrics and logs")
+    catalog: str | None = setting(
+        None, help="DSN of the cluster catalog, where the workflow names are registered"
+    )
     concurrency: int = setting(
         512, help="workflows held in memory at once; asyncio makes many cheap", minimum=1
     )

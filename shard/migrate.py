@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -36,7 +37,9 @@ def migrations(package: str = "shard") -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, package: str = "shard") -> list[int]:
+async def migrate(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any], package: str = "shard"
+) -> list[int]:
     """Bring the schema of ``package`` (shard or coordinator) up to date.
 
     Returns the versions applied now. The package's ``sql/functions.sql``, if any,

@@ -53,11 +53,50 @@ async def _executor(args: argparse.Namespace) -> int:
             executor.metrics.registry, settings.metrics_host, settings.metrics_port
         )
         print(f"metrics http://{settings.metrics_host}:{port}/metrics", flush=True)
+    await executor.start()
     try:
-        await executor.run(stop)
+        if settings.catalog is not None:
+            await _register_in_catalog(settings.catalog, settings.shard, executor)
+        await stop.wait()
     finally:
+        await executor.shutdown()
         if runner is not None:
             await runner.cleanup()
+    return 0
+
+
+async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
+    from coordinator.catalog import Catalog
+
+    catalog = await Catalog.connect(dsn, pool_size=1)
+    try:
+        names = [(w.name, w.version) for w in executor.registry.workflows.values()]
+        await catalog.registry_add(shard_id, names)
+    finally:
+        await catalog.close()
+
+
+async def _dev(args: argparse.Namespace) -> int:
+    from coordinator.dev import DevCluster, DevSettings
+    from shard.logs import configure
+    from shardflow.demo import print_welcome, run_demo
+
+    settings = DevSettings.load(vars(args))
+    configure("info")
+    stop = stop_event_on_signals()
+    cluster = DevCluster(settings)
+    try:
+        await cluster.start()
+        supervisor = asyncio.create_task(cluster.supervise(stop))
+        await cluster.wait_ready()
+        print_welcome(cluster)
+        if args.demo:
+            await run_demo(cluster.router_urls[0], args.demo, settings.token)
+            print("serving until Ctrl-C ...", flush=True)
+        await stop.wait()
+        await supervisor
+    finally:
+        cluster.stop()
     return 0
 
 
@@ -75,7 +114,27 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _router(args: argparse.Namespace) -> int:
+    from router.app import RouterServer
+    from router.settings import RouterSettings
+    from shard.logs import configure
+
+    settings = RouterSettings.load(vars(args))
+    configure(settings.log_level)
+    stop = stop_event_on_signals()
+    server = RouterServer(settings)
+    await server.start()
+    print(f"router {server.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from coordinator.dev import DevSettings
+    from router.settings import RouterSettings
     from shard.executor_settings import ExecutorSettings
 
     parser = argparse.ArgumentParser(prog="shardflow", description=__doc__)
@@ -85,13 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     ExecutorSettings.add_arguments(p)
     p.set_defaults(handler=_executor)
 
+    p = sub.add_parser("router", help="serve the HTTP API in front of the cluster")
+    RouterSettings.add_arguments(p)
+    p.set_defaults(handler=_router)
+
+    p = sub.add_parser("dev", help="run a whole local cluster (catalog, shards, executors, router)")
+    DevSettings.add_arguments(p)
+    p.add_argument("--demo", type=int, default=0, help="start this many demo workflows first")
+    p.set_defaults(handler=_dev)
+
     p = sub.add_parser("migrate", help="create or upgrade the schema of a shard")
     p.add_argument("--dsn", required=True)
     p.set_defaults(handler=_migrate)
 
-    from shardflow import bench, demo
+    from shardflow import bench
 
-    demo.add_parser(sub)
     bench.add_parser(sub)
     return parser
 

@@ -40,3 +40,12 @@ ON CONFLICT (name, version, shard_id) DO NOTHING;
 -- name: registry_list
 SELECT name, array_agg(DISTINCT version) AS versions, array_agg(DISTINCT shard_id) AS shards
 FROM catalog.registry GROUP BY name ORDER BY name;
+
+-- name: shard_set_dsn
+UPDATE catalog.shards SET dsn = $2 WHERE id = $1;
+
+-- name: registry_shards
+SELECT DISTINCT shard_id FROM catalog.registry;
+
+-- name: database_exists
+SELECT 1 FROM pg_database WHERE datname = $1;

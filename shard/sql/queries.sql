@@ -186,3 +186,12 @@ WHERE (w.created_at, w.id) > ($1::timestamptz, $2::text)
   AND ($4::text IS NULL OR w.name = $4)
 ORDER BY w.created_at, w.id
 LIMIT $5;
+
+-- name: workflow_locate
+SELECT status FROM shardflow.workflows WHERE id = $1;
+
+-- name: ping
+SELECT 1;
+
+-- name: registry_has
+SELECT 1 FROM shardflow.registry WHERE name = $1;

@@ -1,0 +1,217 @@
+"""`shardflow dev`: a whole local cluster (catalog, N shards, executors, router), supervised.
+
+Data lives under ``--data``; a second start on the same folder resumes the same
+cluster (recognised by the ``cluster.json`` marker it writes). A crashed child is
+restarted and logged; SIGINT/SIGTERM (also sent to the whole process group) stops
+everything cleanly, with no child restarted during shutdown and no server left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.catalog import Catalog, ensure_database
+from coordinator.launcher import LocalPostgres, die_with_parent, free_port
+from shard.settings import Settings, setting
+
+log = logging.getLogger("shardflow.dev")
+MARKER = "cluster.json"
+DATABASE = "shardflow"
+
+
+@dataclass(frozen=True)
+class DevSettings(Settings):
+    app: list[str] = setting([], help="app module(s) the executors load (repeatable)")
+    shards: int = setting(3, help="number of shard Postgres servers", minimum=1)
+    slots: int = setting(1024, help="hash slots, fixed when the cluster is created", minimum=1)
+    executors_per_shard: int = setting(1, help="executor processes per shard", minimum=1)
+    routers: int = setting(1, help="router processes (the first on --port)", minimum=1)
+    host: str = setting("127.0.0.1", help="address the router listens on")
+    port: int = setting(8080, help="port of the first router", minimum=0)
+    data: str = setting(".shardflow", help="folder holding the cluster (kept between runs)")
+    durable: bool = setting(True, help="fsync on (off only for throw-away test clusters)")
+    token: str | None = setting(None, help="bearer token the routers require (unset: none)")
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+@dataclass
+class DevCluster:
+    settings: DevSettings
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def __post_init__(self) -> None:
+        self.data = Path(os.path.abspath(self.settings.data))
+        self.pg = LocalPostgres(self.data, durable=self.settings.durable)
+        self.catalog_dsn = ""
+        self.shard_dsns: dict[str, str] = {}
+        self.router_urls: list[str] = []
+
+    async def start(self) -> None:
+        names = ["catalog"] + [f"shard{i}" for i in range(self.settings.shards)]
+        servers = {s.name: s for s in self.pg.start(*names)}
+        self.catalog_dsn = servers["catalog"].dsn(DATABASE)
+        self.shard_dsns = {n: servers[n].dsn(DATABASE) for n in names[1:]}
+        for server in servers.values():
+            await ensure_database(server.dsn(), DATABASE)
+        await self._ensure_cluster()
+        self._plan_children()
+        for child in self.children:
+            self._spawn(child)
+
+    async def _ensure_cluster(self) -> None:
+        marker = self.data / MARKER
+        catalog = await Catalog.connect(self.catalog_dsn)
+        try:
+            if marker.exists():
+                known = json.loads(marker.read_text())
+                for shard_id, dsn in self.shard_dsns.items():
+                    if shard_id in known["shards"]:
+                        await catalog.set_dsn(shard_id, dsn)
+                log.info("event=cluster_resumed data=%s", self.data)
+                return
+            await catalog.create(self.settings.slots)
+            for shard_id, dsn in self.shard_dsns.items():
+                await catalog.add_shard(shard_id, dsn)
+            await catalog.spread()
+            marker.write_text(
+                json.dumps({"slots": self.settings.slots, "shards": sorted(self.shard_dsns)})
+            )
+            log.info(
+                "event=cluster_created shards=%d slots=%d",
+                len(self.shard_dsns),
+                self.settings.slots,
+            )
+        finally:
+            await catalog.close()
+
+    def _plan_children(self) -> None:
+        s = self.settings
+        base = [sys.executable, "-m", "shardflow"]
+        apps = [arg for app in s.app for arg in ("--app", app)]
+        for shard_id, dsn in self.shard_dsns.items():
+            for i in range(s.executors_per_shard):
+                self.children.append(
+                    Child(
+                        f"executor-{shard_id}-{i}",
+                        [
+                            *base,
+                            "executor",
+                            "--dsn",
+                            dsn,
+                            "--shard",
+                            shard_id,
+                            "--catalog",
+                            self.catalog_dsn,
+                            *apps,
+                        ],
+                    )
+                )
+        for i in range(s.routers):
+            port = s.port if i == 0 else free_port()
+            self.router_urls.append(f"http://{s.host}:{port}")
+            tokens = ["--tokens", s.token] if s.token else []
+            self.children.append(
+                Child(
+                    f"router-{i}",
+                    [
+                        *base,
+                        "router",
+                        "--catalog",
+                        self.catalog_dsn,
+                        "--host",
+                        s.host,
+                        "--port",
+                        str(port),
+                        *tokens,
+                    ],
+                )
+            )
+
+    def _spawn(self, child: Child) -> None:
+        logs = self.data / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / f"{child.name}.log", "ab") as out:
+            child.process = subprocess.Popen(
+                child.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.getcwd()},
+                preexec_fn=die_with_parent,
+            )
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart crashed children until ``stop`` is set."""
+        while not stop.is_set():
+            for child in self.children:
+                if self.stopping or stop.is_set():
+                    break
+                if child.process is not None and child.process.poll() is not None:
+                    code = child.process.returncode
+                    child.restarts += 1
+                    log.warning(
+                        "event=child_exited child=%s code=%s restart=%d",
+                        child.name,
+                        code,
+                        child.restarts,
+                    )
+                    self._spawn(child)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    def stop(self) -> None:
+        self.stopping = True
+        running = [c.process for c in self.children if c.process and c.process.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.pg.stop()
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every router answers /readyz and every workflow name is registered."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with aiohttp.ClientSession() as http:
+            for url in self.router_urls:
+                while True:
+                    try:
+                        async with http.get(url + "/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if loop.time() > deadline:
+                        raise TimeoutError(f"router {url} not ready within {timeout} s")
+                    await asyncio.sleep(0.1)
+        catalog = await Catalog.connect(self.catalog_dsn, pool_size=1)
+        try:
+            while len(await catalog.registered_shards()) < len(self.shard_dsns):
+                if loop.time() > deadline:
+                    raise TimeoutError("executors did not register within the timeout")
+                await asyncio.sleep(0.1)
+        finally:
+            await catalog.close()

@@ -1,0 +1,151 @@
+"""The aiohttp application of the router, its middlewares and its process entry point."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from metrics.router import RouterMetrics
+from router import handlers
+from router.errors import HttpError, error_response, from_exception
+from router.settings import RouterSettings
+from router.view import ClusterView
+
+log = logging.getLogger("shardflow.router")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SETTINGS = web.AppKey("settings", RouterSettings)
+METRICS = web.AppKey("metrics", RouterMetrics)
+
+
+def openapi_document() -> dict[str, Any]:
+    text = resources.files("router").joinpath("openapi.json").read_text(encoding="utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Metrics, overload (429), auth (401) and the JSON error envelope for everything."""
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    started = time.perf_counter()
+    inflight = metrics.inflight._value.get()
+    metrics.inflight.inc()
+    try:
+        if inflight >= settings.max_inflight:
+            response: web.StreamResponse = error_response(
+                "overloaded", "too many requests in flight; retry after a moment"
+            )
+        elif not _authorised(request, settings):
+            response = error_response("unauthorized", "missing or wrong bearer token")
+        else:
+            response = await handler(request)
+    except Exception as exc:  # every error becomes a JSON answer, never a traceback
+        response = from_exception(exc)
+    finally:
+        metrics.inflight.dec()
+    metrics.request_duration.labels(_route_name(request), str(response.status)).observe(
+        time.perf_counter() - started
+    )
+    return response
+
+
+def _authorised(request: web.Request, settings: RouterSettings) -> bool:
+    if (
+        not settings.tokens
+        or not request.path.startswith("/v1/")
+        or request.path == ("/v1/openapi.json")
+    ):
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return any(hmac.compare_digest(token.strip(), t) for t in settings.tokens)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if not request.app[handlers.VIEW].ready:
+        raise HttpError("shard_unavailable", "no slot map loaded yet")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def build_app(
+    settings: RouterSettings, view: ClusterView, metrics: RouterMetrics
+) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[handlers.VIEW] = view
+    r = app.router
+    r.add_post("/v1/workflows", handlers.start)
+    r.add_get("/v1/workflows", handlers.list_workflows)
+    r.add_post("/v1/workflows/batch", handlers.start_batch)
+    r.add_get("/v1/workflows/{id}", handlers.get_workflow)
+    r.add_get("/v1/workflows/{id}/result", handlers.get_result)
+    r.add_post("/v1/workflows/{id}/events/{name}", handlers.send_event)
+    r.add_post("/v1/workflows/{id}/cancel", handlers.cancel)
+    r.add_get("/v1/cluster", handlers.cluster)
+    r.add_get("/v1/openapi.json", openapi)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+class RouterServer:
+    """A running router: the cluster view plus the HTTP site (used by the CLI and tests)."""
+
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.metrics = RouterMetrics()
+        self.view: ClusterView | None = None
+        self.runner: web.AppRunner | None = None
+        self.port = settings.port
+
+    async def start(self) -> None:
+        self.view = await ClusterView.open(self.settings, self.metrics)
+        app = build_app(self.settings, self.view, self.metrics)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        log.info("event=router_started url=http://%s:%d", self.settings.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.view is not None:
+            await self.view.close()

@@ -1,0 +1,238 @@
+"""``shardflow.Client``: the async Python client of the HTTP API, and a thin sync wrapper.
+
+Starts always carry a workflow ID (generated here when not given), so retrying a
+start after a 429/503 or a dropped connection can only ever yield one workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from shard import codec
+from shard.errors import (
+    BadRequestError,
+    InvalidWorkflowIdError,
+    OverloadedError,
+    RequestTooLargeError,
+    ResultTimeoutError,
+    ShardflowError,
+    ShardUnavailableError,
+    UnauthorizedError,
+    UnknownWorkflowError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowFailedError,
+    WorkflowFinishedError,
+    WorkflowNotFoundError,
+)
+
+ERRORS: dict[str, type[ShardflowError]] = {
+    "bad_request": BadRequestError,
+    "invalid_json": BadRequestError,
+    "unauthorized": UnauthorizedError,
+    "not_found": WorkflowNotFoundError,
+    "conflict": WorkflowConflictError,
+    "finished": WorkflowFinishedError,
+    "too_large": RequestTooLargeError,
+    "unknown_workflow": UnknownWorkflowError,
+    "invalid_id": InvalidWorkflowIdError,
+    "overloaded": OverloadedError,
+    "shard_unavailable": ShardUnavailableError,
+    "slot_moved": ShardUnavailableError,
+}
+RETRYABLE = (OverloadedError, ShardUnavailableError)
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        retries: int = 5,
+        backoff: float = 0.1,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=None, connect=10)
+            )
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        retry: bool = True,
+    ) -> tuple[int, Any]:
+        data = None if body is None else codec.dumps(body, "the request body")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._http().request(
+                    method,
+                    self.url + path,
+                    data=data,
+                    params=params,
+                    headers={"Content-Type": "application/json"} if data else None,
+                ) as resp:
+                    payload = json.loads(await resp.read() or b"null")
+                    if resp.status < 400:
+                        return resp.status, payload
+                    error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
+                    cls = ERRORS.get(error.get("code", ""), ShardflowError)
+                    exc: ShardflowError = cls(error.get("message", f"HTTP {resp.status}"))
+            except (TimeoutError, aiohttp.ClientConnectionError) as err:
+                exc = ShardUnavailableError(f"the router at {self.url} is unreachable: {err!r}")
+            if not (retry and isinstance(exc, RETRYABLE) and attempt <= self.retries):
+                raise exc
+            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        id: str | None = None,
+        routing_key: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"workflow": workflow, "input": input, "id": id or uuid.uuid4().hex}
+        if routing_key is not None:
+            body["routing_key"] = routing_key
+        _, doc = await self._call("POST", "/v1/workflows", body)
+        return dict(doc)
+
+    async def start_many(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Start a batch; items are start bodies ({workflow, input, id?, routing_key?})."""
+        batch = [{**item, "id": item.get("id") or uuid.uuid4().hex} for item in items]
+        _, doc = await self._call("POST", "/v1/workflows/batch", {"workflows": batch})
+        return list(doc["results"])
+
+    async def status(self, workflow_id: str) -> dict[str, Any]:
+        _, doc = await self._call("GET", f"/v1/workflows/{_quote(workflow_id)}")
+        return dict(doc)
+
+    async def wait(self, workflow_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Long-poll until the workflow finishes; its {id, status, output, error}."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - loop.time()))
+            code, doc = await self._call(
+                "GET", f"/v1/workflows/{_quote(workflow_id)}/result", params={"timeout": str(left)}
+            )
+            if code == 200:
+                return dict(doc)
+            if deadline is not None and loop.time() >= deadline:
+                raise ResultTimeoutError(
+                    f"workflow {workflow_id} did not finish within {timeout} s"
+                )
+
+    async def result(self, workflow_id: str, timeout: float | None = None) -> Any:
+        doc = await self.wait(workflow_id, timeout)
+        error = doc.get("error") or {}
+        if doc["status"] == "failed":
+            raise WorkflowFailedError(
+                f"workflow {workflow_id} failed: {error.get('type')}: {error.get('message')}", error
+            )
+        if doc["status"] == "cancelled":
+            raise WorkflowCancelledError(f"workflow {workflow_id} was cancelled", error)
+        return doc["output"]
+
+    async def send_event(
+        self, workflow_id: str, name: str, payload: Any = None, *, dedup_id: str | None = None
+    ) -> bool:
+        body: dict[str, Any] = {"payload": payload}
+        if dedup_id is not None:
+            body["id"] = dedup_id
+        _, doc = await self._call(
+            "POST", f"/v1/workflows/{_quote(workflow_id)}/events/{_quote(name)}", body
+        )
+        return bool(doc["delivered"])
+
+    async def cancel(self, workflow_id: str) -> str:
+        _, doc = await self._call("POST", f"/v1/workflows/{_quote(workflow_id)}/cancel")
+        return str(doc["status"])
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        params = {"limit": str(limit)}
+        for key, value in (("status", status), ("workflow", workflow), ("cursor", cursor)):
+            if value is not None:
+                params[key] = value
+        _, doc = await self._call("GET", "/v1/workflows", params=params)
+        return dict(doc)
+
+    async def cluster(self) -> dict[str, Any]:
+        _, doc = await self._call("GET", "/v1/cluster")
+        return dict(doc)
+
+
+def _quote(part: str) -> str:
+    from urllib.parse import quote
+
+    return quote(part, safe="")
+
+
+class SyncClient:
+    """Blocking wrapper for scripts: each call runs the async client on a private loop."""
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = Client(url, token)
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def start(self, workflow: str, input: Any = None, **kw: Any) -> dict[str, Any]:
+        return dict(self._run(self._client.start(workflow, input, **kw)))
+
+    def status(self, workflow_id: str) -> dict[str, Any]:
+        return dict(self._run(self._client.status(workflow_id)))
+
+    def result(self, workflow_id: str, timeout: float | None = None) -> Any:
+        return self._run(self._client.result(workflow_id, timeout))
+
+    def send_event(self, workflow_id: str, name: str, payload: Any = None, **kw: Any) -> bool:
+        return bool(self._run(self._client.send_event(workflow_id, name, payload, **kw)))
+
+    def cancel(self, workflow_id: str) -> str:
+        return str(self._run(self._client.cancel(workflow_id)))
+
+    def close(self) -> None:
+        self._run(self._client.close())
+        self._loop.close()

@@ -1,0 +1,207 @@
+"""The HTTP API v1 (see router/openapi.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from aiohttp import web
+
+from router import requests as rq
+from router.errors import HttpError
+from router.view import ClusterView
+from shard.client import ShardClient, StartRequest, StartResult, start_many_on
+from shard.errors import ResultTimeoutError, ShardflowError, WorkflowNotFoundError
+
+VIEW = web.AppKey("view", ClusterView)
+
+
+def _view(request: web.Request) -> ClusterView:
+    return request.app[VIEW]
+
+
+def _check_known(view: ClusterView, name: str) -> None:
+    if name not in view.registry:
+        raise HttpError(
+            "unknown_workflow",
+            f"unknown workflow {name!r}: no executor has registered it (known: "
+            f"{', '.join(sorted(view.registry)) or 'none'})",
+        )
+
+
+def _request(body: rq.StartBody) -> StartRequest:
+    wid = body.id if body.id is not None else uuid.uuid4().hex
+    rq.check_id(wid)
+    if body.routing_key is not None:
+        rq.check_id(body.routing_key, "routing key")
+    return StartRequest(body.workflow, body.input, wid, body.routing_key)
+
+
+def _start_doc(result: StartResult, shard: str) -> dict[str, Any]:
+    return {"id": result.id, "shard": shard, "status": result.status}
+
+
+async def start(request: web.Request) -> web.Response:
+    view = _view(request)
+    body = rq.start_body(await rq.json_body(request))
+    _check_known(view, body.workflow)
+    req = _request(body)
+
+    async def call(shard: str, client: ShardClient) -> tuple[str, StartResult]:
+        return shard, (await start_many_on(client.pool, [req]))[0]
+
+    shard, result = await view.on_shard(req.routing_key or str(req.id), call)
+    if result.conflict:
+        raise HttpError("conflict", f"workflow {result.id!r} exists with another name or input")
+    return web.json_response(_start_doc(result, shard), status=201 if result.created else 200)
+
+
+async def start_batch(request: web.Request) -> web.Response:
+    view = _view(request)
+    items = rq.batch_body(await rq.json_body(request), view.settings.max_batch)
+    out: list[dict[str, Any] | None] = [None] * len(items)
+    by_shard: dict[str, list[tuple[int, StartRequest]]] = defaultdict(list)
+    for i, item in enumerate(items):
+        try:
+            body = rq.start_body(item, f"workflows[{i}]")
+            _check_known(view, body.workflow)
+            req = _request(body)
+            by_shard[view.shard_for(req.routing_key or str(req.id))].append((i, req))
+        except ShardflowError as exc:
+            out[i] = {"error": {"code": exc.code, "message": exc.message}}
+
+    async def one_shard(shard: str, group: list[tuple[int, StartRequest]]) -> None:
+        try:
+            results = await start_many_on(view.client(shard).pool, [r for _, r in group])
+        except ShardflowError as exc:
+            for i, _ in group:
+                out[i] = {"error": {"code": exc.code, "message": exc.message}}
+            return
+        for (i, _), result in zip(group, results, strict=True):
+            doc = _start_doc(result, shard)
+            if result.conflict:
+                doc = {
+                    "id": result.id,
+                    "error": {"code": "conflict", "message": "exists with another name or input"},
+                }
+            else:
+                doc["created"] = result.created
+            out[i] = doc
+
+    await asyncio.gather(*(one_shard(s, g) for s, g in by_shard.items()))
+    return web.json_response({"results": out})
+
+
+async def _locate(request: web.Request) -> tuple[str, str]:
+    view = _view(request)
+    wid = request.match_info["id"]
+    shard = await view.locate(wid, request.query.get("routing_key"))
+    if shard is None:
+        raise WorkflowNotFoundError(f"unknown workflow ID {wid!r}")
+    return wid, shard
+
+
+async def get_workflow(request: web.Request) -> web.Response:
+    wid, shard = await _locate(request)
+    doc = await _view(request).client(shard).status(wid)
+    doc["shard"] = shard
+    for key in ("routing_key", "parent", "finished_at", "wake_at"):
+        doc.pop(key, None)
+    return web.json_response(doc)
+
+
+async def get_result(request: web.Request) -> web.Response:
+    view = _view(request)
+    timeout = rq.float_param(request, "timeout", 0.0, view.settings.max_result_wait)
+    wid, shard = await _locate(request)
+    client = view.client(shard)
+    try:
+        outcome = await client.wait(wid, timeout)
+    except ResultTimeoutError:
+        status = await client.locate(wid)
+        return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
+    return web.json_response(
+        {
+            "id": wid,
+            "status": outcome["status"],
+            "shard": shard,
+            "output": _json(outcome["output"]),
+            "error": _json(outcome["error"]),
+        }
+    )
+
+
+def _json(text: str | None) -> Any:
+    import json
+
+    return None if text is None else json.loads(text)
+
+
+async def send_event(request: web.Request) -> web.Response:
+    payload, dedup = rq.event_body(await rq.json_body(request))
+    wid, shard = await _locate(request)
+    name = request.match_info["name"]
+    delivered = await _view(request).client(shard).send_event(wid, name, payload, dedup_id=dedup)
+    return web.json_response({"id": wid, "event": name, "delivered": delivered}, status=202)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    wid, shard = await _locate(request)
+    status = await _view(request).client(shard).cancel(wid)
+    return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    view = _view(request)
+    limit = rq.int_param(request, "limit", 100, 1, 500)
+    after = rq.decode_cursor(request.query.get("cursor"))
+    status = rq.status_param(request)
+    name = request.query.get("workflow")
+    shards = list(view.map.shards) if view.map else []
+    pages = await asyncio.gather(
+        *(
+            view.client(s).list_page(after=after, status=status, workflow=name, limit=limit)
+            for s in shards
+        )
+    )
+    merged = heapq.merge(
+        *[[(c, i, s, doc) for c, i, doc in page] for s, page in zip(shards, pages, strict=True)]
+    )
+    items = [row for _, row in zip(range(limit), merged, strict=False)]
+    docs = [{**doc, "shard": s} for _, _, s, doc in items]
+    for doc in docs:
+        doc.pop("steps", None)
+    cursor = rq.encode_cursor(items[-1][0], items[-1][1]) if len(items) == limit else None
+    return web.json_response({"workflows": docs, "next_cursor": cursor})
+
+
+async def cluster(request: web.Request) -> web.Response:
+    view = _view(request)
+    await view.refresh()
+    assert view.map is not None
+    counts: dict[str, int] = defaultdict(int)
+    for owner in view.map.owners:
+        counts[owner] += 1
+
+    ids = sorted(view.map.shards)
+    health = await asyncio.gather(*(view.client(s).ping() for s in ids))
+    return web.json_response(
+        {
+            "slots": view.map.slots,
+            "map_version": view.map.version,
+            "shards": [
+                {
+                    "id": s,
+                    "state": view.map.shards[s].state,
+                    "slots": counts.get(s, 0),
+                    "healthy": h,
+                }
+                for s, h in zip(ids, health, strict=True)
+            ],
+            "moves": [],
+            "workflows": {name: versions for name, versions in sorted(view.registry.items())},
+        }
+    )

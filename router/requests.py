@@ -1,0 +1,145 @@
+"""Parsing and validating request bodies and query parameters (400 / 413 / 422)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from router.errors import HttpError
+
+STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise HttpError("invalid_json", "the request body must be a JSON document")
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError("invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def _field(body: dict[str, Any], name: str, kind: type, required: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise HttpError("bad_request", f"field {name!r} is required")
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise HttpError("bad_request", f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _only(body: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise HttpError(
+            "bad_request",
+            f"unknown field(s) {', '.join(unknown)} in {what}; allowed: {', '.join(allowed)}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StartBody:
+    workflow: str
+    input: Any
+    id: str | None
+    routing_key: str | None
+
+
+def start_body(value: Any, what: str = "the request body") -> StartBody:
+    if not isinstance(value, dict):
+        raise HttpError("bad_request", f"{what} must be a JSON object")
+    _only(value, ("workflow", "input", "id", "routing_key"), what)
+    return StartBody(
+        _field(value, "workflow", str, required=True),
+        value.get("input"),
+        _field(value, "id", str),
+        _field(value, "routing_key", str),
+    )
+
+
+def check_id(value: str, what: str = "workflow ID") -> None:
+    if not value or len(value) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise HttpError(
+            "invalid_id",
+            f"invalid {what}: it must be 1 to 200 characters without control characters",
+        )
+
+
+def batch_body(value: Any, max_batch: int) -> list[Any]:
+    if not isinstance(value, dict):
+        raise HttpError("bad_request", "the request body must be a JSON object")
+    _only(value, ("workflows",), "the request body")
+    items = value.get("workflows")
+    if not isinstance(items, list) or not items:
+        raise HttpError("bad_request", "field 'workflows' must be a non-empty array")
+    if len(items) > max_batch:
+        raise HttpError("too_large", f"a batch holds at most {max_batch} workflows")
+    return items
+
+
+def event_body(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, dict):
+        raise HttpError("bad_request", "the request body must be a JSON object")
+    _only(value, ("payload", "id"), "the request body")
+    return value.get("payload"), _field(value, "id", str)
+
+
+def float_param(request: web.Request, name: str, default: float, maximum: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HttpError("bad_request", f"query parameter {name} must be a number") from None
+    if not 0 <= value < float("inf"):
+        raise HttpError("bad_request", f"query parameter {name} must be >= 0")
+    return min(value, maximum)
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError("bad_request", f"query parameter {name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise HttpError("bad_request", f"query parameter {name} must be in [{lo}, {hi}]")
+    return value
+
+
+def encode_cursor(created: datetime, workflow_id: str) -> str:
+    raw = json.dumps([created.isoformat(), workflow_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(value: str | None) -> tuple[datetime, str] | None:
+    if not value:
+        return None
+    try:
+        created, wid = json.loads(base64.urlsafe_b64decode(value.encode()))
+        return datetime.fromisoformat(created), str(wid)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise HttpError("bad_request", "query parameter cursor is invalid") from None
+
+
+def status_param(request: web.Request) -> str | None:
+    value = request.query.get("status")
+    if value is not None and value not in STATUSES:
+        raise HttpError("bad_request", f"status must be one of {', '.join(STATUSES)}")
+    return value

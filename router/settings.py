@@ -1,0 +1,35 @@
+"""Settings of a router process (``shardflow router``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shard.settings import Settings, setting
+
+
+@dataclass(frozen=True)
+class RouterSettings(Settings):
+    catalog: str = setting(help="DSN of the cluster catalog")
+    host: str = setting("127.0.0.1", help="address to listen on")
+    port: int = setting(8080, help="port to listen on (0 picks a free one)", minimum=0)
+    tokens: list[str] = setting(
+        [], help="bearer tokens accepted on /v1 (none configured: no authentication)"
+    )
+    max_body_bytes: int = setting(
+        1024 * 1024, help="largest request body accepted (413 beyond)", minimum=1024
+    )
+    max_batch: int = setting(1000, help="largest batch of starts (413 beyond)", minimum=1)
+    max_inflight: int = setting(
+        4096, help="requests handled at once before answering 429", minimum=1
+    )
+    pool_size: int = setting(8, help="connections per shard", minimum=1)
+    connect_timeout: float = setting(
+        2.0, help="seconds to reach a shard before answering 503 (fail fast)", minimum=0.1
+    )
+    refresh_interval: float = setting(
+        1.0, help="seconds between checks of the slot map version", minimum=0.05
+    )
+    max_result_wait: float = setting(60.0, help="longest long-poll of /result (seconds)", minimum=0)
+    log_level: str = setting(
+        "info", help="log level", choices=("debug", "info", "warning", "error")
+    )

@@ -1,0 +1,118 @@
+"""The router's cached view of the cluster: slot map, registry, one client per shard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from coordinator.catalog import Catalog, SlotMap
+from metrics.router import RouterMetrics
+from router.settings import RouterSettings
+from shard.client import ShardClient
+from shard.errors import ShardUnavailableError, SlotMovedError
+from shard.slots import slot_of
+
+log = logging.getLogger("shardflow.router")
+T = TypeVar("T")
+
+
+class ClusterView:
+    def __init__(self, settings: RouterSettings, catalog: Catalog, metrics: RouterMetrics) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.metrics = metrics
+        self.map: SlotMap | None = None
+        self.registry: dict[str, list[str]] = {}
+        self.clients: dict[str, ShardClient] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, settings: RouterSettings, metrics: RouterMetrics) -> ClusterView:
+        view = cls(settings, await Catalog.connect(settings.catalog), metrics)
+        await view.refresh(force=True)
+        view._task = asyncio.create_task(view._watch())
+        return view
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for client in self.clients.values():
+            await client.close()
+        await self.catalog.close()
+
+    async def refresh(self, *, force: bool = False) -> None:
+        async with self._lock:
+            version = await self.catalog.map_version()
+            if not force and self.map is not None and version == self.map.version:
+                self.registry = await self.catalog.registry()
+                return
+            new_map = await self.catalog.slot_map()
+            for shard in new_map.shards.values():
+                if shard.id not in self.clients:
+                    self.clients[shard.id] = await ShardClient.connect(
+                        shard.dsn,
+                        pool_size=self.settings.pool_size,
+                        min_size=0,
+                        connect_timeout=self.settings.connect_timeout,
+                    )
+            self.map = new_map
+            self.registry = await self.catalog.registry()
+            self.metrics.map_version.set(new_map.version)
+            self.metrics.map_refreshes.inc()
+            log.info("event=slot_map version=%d shards=%d", new_map.version, len(new_map.shards))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_interval)
+            with contextlib.suppress(Exception):
+                await self.refresh()
+
+    @property
+    def ready(self) -> bool:
+        return self.map is not None and self.map.slots > 0
+
+    def shard_for(self, routing_key: str) -> str:
+        if self.map is None or not self.map.owners:
+            raise ShardUnavailableError("the router has no slot map yet; retry shortly")
+        return self.map.owners[slot_of(routing_key, self.map.slots)]
+
+    def client(self, shard_id: str) -> ShardClient:
+        return self.clients[shard_id]
+
+    async def on_shard(
+        self, routing_key: str, call: Callable[[str, ShardClient], Awaitable[T]]
+    ) -> T:
+        """Run ``call`` on the routing key's shard; after a 'slot moved' answer refresh the
+        map and retry once, invisibly to the client."""
+        shard_id = self.shard_for(routing_key)
+        try:
+            return await call(shard_id, self.client(shard_id))
+        except SlotMovedError:
+            self.metrics.slot_moved_retries.inc()
+            await self.refresh(force=True)
+            shard_id = self.shard_for(routing_key)
+            return await call(shard_id, self.client(shard_id))
+
+    async def locate(self, workflow_id: str, routing_key: str | None) -> str | None:
+        """The shard holding the workflow: its hashed shard first, then every other one."""
+        first = self.shard_for(routing_key or workflow_id)
+        if await self.client(first).locate(workflow_id) is not None:
+            return first
+        others = [s for s in self.clients if s != first and self.map and s in self.map.shards]
+        found = await asyncio.gather(
+            *(self.client(s).locate(workflow_id) for s in others), return_exceptions=True
+        )
+        for shard_id, status in zip(others, found, strict=True):
+            if isinstance(status, str):
+                return shard_id
+        errors = [e for e in found if isinstance(e, BaseException)]
+        if errors:
+            raise ShardUnavailableError(
+                f"workflow {workflow_id} is not on its shard and a shard is down: {errors[0]}"
+            )
+        return None

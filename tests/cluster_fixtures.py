@@ -1,0 +1,104 @@
+"""A real 3-shard cluster for router tests: catalog + shard servers, executors, routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pytest
+
+from coordinator.catalog import Catalog
+from coordinator.launcher import LocalPostgres, PostgresServer
+from router.app import RouterServer
+from router.client import Client
+from router.settings import RouterSettings
+from shard.executor import Executor
+from shard.sdk import Registry
+from shard.slots import slot_of
+from tests.conftest import _make_template, create_database, settings_for
+
+SLOTS = 64
+SHARDS = ("c0", "c1", "c2")
+
+
+@pytest.fixture(scope="session")
+def cluster_servers(pg_cluster: LocalPostgres, pg: PostgresServer) -> dict[str, PostgresServer]:
+    import asyncio
+
+    servers = {s.name: s for s in pg_cluster.start(*SHARDS)}
+    for server in servers.values():
+        asyncio.run(_make_template(server))
+    return servers
+
+
+@dataclass
+class LiveCluster:
+    catalog: Catalog
+    catalog_dsn: str
+    shard_dsns: dict[str, str]
+    executors: dict[str, Executor] = field(default_factory=dict)
+    routers: list[RouterServer] = field(default_factory=list)
+    clients: list[Client] = field(default_factory=list)
+
+    async def add_router(self, **overrides: Any) -> Client:
+        settings = RouterSettings.load(
+            {"catalog": self.catalog_dsn, "port": 0, "refresh_interval": 0.2, **overrides}, env={}
+        )
+        router = RouterServer(settings)
+        await router.start()
+        self.routers.append(router)
+        token = overrides.get("tokens", [None])[0]
+        client = Client(router.url, token, retries=0)
+        self.clients.append(client)
+        return client
+
+    async def start_executor(self, shard_id: str) -> Executor:
+        settings = settings_for(self.shard_dsns[shard_id], shard=shard_id)
+        executor = Executor(settings, Registry.from_modules(settings.app))
+        await executor.start()
+        names = [(w.name, w.version) for w in executor.registry.workflows.values()]
+        await self.catalog.registry_add(shard_id, names)
+        self.executors[shard_id] = executor
+        return executor
+
+    def shard_of(self, key: str) -> str:
+        slot = slot_of(key, SLOTS)
+        n = len(SHARDS)
+        return next(
+            s for i, s in enumerate(SHARDS) if SLOTS * i // n <= slot < SLOTS * (i + 1) // n
+        )
+
+    async def count_on(self, shard_id: str, sql: str) -> int:
+        conn = await asyncpg.connect(self.shard_dsns[shard_id])
+        try:
+            return int(await conn.fetchval(sql))
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def cluster(
+    pg: PostgresServer, cluster_servers: dict[str, PostgresServer]
+) -> AsyncIterator[LiveCluster]:
+    catalog_dsn = await create_database(pg, template="template0")
+    catalog = await Catalog.connect(catalog_dsn)
+    await catalog.create(SLOTS)
+    shard_dsns = {}
+    for shard_id in SHARDS:
+        shard_dsns[shard_id] = await create_database(cluster_servers[shard_id])
+        await catalog.add_shard(shard_id, shard_dsns[shard_id])
+    await catalog.spread()
+    tc = LiveCluster(catalog, catalog_dsn, shard_dsns)
+    for shard_id in SHARDS:
+        await tc.start_executor(shard_id)
+    yield tc
+    for client in tc.clients:
+        await client.close()
+    for router in tc.routers:
+        await router.stop()
+    for executor in tc.executors.values():
+        if not executor._stopping:
+            await executor.shutdown()
+    await catalog.close()
