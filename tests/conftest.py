@@ -26,6 +26,7 @@ from shard.migrate import migrate
 from shard.sdk import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.cluster_fixtures"]
 TEMPLATE = "shardflow_template"
 _counter = itertools.count()
 

@@ -19,7 +19,7 @@ from shard.errors import (
     WorkflowConflictError,
     WorkflowNotFoundError,
 )
-from tests.cluster_fixtures import SHARDS, LiveCluster, cluster, cluster_servers  # noqa: F401
+from tests.cluster_fixtures import SHARDS, LiveCluster
 
 
 async def test_thousand_workflows_across_three_shards(cluster: LiveCluster):
