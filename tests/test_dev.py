@@ -1,0 +1,253 @@
+"""`shardflow dev` as a real process tree: fuzzed through its OpenAPI document, resumed,
+and stopped by SIGTERM to its whole process group with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coordinator.launcher import free_port
+from router.app import openapi_document
+from tests.conftest import ROOT
+
+DOC = openapi_document()
+
+
+def request(
+    url: str, method: str = "GET", body: bytes | None = None, timeout: float = 30
+) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+class Dev:
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.data / "dev.out", "ab")  # noqa: SIM115 - closed in stop()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shardflow",
+                "dev",
+                "--shards",
+                "2",
+                "--slots",
+                "32",
+                "--app",
+                "tests.apps.basic",
+                "--port",
+                str(self.port),
+                "--data",
+                str(self.data),
+                "--durable",
+                "false",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                code, doc = request(self.url + "/v1/cluster", timeout=2)
+                if code == 200 and "w3" in doc["workflows"] and len(doc["shards"]) == 2:
+                    return
+            except (OSError, ValueError):
+                pass
+            assert self.proc.poll() is None, (self.data / "dev.out").read_text()[-3000:]
+            time.sleep(0.2)
+        raise AssertionError("shardflow dev did not become ready")
+
+    def tree(self) -> list[int]:
+        """PIDs of every process of the session (dev, executors, router, postgres)."""
+        assert self.proc is not None
+        out = subprocess.run(
+            ["ps", "-e", "-o", "pid=,sid=,pgid=,args="], capture_output=True, text=True
+        ).stdout
+        pids = []
+        for line in out.splitlines():
+            pid, sid, _pgid, args = line.split(None, 3)
+            if int(sid) == self.proc.pid or str(self.data) in args:
+                pids.append(int(pid))
+        return pids
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)  # the whole process group at once
+            self.proc.wait(60)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    data = tmp_path_factory.mktemp("dev")
+    d = Dev(data)
+    d.start()
+    yield d
+    d.stop()
+
+
+def test_workflows_run_and_cluster_resumes_after_sigterm_to_the_group(dev: Dev):
+    code, doc = request(
+        dev.url + "/v1/workflows",
+        "POST",
+        json.dumps(
+            {"workflow": "w3", "input": {"order_id": 1, "amount": 2.0, "pad": "p"}, "id": "dev-1"}
+        ).encode(),
+    )
+    assert code == 201
+    code, doc = request(dev.url + "/v1/workflows/dev-1/result?timeout=30")
+    assert code == 200 and doc["output"]["reserved"] == 1
+    code, doc = request(
+        dev.url + "/v1/workflows",
+        "POST",
+        json.dumps({"workflow": "long_sleep", "id": "dev-sleeper"}).encode(),
+    )
+    assert code == 201
+    before = dev.tree()
+    assert len(before) >= 5
+    dev.stop(signal.SIGTERM)
+    assert dev.proc is not None and dev.proc.returncode == 0
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in before if _alive(pid)], "a process outlived shardflow dev"
+    assert "child_exited" not in (dev.data / "dev.out").read_text(), "restarted on shutdown"
+    dev.start()  # same --data: the same cluster, with its workflows
+    code, doc = request(dev.url + "/v1/workflows/dev-1")
+    assert code == 200 and doc["status"] == "completed"
+    code, doc = request(dev.url + "/v1/workflows/dev-sleeper")
+    assert code == 200 and doc["status"] in ("sleeping", "pending", "running")
+
+
+def test_a_crashed_child_is_restarted(dev: Dev):
+    out = subprocess.run(
+        ["pgrep", "-f", f"shardflow executor .*{dev.data}"], capture_output=True, text=True
+    ).stdout.split()
+    if not out:
+        out = subprocess.run(
+            ["pgrep", "-f", "shardflow executor"], capture_output=True, text=True
+        ).stdout.split()
+    victims = [int(p) for p in out if int(p) in dev.tree()]
+    assert victims
+    os.kill(victims[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "child_exited" not in (dev.data / "dev.out").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    code, _ = request(
+        dev.url + "/v1/workflows",
+        "POST",
+        json.dumps({"workflow": "w3", "input": {}, "id": "after-crash"}).encode(),
+    )
+    assert code == 201
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+start_like = st.fixed_dictionaries(
+    {"workflow": st.sampled_from(["w3", "nope", "approval"]) | st.integers()},
+    optional={
+        "input": json_values,
+        "id": st.text(max_size=210) | st.integers(),
+        "routing_key": st.text(max_size=10) | st.none(),
+        "extra": json_values,
+    },
+)
+operations = st.sampled_from(
+    [(m, p) for p, ops in DOC["paths"].items() for m in ops if p.startswith("/v1/")]
+)
+queries = st.dictionaries(
+    st.sampled_from(["status", "workflow", "limit", "cursor", "timeout", "routing_key"]),
+    st.text(max_size=12),
+    max_size=3,
+)
+segment = st.text(min_size=1, max_size=30)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    op=operations,
+    body=st.one_of(json_values, start_like, st.binary(max_size=40)),
+    batch=st.lists(start_like, min_size=1, max_size=5),
+    wid=segment,
+    name=segment,
+    query=queries,
+)
+def test_fuzzed_requests_get_documented_answers(
+    dev: Dev,
+    op: tuple[str, str],
+    body: Any,
+    batch: list[Any],
+    wid: str,
+    name: str,
+    query: dict[str, str],
+) -> None:
+    method, template = op
+    path = template.replace("{id}", quote(wid, safe="")).replace("{name}", quote(name, safe=""))
+    if "timeout" in query or template.endswith("/result"):
+        query = {**query, "timeout": "0.05" if "timeout" not in query else query["timeout"]}
+        if _is_number(query["timeout"]):
+            query["timeout"] = str(min(abs(float(query["timeout"])), 0.05))
+    if template.endswith("batch") and not isinstance(body, bytes):
+        body = {"workflows": batch}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    url = dev.url + path + ("?" + urlencode(query) if query else "")
+    code, doc = request(url, method.upper(), data if method == "post" else None)
+    assert code != 500, doc
+    assert str(code) in DOC["paths"][template][method]["responses"], (code, method, url, doc)
+    if code >= 400:
+        assert set(doc["error"]) >= {"code", "message"}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
