@@ -160,19 +160,24 @@ class DevCluster:
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart crashed children until ``stop`` is set."""
         while not stop.is_set():
-            for child in self.children:
+            exited = [c for c in self.children if c.process and c.process.poll() is not None]
+            if exited:
+                # A SIGTERM sent to the whole group reaches the children and us together:
+                # give our own handler a moment, so shutdown never restarts anything.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+            for child in exited:
                 if self.stopping or stop.is_set():
-                    break
-                if child.process is not None and child.process.poll() is not None:
-                    code = child.process.returncode
-                    child.restarts += 1
-                    log.warning(
-                        "event=child_exited child=%s code=%s restart=%d",
-                        child.name,
-                        code,
-                        child.restarts,
-                    )
-                    self._spawn(child)
+                    return
+                assert child.process is not None
+                child.restarts += 1
+                log.warning(
+                    "event=child_exited child=%s code=%s restart=%d",
+                    child.name,
+                    child.process.returncode,
+                    child.restarts,
+                )
+                self._spawn(child)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 

@@ -98,6 +98,10 @@ async def start_batch(request: web.Request) -> web.Response:
 async def _locate(request: web.Request) -> tuple[str, str]:
     view = _view(request)
     wid = request.match_info["id"]
+    try:
+        rq.check_id(wid)
+    except HttpError:
+        raise WorkflowNotFoundError(f"unknown workflow ID {wid[:40]!r}") from None
     shard = await view.locate(wid, request.query.get("routing_key"))
     if shard is None:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid!r}")
@@ -142,8 +146,10 @@ def _json(text: str | None) -> Any:
 
 async def send_event(request: web.Request) -> web.Response:
     payload, dedup = rq.event_body(await rq.json_body(request))
-    wid, shard = await _locate(request)
     name = request.match_info["name"]
+    if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise HttpError("bad_request", "an event name is 1 to 200 characters, no control ones")
+    wid, shard = await _locate(request)
     delivered = await _view(request).client(shard).send_event(wid, name, payload, dedup_id=dedup)
     return web.json_response({"id": wid, "event": name, "delivered": delivered}, status=202)
 

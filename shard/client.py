@@ -20,6 +20,7 @@ from shard import codec
 from shard.dbfaults import is_unavailable
 from shard.errors import (
     ResultTimeoutError,
+    SerializationError,
     ShardflowError,
     ShardUnavailableError,
     WorkflowCancelledError,
@@ -81,6 +82,9 @@ def translate(exc: BaseException) -> BaseException:
     mapped = from_postgres(exc)
     if mapped is not None:
         return mapped
+    if (getattr(exc, "sqlstate", None) or "").startswith("22"):
+        # A data exception: a value Postgres cannot store (e.g. a NUL character in text).
+        return SerializationError(f"a value cannot be stored: {getattr(exc, 'message', exc)}")
     if is_unavailable(exc):
         return ShardUnavailableError(f"the shard is unavailable: {exc!r}")
     return exc

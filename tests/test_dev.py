@@ -231,7 +231,7 @@ def test_fuzzed_requests_get_documented_answers(
     method, template = op
     path = template.replace("{id}", quote(wid, safe="")).replace("{name}", quote(name, safe=""))
     if "timeout" in query or template.endswith("/result"):
-        query = {**query, "timeout": "0.05" if "timeout" not in query else query["timeout"]}
+        query = {**query, "timeout": query.get("timeout", "0.05")}
         if _is_number(query["timeout"]):
             query["timeout"] = str(min(abs(float(query["timeout"])), 0.05))
     if template.endswith("batch") and not isinstance(body, bytes):
