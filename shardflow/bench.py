@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import asyncpg
 from coordinator.local_shard import LocalShard
 from examples.bench import make_input
 from shard.client import ShardClient, StartRequest
+from shardflow.cpu import tree_cpu
 
 CEILING_SCRIPT = """\
 INSERT INTO ceiling_wf (status, input) VALUES ('pending', '{"order_id": 1, "amount": 10.5, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}');
@@ -57,6 +59,13 @@ def add_parser(sub: Any) -> None:
         help="extra flag for the executor, e.g. --executor-flag=--concurrency=1024",
     )
     e.set_defaults(handler=_engine)
+    h = which.add_parser("http", help="W3 through the router of a local cluster")
+    h.add_argument("--shards", type=int, default=3)
+    h.add_argument("--clients", type=int, default=64)
+    h.add_argument("--seconds", type=float, default=15.0)
+    h.add_argument("--rate", type=float, default=200.0, help="arrivals/s of the open loop")
+    h.add_argument("--executors-per-shard", type=int, default=1)
+    h.set_defaults(handler=_http)
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
     r.set_defaults(handler=_recovery)
@@ -250,6 +259,91 @@ async def _recovery(args: argparse.Namespace) -> int:
                 "recovery_s": None if recovery is None else round(recovery, 3),
                 "inflight": len(inflight),
                 "resumed": len(resumed),
+            }
+        )
+    )
+    return 0
+
+
+async def _loadgen(url: str, *extra: str) -> tuple[dict[str, Any], float]:
+    """Run the load generator in its own process; (its summary, system CPU seconds used)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shardflow.loadgen",
+        "--url",
+        url,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    before = tree_cpu([os.getpid()], exclude=[proc.pid])
+    out, _ = await proc.communicate()
+    after = tree_cpu([os.getpid()], exclude=[proc.pid])
+    summary: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return summary, after - before
+
+
+async def _http(args: argparse.Namespace) -> int:
+    from coordinator.dev import DevCluster, DevSettings
+    from coordinator.launcher import free_port
+
+    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    settings = DevSettings.load(
+        {
+            "app": ["examples.bench"],
+            "shards": str(args.shards),
+            "port": str(free_port()),
+            "data": str(data),
+            "executors_per_shard": str(args.executors_per_shard),
+        },
+        env={},
+    )
+    cluster = DevCluster(settings)
+    stop = asyncio.Event()
+    try:
+        await cluster.start()
+        supervisor = asyncio.create_task(cluster.supervise(stop))
+        await cluster.wait_ready()
+        url = cluster.router_urls[0]
+        print("warming up 3 s ...", flush=True)
+        await _loadgen(url, "--mode", "closed", "--clients", str(args.clients), "--seconds", "3")
+        closed, closed_cpu = await _loadgen(
+            url, "--mode", "closed", "--clients", str(args.clients), "--seconds", str(args.seconds)
+        )
+        print(f"closed loop ({args.clients} clients): {closed}", flush=True)
+        opened, open_cpu = await _loadgen(
+            url, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
+        )
+        print(f"open loop ({args.rate:g}/s): {opened}", flush=True)
+        stop.set()
+        await supervisor
+    finally:
+        cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    cpu_ms = 1000 * closed_cpu / closed["completed"] if closed["completed"] else None
+    print(
+        f"CPU of all Shardflow processes (router, executors, Postgres) in the closed loop: "
+        f"{closed_cpu:.1f} s for {closed['completed']} workflows",
+        flush=True,
+    )
+    print(
+        json.dumps(
+            {
+                "workload": "W3",
+                "shards": args.shards,
+                "closed_wf_per_s": closed["wf_per_s"],
+                "closed_p50_ms": closed["p50_ms"],
+                "closed_p99_ms": closed["p99_ms"],
+                "closed_p999_ms": closed["p999_ms"],
+                "open_rate": args.rate,
+                "open_p50_ms": opened["p50_ms"],
+                "open_p99_ms": opened["p99_ms"],
+                "open_p999_ms": opened["p999_ms"],
+                "cpu_ms_per_wf": None if cpu_ms is None else round(cpu_ms, 3),
+                "open_cpu_ms_per_wf": round(1000 * open_cpu / max(1, opened["completed"]), 3),
+                "errors": closed["errors"] + opened["errors"],
             }
         )
     )
