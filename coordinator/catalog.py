@@ -16,6 +16,7 @@ import asyncpg
 
 from shard.errors import ShardflowError
 from shard.migrate import migrate
+from shard.pool import create_pool
 from shard.queries import parse
 from shard.queries import query as shard_query
 
@@ -58,7 +59,7 @@ class Catalog:
 
     @classmethod
     async def connect(cls, dsn: str, *, pool_size: int = 4) -> Catalog:
-        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size))
+        return cls(await create_pool(dsn, min_size=1, max_size=pool_size))
 
     async def close(self) -> None:
         await self.pool.close()

@@ -43,6 +43,8 @@ SERVER_SETTINGS = {
     "autovacuum_naptime": "5s",
     "autovacuum_vacuum_cost_limit": "2000",
     "log_min_messages": "warning",
+    # Per-statement figures for profiling (`CREATE EXTENSION pg_stat_statements` to read).
+    "shared_preload_libraries": "pg_stat_statements",
     "log_connections": "off",
     "fsync": "on",
     "synchronous_commit": "on",

@@ -29,6 +29,7 @@ from shard.errors import (
     WorkflowNotFoundError,
     from_postgres,
 )
+from shard.pool import create_pool
 from shard.queries import query
 from shard.sdk import WorkflowDef
 
@@ -60,22 +61,40 @@ def workflow_name(workflow: str | WorkflowDef) -> str:
 async def start_many_on(
     conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest]
 ) -> list[StartResult]:
-    """One round trip: validate, encode and start a batch on one shard."""
+    """One round trip: validate, encode and start a batch on one shard (all or nothing)."""
     inputs = [codec.dumps(r.input, f"the input of workflow {r.workflow}") for r in requests]
     ids = [r.id if r.id is not None else uuid.uuid4().hex for r in requests]
+    names = [r.workflow for r in requests]
     try:
         rows = await conn.fetch(
             query("workflow_start_many"),
             ids,
-            [r.workflow for r in requests],
+            names,
             inputs,
             [r.routing_key for r in requests],
             [None] * len(requests),
             [r.timeout for r in requests],
         )
+        bad = next((i for i, row in enumerate(rows) if row["problem"] is not None), None)
+        if bad is not None:
+            await conn.execute(
+                query("raise_start_problem"), ids[bad], names[bad], rows[bad]["problem"]
+            )
+        results = [StartResult(*row[:5]) for row in rows]
+        racing = [i for i, r in enumerate(results) if r.status is None]
+        if racing:
+            again = await conn.fetch(
+                query("workflow_start_recheck"),
+                [ids[i] for i in racing],
+                [names[i] for i in racing],
+                [inputs[i] for i in racing],
+            )
+            by_id = {row["id"]: StartResult(*row[:5]) for row in again}
+            for i in racing:
+                results[i] = by_id[ids[i]]
     except Exception as exc:
         raise translate(exc) from exc
-    return [StartResult(*row) for row in rows]
+    return results
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -104,7 +123,7 @@ class ShardClient:
     ) -> ShardClient:
         """A pool on the shard; ``min_size=0`` connects lazily (a down shard fails per call)."""
         try:
-            pool = await asyncpg.create_pool(
+            pool = await create_pool(
                 dsn, min_size=min_size, max_size=pool_size, timeout=connect_timeout
             )
         except Exception as exc:

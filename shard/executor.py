@@ -25,6 +25,7 @@ from shard.dbfaults import is_unavailable
 from shard.executor_settings import ExecutorSettings
 from shard.faults import Faults
 from shard.model import ClaimedWorkflow, History
+from shard.pool import create_pool
 from shard.queries import query
 from shard.runner import WorkflowRunner
 from shard.sdk import Registry
@@ -82,7 +83,7 @@ class Executor:
         delay = 0.1
         while True:
             try:
-                self._pool = await asyncpg.create_pool(
+                self._pool = await create_pool(
                     s.dsn, min_size=2, max_size=s.pool_size, command_timeout=60
                 )
                 break

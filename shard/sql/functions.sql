@@ -14,95 +14,88 @@ RETURNS integer LANGUAGE sql STABLE AS $$
     SELECT coalesce((SELECT value::integer FROM shardflow.settings WHERE key = 'slots'), 1024)
 $$;
 
-CREATE OR REPLACE FUNCTION shardflow.check_workflow_id(p_id text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    IF p_id IS NULL OR length(p_id) = 0 OR length(p_id) > 200 OR p_id ~ '[[:cntrl:]]' THEN
-        RAISE EXCEPTION USING ERRCODE = 'SF002', MESSAGE = format(
-            'invalid workflow ID %s: it must be 1 to 200 characters without control characters',
-            coalesce(quote_literal(left(p_id, 40)), 'NULL'));
-    END IF;
-END
-$$;
-
--- Start many workflows in one statement. Idempotent by ID: an existing ID with the
--- same name and input is returned with created = false; with another input,
--- conflict = true and nothing is written for it. Unknown names or invalid IDs
--- reject the whole batch (nothing is written).
+-- Start many workflows in one statement (the hot path of every start).
+-- Idempotent by ID: an existing ID with the same name and input comes back with
+-- created = false; with another input, conflict = true. A batch with any problem
+-- (unknown_workflow, invalid_id, invalid_routing_key, slot_moved) writes nothing
+-- and reports the problem per row; callers turn it into an error (SF001/SF002/SF006).
+-- status is NULL for an ID inserted concurrently by another transaction: re-read it.
 CREATE OR REPLACE FUNCTION shardflow.start_workflows(
     p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
     p_parents text[], p_timeouts double precision[])
-RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean)
+RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
+               problem text)
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_unknown text;
-    v_bad text;
-    v_slots integer := shardflow.slot_count();
-    v_created text[];
 BEGIN
-    SELECT n INTO v_unknown FROM unnest(p_names) AS n
-    WHERE NOT EXISTS (SELECT 1 FROM shardflow.registry r WHERE r.name = n) LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'SF001', MESSAGE = format(
-            'unknown workflow %s: no executor of this shard has registered it', quote_literal(v_unknown));
-    END IF;
-    FOR v_bad IN SELECT x FROM unnest(p_ids) AS x LOOP
-        PERFORM shardflow.check_workflow_id(v_bad);
-    END LOOP;
-    IF EXISTS (SELECT 1 FROM shardflow.slots) THEN
-        SELECT t.id INTO v_bad
-        FROM unnest(p_ids, p_routing_keys) AS t(id, routing_key)
-        WHERE NOT EXISTS (
-            SELECT 1 FROM shardflow.slots s
-            WHERE s.slot = shardflow.slot_of(coalesce(t.routing_key, t.id), v_slots)
-              AND s.state = 'owned')
-        LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION USING ERRCODE = 'SF006', MESSAGE = format(
-                'the slot of workflow %s is not owned by this shard (moved or moving); '
-                'refresh the slot map and retry', quote_literal(v_bad));
-        END IF;
-    END IF;
-    FOR v_bad IN SELECT x FROM unnest(p_routing_keys) AS x WHERE x IS NOT NULL LOOP
-        IF length(v_bad) = 0 OR length(v_bad) > 200 THEN
-            RAISE EXCEPTION USING ERRCODE = 'SF002', MESSAGE =
-                'invalid routing key: it must be 1 to 200 characters';
-        END IF;
-    END LOOP;
-
+    RETURN QUERY
     WITH input AS (
-        SELECT * FROM unnest(p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts)
-            AS t(id, name, input, routing_key, parent, timeout_s)
+        SELECT t.*, coalesce(t.routing_key, t.id) AS key
+        FROM unnest(p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts)
+            WITH ORDINALITY AS t(id, name, input, routing_key, parent, timeout_s, ord)
+    ), keyed AS (
+        SELECT i.*, shardflow.slot_of(i.key, (SELECT shardflow.slot_count())) AS slot,
+               r.version, coalesce(i.timeout_s, r.timeout_s) AS timeout,
+               CASE
+                 WHEN r.version IS NULL THEN 'unknown_workflow'
+                 WHEN i.id IS NULL OR length(i.id) NOT BETWEEN 1 AND 200
+                      OR i.id ~ '[[:cntrl:]]' THEN 'invalid_id'
+                 WHEN length(i.key) NOT BETWEEN 1 AND 200 THEN 'invalid_routing_key'
+               END AS problem
+        FROM input i
+        LEFT JOIN LATERAL (
+            SELECT g.version, g.timeout_s FROM shardflow.registry g WHERE g.name = i.name
+            ORDER BY g.registered_at DESC, g.version DESC LIMIT 1) r ON true
+    ), checked AS (
+        SELECT k.*, coalesce(k.problem, CASE WHEN EXISTS (SELECT 1 FROM shardflow.slots)
+            AND NOT EXISTS (SELECT 1 FROM shardflow.slots s
+                            WHERE s.slot = k.slot AND s.state = 'owned')
+            THEN 'slot_moved' END) AS issue
+        FROM keyed k
     ), ins AS (
         INSERT INTO shardflow.workflows AS w
             (id, slot, routing_key, name, version, status, input, parent, deadline)
-        SELECT i.id, shardflow.slot_of(coalesce(i.routing_key, i.id), v_slots),
-               coalesce(i.routing_key, i.id), i.name,
-               (SELECT r.version FROM shardflow.registry r WHERE r.name = i.name
-                ORDER BY r.registered_at DESC, r.version DESC LIMIT 1),
-               'pending', i.input, i.parent,
-               now() + make_interval(secs => coalesce(i.timeout_s, (
-                   SELECT r.timeout_s FROM shardflow.registry r WHERE r.name = i.name
-                   ORDER BY r.registered_at DESC, r.version DESC LIMIT 1)))
-        FROM input i
+        SELECT c.id, c.slot, c.key, c.name, c.version, 'pending', c.input, c.parent,
+               now() + make_interval(secs => c.timeout)
+        FROM checked c
+        WHERE NOT EXISTS (SELECT 1 FROM checked b WHERE b.issue IS NOT NULL)
         ON CONFLICT ON CONSTRAINT workflows_pkey DO NOTHING
         RETURNING w.id, w.slot
     ), rdy AS (
         INSERT INTO shardflow.ready (workflow_id, slot) SELECT ins.id, ins.slot FROM ins
+    ), ntf AS (
+        SELECT pg_notify('shardflow_ready', '') WHERE EXISTS (SELECT 1 FROM ins)
     )
-    SELECT coalesce(array_agg(ins.id), '{}') INTO v_created FROM ins;
+    SELECT c.id, c.slot,
+           CASE WHEN ins.id IS NOT NULL THEN 'pending' ELSE w.status END,
+           ins.id IS NOT NULL AND c.ord = min(c.ord) OVER (PARTITION BY c.id),
+           coalesce(ins.id IS NULL AND (w.name <> c.name OR w.input <> c.input), false),
+           c.issue
+    FROM checked c
+    LEFT JOIN ins ON ins.id = c.id
+    LEFT JOIN shardflow.workflows w ON w.id = c.id AND ins.id IS NULL
+    CROSS JOIN (SELECT count(*) FROM ntf) AS n
+    ORDER BY c.ord;
+END
+$$;
 
-    IF cardinality(v_created) > 0 THEN
-        PERFORM pg_notify('shardflow_ready', '');
+-- Raise the error for the first problem a start_workflows row reports.
+CREATE OR REPLACE FUNCTION shardflow.raise_start_problem(
+    p_id text, p_name text, p_problem text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_problem = 'unknown_workflow' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF001', MESSAGE = format(
+            'unknown workflow %s: no executor of this shard has registered it',
+            quote_literal(p_name));
+    ELSIF p_problem IN ('invalid_id', 'invalid_routing_key') THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF002', MESSAGE = format(
+            '%s of %s: it must be 1 to 200 characters without control characters',
+            replace(p_problem, '_', ' '), coalesce(quote_literal(left(p_id, 40)), 'NULL'));
+    ELSIF p_problem = 'slot_moved' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF006', MESSAGE = format(
+            'the slot of workflow %s is not owned by this shard (moved or moving); '
+            'refresh the slot map and retry', quote_literal(p_id));
     END IF;
-
-    RETURN QUERY
-    SELECT t.id, w.slot, w.status,
-           t.id = ANY (v_created) AND t.ord = min(t.ord) OVER (PARTITION BY t.id),
-           w.name <> t.name OR w.input <> t.input
-    FROM unnest(p_ids, p_names, p_inputs) WITH ORDINALITY AS t(id, name, input, ord)
-    JOIN shardflow.workflows w ON w.id = t.id
-    ORDER BY t.ord;
 END
 $$;
 
@@ -116,6 +109,7 @@ BEGIN
     SELECT * INTO r FROM shardflow.start_workflows(
         ARRAY[v_id], ARRAY[p_name], ARRAY[p_input], ARRAY[p_routing_key],
         ARRAY[NULL::text], ARRAY[NULL::double precision]);
+    PERFORM shardflow.raise_start_problem(v_id, p_name, r.problem);
     IF r.conflict THEN
         RAISE EXCEPTION USING ERRCODE = 'SF003', MESSAGE = format(
             'workflow %s already exists with another name or input', quote_literal(v_id));
