@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -50,8 +51,8 @@ async def start(request: web.Request) -> web.Response:
     _check_known(view, body.workflow)
     req = _request(body)
 
-    async def call(shard: str, client: ShardClient) -> tuple[str, StartResult]:
-        return shard, (await start_many_on(client.pool, [req]))[0]
+    async def call(shard: str, _: ShardClient) -> tuple[str, StartResult]:
+        return shard, await view.batchers[shard].start(req)
 
     shard, result = await view.on_shard(req.routing_key or str(req.id), call)
     if result.conflict:
@@ -120,12 +121,20 @@ async def get_workflow(request: web.Request) -> web.Response:
 async def get_result(request: web.Request) -> web.Response:
     view = _view(request)
     timeout = rq.float_param(request, "timeout", 0.0, view.settings.max_result_wait)
-    wid, shard = await _locate(request)
-    client = view.client(shard)
+    wid = request.match_info["id"]
     try:
-        outcome = await client.wait(wid, timeout)
+        rq.check_id(wid)
+    except HttpError:
+        raise WorkflowNotFoundError(f"unknown workflow ID {wid[:40]!r}") from None
+    shard = view.shard_for(request.query.get("routing_key") or wid)
+    try:
+        try:  # the hot path: wait on the hashed shard without looking the ID up first
+            outcome = await view.client(shard).wait(wid, timeout)
+        except WorkflowNotFoundError:
+            wid, shard = await _locate(request)
+            outcome = await view.client(shard).wait(wid, timeout)
     except ResultTimeoutError:
-        status = await client.locate(wid)
+        status = await view.client(shard).locate(wid)
         return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
     return web.json_response(
         {
@@ -139,8 +148,6 @@ async def get_result(request: web.Request) -> web.Response:
 
 
 def _json(text: str | None) -> Any:
-    import json
-
     return None if text is None else json.loads(text)
 
 

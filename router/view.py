@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from coordinator.catalog import Catalog, SlotMap
 from metrics.router import RouterMetrics
+from router.batcher import StartBatcher
 from router.settings import RouterSettings
 from shard.client import ShardClient
 from shard.errors import ShardUnavailableError, SlotMovedError
@@ -27,6 +28,7 @@ class ClusterView:
         self.map: SlotMap | None = None
         self.registry: dict[str, list[str]] = {}
         self.clients: dict[str, ShardClient] = {}
+        self.batchers: dict[str, StartBatcher] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -60,6 +62,7 @@ class ClusterView:
                         min_size=0,
                         connect_timeout=self.settings.connect_timeout,
                     )
+                    self.batchers[shard.id] = StartBatcher(self.clients[shard.id])
             self.map = new_map
             self.registry = await self.catalog.registry()
             self.metrics.map_version.set(new_map.version)

@@ -298,10 +298,17 @@ class ShardClient:
             if is_unavailable(exc):
                 return
             raise
+        found = set()
         for row in rows:
-            for fut in self._waiters.pop(row["id"], []):
+            found.add(row["id"])
+            if row["status"] in TERMINAL:
+                for fut in self._waiters.pop(row["id"], []):
+                    if not fut.done():
+                        fut.set_result(dict(row))
+        for wid in set(ids) - found:  # not on this shard (or never started)
+            for fut in self._waiters.pop(wid, []):
                 if not fut.done():
-                    fut.set_result(dict(row))
+                    fut.set_exception(WorkflowNotFoundError(f"unknown workflow ID {wid!r}", id=wid))
 
 
 __all__ = ["ShardClient", "ShardflowError", "StartRequest", "StartResult"]

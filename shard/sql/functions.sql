@@ -25,7 +25,7 @@ CREATE OR REPLACE FUNCTION shardflow.start_workflows(
     p_parents text[], p_timeouts double precision[])
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
                problem text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     RETURN QUERY
     WITH input AS (

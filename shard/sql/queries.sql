@@ -148,9 +148,12 @@ SELECT shardflow.raise_start_problem($1, $2, $3);
 SELECT shardflow.workflow_status($1)::text;
 
 -- name: workflow_outcomes
-SELECT id, status, output::text AS output, error::text AS error
+-- Outcomes of finished workflows among $1; unfinished ones come back with NULL output.
+SELECT id, status,
+       CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN output::text END AS output,
+       CASE WHEN status IN ('completed', 'failed', 'cancelled') THEN error::text END AS error
 FROM shardflow.workflows
-WHERE id = ANY ($1::text[]) AND status IN ('completed', 'failed', 'cancelled');
+WHERE id = ANY ($1::text[]);
 
 -- name: workflow_cancel
 SELECT shardflow.cancel_workflow($1);
