@@ -31,7 +31,8 @@ class GroupCommitter:
         self._pending: dict[str, WorkflowRecord] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, record: WorkflowRecord) -> FlushResult:
+    def enqueue(self, record: WorkflowRecord) -> asyncio.Future[FlushResult]:
+        """Add to the next flush (merged with the workflow's record already waiting there)."""
         pending = self._pending.get(record.id)
         if pending is not None and pending.epoch == record.epoch:
             pending.merge(record)
@@ -42,7 +43,15 @@ class GroupCommitter:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         assert pending.future is not None
-        return await asyncio.shield(pending.future)
+        return pending.future
+
+    def waiting(self, workflow_id: str, epoch: int) -> bool:
+        """Whether a record of this workflow waits for the next flush (so more can merge)."""
+        pending = self._pending.get(workflow_id)
+        return pending is not None and pending.epoch == epoch
+
+    async def submit(self, record: WorkflowRecord) -> FlushResult:
+        return await asyncio.shield(self.enqueue(record))
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is flushed."""

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
 from metrics.shard import ShardMetrics
 from shard import codec
+from shard.committer import GroupCommitter
 from shard.dbfaults import is_unavailable
 from shard.errors import ShardUnavailableError, UnknownWorkflowError, WorkflowTimeoutError
 from shard.faults import Faults
 from shard.model import ClaimedWorkflow, FlushResult, History, StepRow, WorkflowRecord
 from shard.queries import query
 from shard.runtime import (
-    ControlFlow,
     Fenced,
+    Lost,
     Suspend,
     WorkflowCancelled,
     WorkflowRun,
@@ -30,17 +33,13 @@ from shard.store import ShardStore
 log = logging.getLogger("shardflow.runner")
 
 
-class Lost(ControlFlow):
-    """A write's outcome is unknown (the shard went away); release and replay later."""
-
-
 class WorkflowRunner:
     """Implements RunServices for the runs of one executor."""
 
     def __init__(
         self,
         store: ShardStore,
-        committer: Any,
+        committer: GroupCommitter,
         registry: Registry,
         faults: Faults,
         metrics: ShardMetrics,
@@ -67,6 +66,12 @@ class WorkflowRunner:
         except ShardUnavailableError:
             raise Lost() from None
         return result
+
+    def checkpoint_later(self, run: WorkflowRun, steps: list[StepRow]) -> Awaitable[FlushResult]:
+        record = WorkflowRecord(
+            run.id, run.epoch, next_seq=run.seq, seen_signal=run.claimed.signal_seq, steps=steps
+        )
+        return self.committer.enqueue(record)
 
     async def transactional_step(
         self,
@@ -109,10 +114,18 @@ class WorkflowRunner:
             self.metrics.workflows_started.labels(self.shard, claimed.name).inc()
         try:
             state = await self._drive(run)
+            if run.has_unsaved and not self.committer.waiting(run.id, run.epoch):
+                # The last step's flush is under way: let it land first. A cancel that
+                # arrives now is too late: the workflow's code has finished.
+                with contextlib.suppress(WorkflowCancelled):
+                    await run.settle()
             result = await self.checkpoint(run, state.pop("steps", []), **state)
+            run.abandon_unsaved()  # merged into the final record, or settled above
         except Fenced:
+            run.abandon_unsaved()
             return True
         except Lost:
+            run.abandon_unsaved()
             return False
         if result.applied and state["status"] in ("completed", "failed", "cancelled"):
             self.metrics.workflows_completed.labels(self.shard, claimed.name, state["status"]).inc()

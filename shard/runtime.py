@@ -24,6 +24,7 @@ from shard.errors import (
     NonDeterminismError,
     NonRetryableError,
     SerializationError,
+    ShardUnavailableError,
     StepFailedError,
     StepTimeoutError,
 )
@@ -53,6 +54,10 @@ class Fenced(ControlFlow):
     """This executor's lease on the workflow is gone; drop it without writing."""
 
 
+class Lost(ControlFlow):
+    """A write's outcome is unknown (the shard went away); release and replay later."""
+
+
 class WorkflowCancelled(ControlFlow):
     """Cancellation was requested; raised into workflow code at its next checkpoint."""
 
@@ -64,6 +69,18 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
     }
+
+
+def _check(result: FlushResult) -> None:
+    if not result.applied:
+        raise Fenced()
+    if result.cancel_requested:
+        raise WorkflowCancelled()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def utcnow() -> datetime:
@@ -90,6 +107,10 @@ class RunServices(Protocol):
 
     def step_retried(self, run: WorkflowRun, step: StepDef) -> None: ...
 
+    def checkpoint_later(self, run: WorkflowRun, steps: list[StepRow]) -> Awaitable[FlushResult]:
+        """Queue a checkpoint without waiting for it (see WorkflowRun.settle)."""
+        ...
+
 
 class WorkflowRun:
     def __init__(self, claimed: ClaimedWorkflow, history: History, services: RunServices) -> None:
@@ -101,6 +122,7 @@ class WorkflowRun:
         self.seq = 0
         self.fatal: BaseException | None = None
         self._event_counts: dict[str, int] = {}
+        self._unsaved: list[Awaitable[FlushResult]] = []
         self.ctx = Context(self)
 
     def bind(self) -> object:
@@ -129,11 +151,35 @@ class WorkflowRun:
         return rec
 
     async def save(self, steps: list[StepRow]) -> None:
-        result = await self.services.checkpoint(self, steps)
-        if not result.applied:
-            raise Fenced()
-        if result.cancel_requested:
-            raise WorkflowCancelled()
+        await self.settle()
+        _check(await self.services.checkpoint(self, steps))
+
+    def save_later(self, steps: list[StepRow]) -> None:
+        """Queue a plain step's checkpoint and go on: it is awaited (settled) before any
+        further effect of the workflow, and the final state merges with it when it has
+        not been flushed yet (one commit instead of two for the last step)."""
+        self._unsaved.append(self.services.checkpoint_later(self, steps))
+
+    @property
+    def has_unsaved(self) -> bool:
+        return bool(self._unsaved)
+
+    async def settle(self) -> None:
+        """Wait until every queued checkpoint is durable; raise if one was fenced or lost."""
+        while self._unsaved:
+            pending = self._unsaved.pop(0)
+            try:
+                result = await asyncio.shield(pending)
+            except ShardUnavailableError:
+                raise Lost() from None
+            _check(result)
+
+    def abandon_unsaved(self) -> None:
+        """Forget queued checkpoints (their outcome no longer matters), retrieving errors."""
+        for pending in self._unsaved:
+            if isinstance(pending, asyncio.Future):
+                pending.add_done_callback(_retrieve)
+        self._unsaved.clear()
 
     # -- steps -----------------------------------------------------------------
     def call_step(
@@ -150,6 +196,7 @@ class WorkflowRun:
                 error = codec.loads(rec.error) or {}
                 raise StepFailedError(_failed_message(step.name, error), error)
             return codec.loads(rec.output)
+        await self.settle()
         started = utcnow()
         attempt = 0
         while True:
@@ -181,7 +228,7 @@ class WorkflowRun:
                 await self.save([row])
                 raise StepFailedError(_failed_message(step.name, error), error) from exc
             text = codec.dumps(value, f"the result of step {step.name}")
-            await self.save([StepRow(seq, step.name, "completed", text, None, attempt, started)])
+            self.save_later([StepRow(seq, step.name, "completed", text, None, attempt, started)])
             return value
 
     # -- recorded values, timers, events ------------------------------------------
@@ -217,6 +264,7 @@ class WorkflowRun:
             if new:
                 await self.save(new)
             return
+        await self.settle()
         raise Suspend("sleeping", self._wake_time(at), new)
 
     async def wait_for_event(self, name: str, timeout: float | None) -> Any:
@@ -269,6 +317,7 @@ class WorkflowRun:
             await self.save(new)
             raise EventTimeoutError(f"no event {name!r} arrived within {timeout} s")
         run_at = None if deadline is None else self._wake_time(float(deadline))
+        await self.settle()
         raise Suspend("waiting", run_at, new)
 
 

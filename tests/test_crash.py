@@ -39,8 +39,8 @@ async def _check_exactly_once(conn: asyncpg.Connection, ids: list[str]) -> None:
 @pytest.mark.parametrize(
     "fault",
     [
-        "before_checkpoint_commit=kill@4",
-        "after_checkpoint_commit=kill@4",
+        "before_checkpoint_commit=kill@2",
+        "after_checkpoint_commit=kill@2",
         "before_step_commit=kill@10",
         "after_step_commit=kill@10",
     ],
