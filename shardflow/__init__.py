@@ -4,6 +4,7 @@ The public face: ``from shardflow import workflow, step, Context``. Logic lives 
 the component packages (``shard``, ``router``, ``coordinator``, ``metrics``).
 """
 
+from router.client import Client, SyncClient
 from shard.client import ShardClient, StartRequest, StartResult
 from shard.errors import (
     EventTimeoutError,
@@ -29,6 +30,8 @@ from shard.runtime import Context
 from shard.sdk import Registry, step, workflow
 
 __all__ = [
+    "Client",
+    "SyncClient",
     "Context",
     "EventTimeoutError",
     "InvalidWorkflowIdError",
