@@ -31,7 +31,6 @@ from shard.sdk import Registry, step, workflow
 
 __all__ = [
     "Client",
-    "SyncClient",
     "Context",
     "EventTimeoutError",
     "InvalidWorkflowIdError",
@@ -48,6 +47,7 @@ __all__ = [
     "StartResult",
     "StepFailedError",
     "StepTimeoutError",
+    "SyncClient",
     "UnknownWorkflowError",
     "WorkflowCancelledError",
     "WorkflowConflictError",
