@@ -35,6 +35,7 @@ class DevSettings(Settings):
     slots: int = setting(1024, help="hash slots, fixed when the cluster is created", minimum=1)
     executors_per_shard: int = setting(1, help="executor processes per shard", minimum=1)
     routers: int = setting(1, help="router processes (the first on --port)", minimum=1)
+    coordinators: int = setting(1, help="coordinator processes (one leads)", minimum=0)
     host: str = setting("127.0.0.1", help="address the router listens on")
     port: int = setting(8080, help="port of the first router", minimum=0)
     data: str = setting(".shardflow", help="folder holding the cluster (kept between runs)")
@@ -123,6 +124,20 @@ class DevCluster:
                         ],
                     )
                 )
+        for i in range(s.coordinators):
+            self.children.append(
+                Child(
+                    f"coordinator-{i}",
+                    [
+                        *base,
+                        "coordinator",
+                        "--catalog",
+                        self.catalog_dsn,
+                        "--name",
+                        f"coordinator-{i}",
+                    ],
+                )
+            )
         for i in range(s.routers):
             port = s.port if i == 0 else free_port()
             self.router_urls.append(f"http://{s.host}:{port}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator import operations
 from router import requests as rq
 from router.errors import HttpError
 from router.view import ClusterView
@@ -157,13 +158,21 @@ async def send_event(request: web.Request) -> web.Response:
     if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
         raise HttpError("bad_request", "an event name is 1 to 200 characters, no control ones")
     wid, shard = await _locate(request)
-    delivered = await _view(request).client(shard).send_event(wid, name, payload, dedup_id=dedup)
+
+    async def call(_: str, client: ShardClient) -> bool:
+        return await client.send_event(wid, name, payload, dedup_id=dedup)
+
+    delivered = await _view(request).on_located(wid, shard, call)
     return web.json_response({"id": wid, "event": name, "delivered": delivered}, status=202)
 
 
 async def cancel(request: web.Request) -> web.Response:
     wid, shard = await _locate(request)
-    status = await _view(request).client(shard).cancel(wid)
+
+    async def call(_: str, client: ShardClient) -> str:
+        return await client.cancel(wid)
+
+    status = await _view(request).on_located(wid, shard, call)
     return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
 
 
@@ -194,27 +203,41 @@ async def list_workflows(request: web.Request) -> web.Response:
 async def cluster(request: web.Request) -> web.Response:
     view = _view(request)
     await view.refresh()
-    assert view.map is not None
-    counts: dict[str, int] = defaultdict(int)
-    for owner in view.map.owners:
-        counts[owner] += 1
-
-    ids = sorted(view.map.shards)
+    doc = await operations.status(view.catalog)
+    ids = [s["id"] for s in doc["shards"]]
     health = await asyncio.gather(*(view.client(s).ping() for s in ids))
+    for shard, healthy in zip(doc["shards"], health, strict=True):
+        shard["healthy"] = healthy
+    doc["workflows"] = {name: versions for name, versions in sorted(view.registry.items())}
+    return web.json_response(doc)
+
+
+async def add_shard(request: web.Request) -> web.Response:
+    body = await rq.json_body(request)
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"id", "dsn"}
+        or not all(isinstance(body[k], str) and body[k] for k in ("id", "dsn"))
+    ):
+        raise HttpError("bad_request", 'the body must be {"id": str, "dsn": str}')
+    view = _view(request)
+    await view.catalog.add_shard(body["id"], body["dsn"])
+    await view.refresh(force=True)
+    return web.json_response({"id": body["id"], "state": "active", "slots": 0}, status=201)
+
+
+async def drain_shard(request: web.Request) -> web.Response:
+    moves = await operations.drain(_view(request).catalog, request.match_info["id"])
+    return web.json_response({"id": request.match_info["id"], "moves": moves}, status=202)
+
+
+async def remove_shard(request: web.Request) -> web.Response:
+    await operations.remove(_view(request).catalog, request.match_info["id"])
+    await _view(request).refresh(force=True)
+    return web.json_response({"id": request.match_info["id"], "removed": True})
+
+
+async def rebalance(request: web.Request) -> web.Response:
     return web.json_response(
-        {
-            "slots": view.map.slots,
-            "map_version": view.map.version,
-            "shards": [
-                {
-                    "id": s,
-                    "state": view.map.shards[s].state,
-                    "slots": counts.get(s, 0),
-                    "healthy": h,
-                }
-                for s, h in zip(ids, health, strict=True)
-            ],
-            "moves": [],
-            "workflows": {name: versions for name, versions in sorted(view.registry.items())},
-        }
+        {"moves": await operations.rebalance(_view(request).catalog)}, status=202
     )

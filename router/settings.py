@@ -29,6 +29,9 @@ class RouterSettings(Settings):
     refresh_interval: float = setting(
         1.0, help="seconds between checks of the slot map version", minimum=0.05
     )
+    move_wait: float = setting(
+        10.0, help="seconds a request for a moving slot waits before a 503", minimum=0
+    )
     max_result_wait: float = setting(60.0, help="longest long-poll of /result (seconds)", minimum=0)
     log_level: str = setting(
         "info", help="log level", choices=("debug", "info", "warning", "error")

@@ -92,14 +92,40 @@ class ClusterView:
     ) -> T:
         """Run ``call`` on the routing key's shard; after a 'slot moved' answer refresh the
         map and retry once, invisibly to the client."""
-        shard_id = self.shard_for(routing_key)
-        try:
-            return await call(shard_id, self.client(shard_id))
-        except SlotMovedError:
-            self.metrics.slot_moved_retries.inc()
-            await self.refresh(force=True)
+        delay = 0.005
+        waited = 0.0
+        while True:
             shard_id = self.shard_for(routing_key)
-            return await call(shard_id, self.client(shard_id))
+            try:
+                return await call(shard_id, self.client(shard_id))
+            except SlotMovedError:
+                # The slot is moving (or just moved): wait briefly, never refuse.
+                self.metrics.slot_moved_retries.inc()
+                if waited > self.settings.move_wait:
+                    raise
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 0.2)
+                await self.refresh(force=True)
+
+    async def on_located(
+        self, workflow_id: str, shard_id: str, call: Callable[[str, ShardClient], Awaitable[T]]
+    ) -> T:
+        """Run ``call`` on the shard holding a workflow, following it if its slot moves."""
+        delay = 0.005
+        waited = 0.0
+        while True:
+            try:
+                return await call(shard_id, self.client(shard_id))
+            except SlotMovedError:
+                self.metrics.slot_moved_retries.inc()
+                if waited > self.settings.move_wait:
+                    raise
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 0.2)
+                await self.refresh(force=True)
+                shard_id = await self.locate(workflow_id, None) or shard_id
 
     async def locate(self, workflow_id: str, routing_key: str | None) -> str | None:
         """The shard holding the workflow: its hashed shard first, then every other one."""

@@ -22,8 +22,10 @@ import asyncpg
 from metrics.shard import ShardMetrics
 from shard.committer import GroupCommitter
 from shard.dbfaults import is_unavailable
+from shard.errors import SettingsError
 from shard.executor_settings import ExecutorSettings
 from shard.faults import Faults
+from shard.migrate import migrations
 from shard.model import ClaimedWorkflow, History
 from shard.pool import create_pool
 from shard.queries import query
@@ -93,6 +95,7 @@ class Executor:
                 log.warning("event=connect_failed retry_in=%.1f error=%r", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        await self._check_schema()
         store = ShardStore(self._pool)
         committer = GroupCommitter(store, self.faults, self.metrics)
         self.runner = WorkflowRunner(store, committer, self.registry, self.faults, self.metrics)
@@ -111,6 +114,18 @@ class Executor:
             s.shard,
             ",".join(sorted(self.registry.workflows)),
         )
+
+    async def _check_schema(self) -> None:
+        """Refuse a shard whose schema is newer than this code understands."""
+        assert self._pool is not None
+        known = max(m.version for m in migrations())
+        found = int(await self._pool.fetchval(query("schema_version")))
+        if found > known:
+            raise SettingsError(
+                f"the shard's schema is at version {found} but this executor knows up to "
+                f"{known}: upgrade Shardflow on this host before starting it",
+                setting="dsn",
+            )
 
     async def _attach(self) -> None:
         """Open the liveness connection: advisory lock, registration, LISTEN."""

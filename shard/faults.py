@@ -21,6 +21,11 @@ POINTS = (
     "after_checkpoint_commit",
     "before_step_commit",
     "after_step_commit",
+    "move_precopied",
+    "move_fenced",
+    "move_copied",
+    "move_flipped",
+    "move_done",
 )
 
 

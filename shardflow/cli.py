@@ -100,6 +100,36 @@ async def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _coordinator(args: argparse.Namespace) -> int:
+    from coordinator.leader import Coordinator, CoordinatorSettings
+    from metrics.exporter import serve_metrics
+    from shard.faults import Faults
+    from shard.logs import configure
+
+    settings = CoordinatorSettings.load(vars(args))
+    configure("info")
+    stop = stop_event_on_signals()
+    coordinator = Coordinator(settings, Faults.from_env())
+    runner = None
+    if settings.metrics_port is not None:
+        runner, port = await serve_metrics(
+            coordinator.metrics.registry, settings.metrics_host, settings.metrics_port
+        )
+        print(f"metrics http://{settings.metrics_host}:{port}/metrics", flush=True)
+    try:
+        await coordinator.run(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    return 0
+
+
+async def _cluster(args: argparse.Namespace) -> int:
+    from shardflow.cluster_cli import run_cluster_command
+
+    return await run_cluster_command(args)
+
+
 async def _migrate(args: argparse.Namespace) -> int:
     import asyncpg
 
@@ -152,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     DevSettings.add_arguments(p)
     p.add_argument("--demo", type=int, default=0, help="start this many demo workflows first")
     p.set_defaults(handler=_dev)
+
+    from coordinator.leader import CoordinatorSettings
+    from shardflow.cluster_cli import add_cluster_parser
+
+    p = sub.add_parser("coordinator", help="leader election, health and slot moves")
+    CoordinatorSettings.add_arguments(p)
+    p.set_defaults(handler=_coordinator)
+    add_cluster_parser(sub, _cluster)
 
     p = sub.add_parser("migrate", help="create or upgrade the schema of a shard")
     p.add_argument("--dsn", required=True)

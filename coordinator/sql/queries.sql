@@ -49,3 +49,82 @@ SELECT DISTINCT shard_id FROM catalog.registry;
 
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = $1;
+
+-- name: leader_take
+-- A new leader: the next term, recorded with its owner.
+UPDATE catalog.leader SET term = term + 1, owner = $1, since = now() WHERE id = 1
+RETURNING term;
+
+-- name: leader_get
+SELECT term, owner, since FROM catalog.leader WHERE id = 1;
+
+-- name: leader_try_lock
+SELECT pg_try_advisory_lock(7358201949);
+
+-- name: moves_live
+SELECT id, slot, source, target, phase, epoch, precopy_before, fenced_at, rows_copied,
+       pause_ms, error
+FROM catalog.moves WHERE phase NOT IN ('done', 'rolled_back') ORDER BY id;
+
+-- name: moves_recent
+SELECT id, slot, source, target, phase, rows_copied, pause_ms, error, created_at, finished_at
+FROM catalog.moves ORDER BY id DESC LIMIT $1;
+
+-- name: moves_plan
+INSERT INTO catalog.moves (slot, source, target)
+SELECT * FROM unnest($1::integer[], $2::text[], $3::text[]);
+
+-- name: move_advance
+-- Move $1 from phase $2 to $3 under leader term $4; nothing happens for a stale term.
+WITH l AS (SELECT term FROM catalog.leader WHERE id = 1 FOR SHARE)
+UPDATE catalog.moves m
+SET phase = $3, updated_at = now(),
+    epoch = coalesce($5, m.epoch),
+    precopy_before = coalesce($6, m.precopy_before),
+    fenced_at = coalesce($7, m.fenced_at),
+    rows_copied = m.rows_copied + coalesce($8, 0),
+    pause_ms = coalesce($9, m.pause_ms),
+    error = $10,
+    finished_at = CASE WHEN $3 IN ('done', 'rolled_back') THEN now() END
+WHERE m.id = $1 AND m.phase = $2 AND (SELECT term FROM l) = $4
+RETURNING m.id;
+
+-- name: move_note_error
+UPDATE catalog.moves SET error = $2, updated_at = now() WHERE id = $1;
+
+-- name: slot_flip
+-- The catalog points the slot at the target with the move's epoch and bumps the map
+-- version, in one statement, under the leader's term.
+WITH l AS (SELECT term FROM catalog.leader WHERE id = 1 FOR SHARE),
+f AS (
+    UPDATE catalog.slots SET shard_id = $2, epoch = $4
+    WHERE slot = $1 AND shard_id = $3 AND (SELECT term FROM l) = $5
+    RETURNING slot
+), v AS (
+    UPDATE catalog.settings SET value = (value::bigint + 1)::text
+    WHERE key = 'map_version' AND EXISTS (SELECT 1 FROM f)
+)
+SELECT slot FROM f;
+
+-- name: slot_epoch
+SELECT shard_id, epoch FROM catalog.slots WHERE slot = $1;
+
+-- name: shard_set_state
+UPDATE catalog.shards SET state = $2, checked_at = now() WHERE id = $1 AND state <> $2
+RETURNING id;
+
+-- name: shard_checked
+UPDATE catalog.shards SET checked_at = now() WHERE id = $1;
+
+-- name: shard_remove
+DELETE FROM catalog.shards s WHERE s.id = $1
+  AND NOT EXISTS (SELECT 1 FROM catalog.slots WHERE shard_id = s.id)
+  AND NOT EXISTS (SELECT 1 FROM catalog.moves m WHERE (m.source = s.id OR m.target = s.id)
+                  AND m.phase NOT IN ('done', 'rolled_back'))
+RETURNING id;
+
+-- name: registry_remove_shard
+DELETE FROM catalog.registry WHERE shard_id = $1;
+
+-- name: moves_forget_shard
+DELETE FROM catalog.moves WHERE source = $1 OR target = $1;

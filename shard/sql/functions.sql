@@ -139,11 +139,25 @@ $$;
 
 -- Request cancellation. A workflow that never ran is cancelled at once; a running
 -- one stops at its next checkpoint; a sleeping or waiting one is woken to stop.
+CREATE OR REPLACE FUNCTION shardflow.check_slot_served(p_slot integer, p_id text)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM shardflow.slots)
+       AND NOT EXISTS (SELECT 1 FROM shardflow.slots WHERE slot = p_slot AND state = 'owned') THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF006', MESSAGE = format(
+            'the slot of workflow %s is moving or moved; refresh the slot map and retry',
+            quote_literal(p_id));
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION shardflow.cancel_workflow(p_id text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
+    PERFORM shardflow.check_slot_served(w.slot, p_id)
+    FROM shardflow.workflows w WHERE w.id = p_id;
     UPDATE shardflow.workflows w
     SET cancel_requested = true, signal_seq = w.signal_seq + 1, updated_at = now(),
         status = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN 'cancelled' ELSE w.status END,
@@ -181,6 +195,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
     END IF;
+    PERFORM shardflow.check_slot_served(r.slot, p_id);
     IF r.status IN ('completed', 'failed', 'cancelled') THEN
         RAISE EXCEPTION USING ERRCODE = 'SF005', MESSAGE = format(
             'workflow %s is already %s and takes no more events', quote_literal(p_id), r.status);
@@ -246,5 +261,170 @@ BEGIN
         PERFORM pg_notify('shardflow_done', '');
     END IF;
     RETURN v_count;
+END
+$$;
+
+-- Register an application table whose rows move with their slot: its slot_column
+-- holds the slot (a default of current_setting('shardflow.slot')::int fills it in
+-- transactional steps).
+CREATE OR REPLACE FUNCTION shardflow.colocate(p_table text, p_slot_column text DEFAULT 'slot')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM p_table::regclass;
+    INSERT INTO shardflow.colocated (table_name, slot_column) VALUES (p_table, p_slot_column)
+    ON CONFLICT (table_name) DO UPDATE SET slot_column = excluded.slot_column;
+END
+$$;
+
+-- Slot moves, source side: stop serving the slot and fence every live workflow of it
+-- (new lease epoch; running ones go back to the queue, to be replayed on the target).
+CREATE OR REPLACE FUNCTION shardflow.fence_slot(p_slot integer, p_epoch bigint)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    UPDATE shardflow.slots SET state = 'moving', epoch = greatest(epoch, p_epoch)
+    WHERE slot = p_slot AND state IN ('owned', 'moving');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF006', MESSAGE = format(
+            'slot %s is not owned by this shard', p_slot);
+    END IF;
+    WITH live AS (
+        UPDATE shardflow.workflows w
+        SET lease_epoch = w.lease_epoch + 1, lease_owner = NULL, lease_until = NULL,
+            status = CASE WHEN w.status = 'running' THEN 'pending' ELSE w.status END,
+            updated_at = now()
+        WHERE w.slot = p_slot AND w.status NOT IN ('completed', 'failed', 'cancelled')
+        RETURNING w.id, w.slot, w.status
+    ), rdy AS (
+        INSERT INTO shardflow.ready (workflow_id, slot)
+        SELECT live.id, live.slot FROM live WHERE live.status = 'pending'
+        ON CONFLICT (workflow_id) DO NOTHING
+    )
+    SELECT count(*) INTO v_count FROM live;
+    RETURN v_count;
+END
+$$;
+
+-- Rows of a slot as JSON, for the copy to the target: finished workflows up to
+-- p_before (pre-copy, while the slot is served), or everything else (after fencing).
+CREATE OR REPLACE FUNCTION shardflow.export_slot(p_slot integer, p_before timestamptz,
+                                                 p_finished boolean)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_ids text[];
+    v_colocated jsonb := '{}'::jsonb;
+    v_rows jsonb;
+    r record;
+BEGIN
+    SELECT coalesce(array_agg(w.id), '{}') INTO v_ids FROM shardflow.workflows w
+    WHERE w.slot = p_slot AND (
+        (p_finished AND w.status IN ('completed', 'failed', 'cancelled')
+                    AND w.finished_at < p_before)
+        OR (NOT p_finished AND (w.status NOT IN ('completed', 'failed', 'cancelled')
+                                OR w.finished_at >= p_before)));
+    IF NOT p_finished THEN
+        FOR r IN SELECT table_name, slot_column FROM shardflow.colocated LOOP
+            EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(t)), ''[]'') FROM %s t WHERE %I = $1',
+                           r.table_name::regclass, r.slot_column)
+                INTO v_rows USING p_slot;
+            v_colocated := v_colocated || jsonb_build_object(r.table_name, v_rows);
+        END LOOP;
+    END IF;
+    RETURN jsonb_build_object(
+        'workflows', (SELECT coalesce(jsonb_agg(to_jsonb(w)), '[]') FROM shardflow.workflows w
+                      WHERE w.id = ANY (v_ids)),
+        'steps', (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM shardflow.steps s
+                  WHERE s.workflow_id = ANY (v_ids)),
+        'events', (SELECT coalesce(jsonb_agg(to_jsonb(e) - 'id' ORDER BY e.id), '[]')
+                   FROM shardflow.events e WHERE e.workflow_id = ANY (v_ids)),
+        'ready', (SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]') FROM shardflow.ready q
+                  WHERE q.workflow_id = ANY (v_ids)),
+        'colocated', v_colocated);
+END
+$$;
+
+-- Slot moves, target side: apply one exported batch in one transaction, once per
+-- (move, phase); the 'live' phase also makes the slot 'incoming' at the move's epoch.
+CREATE OR REPLACE FUNCTION shardflow.import_slot(p_move bigint, p_phase text, p_slot integer,
+                                                 p_epoch bigint, p_data jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_rows bigint := 0;
+    v_n bigint;
+    r record;
+BEGIN
+    INSERT INTO shardflow.moves_in (move_id, phase, slot) VALUES (p_move, p_phase, p_slot)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN -1;  -- applied before: never twice
+    END IF;
+    INSERT INTO shardflow.workflows
+    SELECT * FROM jsonb_populate_recordset(NULL::shardflow.workflows, p_data -> 'workflows')
+    ON CONFLICT (id) DO NOTHING;
+    GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
+    INSERT INTO shardflow.steps
+    SELECT * FROM jsonb_populate_recordset(NULL::shardflow.steps, p_data -> 'steps')
+    ON CONFLICT (workflow_id, seq) DO NOTHING;
+    GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
+    INSERT INTO shardflow.events (workflow_id, name, payload, dedup_id, created_at)
+    SELECT e.workflow_id, e.name, e.payload, e.dedup_id, e.created_at
+    FROM jsonb_populate_recordset(NULL::shardflow.events, p_data -> 'events') e
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
+    INSERT INTO shardflow.ready
+    SELECT * FROM jsonb_populate_recordset(NULL::shardflow.ready, p_data -> 'ready')
+    ON CONFLICT (workflow_id) DO NOTHING;
+    FOR r IN SELECT key, value FROM jsonb_each(coalesce(p_data -> 'colocated', '{}')) LOOP
+        EXECUTE format('INSERT INTO %s SELECT * FROM jsonb_populate_recordset(NULL::%s, $1)',
+                       r.key::regclass, r.key::regclass) USING r.value;
+        GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
+    END LOOP;
+    IF p_phase = 'live' THEN
+        INSERT INTO shardflow.slots (slot, epoch, state) VALUES (p_slot, p_epoch, 'incoming')
+        ON CONFLICT (slot) DO UPDATE SET epoch = excluded.epoch, state = 'incoming';
+    END IF;
+    UPDATE shardflow.moves_in SET rows_copied = v_rows WHERE move_id = p_move AND phase = p_phase;
+    RETURN v_rows;
+END
+$$;
+
+-- Take or give back a slot's ownership at an epoch (the target after the catalog
+-- flip; the source when a move is rolled back).
+CREATE OR REPLACE FUNCTION shardflow.own_slot(p_slot integer, p_epoch bigint, p_from text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE shardflow.slots SET state = 'owned', epoch = greatest(epoch, p_epoch)
+    WHERE slot = p_slot AND state IN (p_from, 'owned');
+    IF FOUND THEN
+        PERFORM pg_notify('shardflow_ready', '');
+    END IF;
+    RETURN FOUND;
+END
+$$;
+
+-- Remove every row of a slot from this shard (the source after a move, or the target
+-- after a rolled-back one), co-located application rows included.
+CREATE OR REPLACE FUNCTION shardflow.drop_slot(p_slot integer)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids text[];
+    v_rows bigint := 0;
+    v_n bigint;
+    r record;
+BEGIN
+    SELECT coalesce(array_agg(id), '{}') INTO v_ids FROM shardflow.workflows WHERE slot = p_slot;
+    DELETE FROM shardflow.steps WHERE workflow_id = ANY (v_ids);
+    DELETE FROM shardflow.events WHERE workflow_id = ANY (v_ids);
+    DELETE FROM shardflow.ready WHERE workflow_id = ANY (v_ids) OR slot = p_slot;
+    DELETE FROM shardflow.workflows WHERE slot = p_slot;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    FOR r IN SELECT table_name, slot_column FROM shardflow.colocated LOOP
+        EXECUTE format('DELETE FROM %s WHERE %I = $1', r.table_name::regclass, r.slot_column)
+            USING p_slot;
+        GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
+    END LOOP;
+    DELETE FROM shardflow.slots WHERE slot = p_slot;
+    RETURN v_rows;
 END
 $$;

@@ -34,6 +34,8 @@ WITH picked AS (
     WHERE r.workflow_id IN (
         SELECT q.workflow_id FROM shardflow.ready q
         WHERE q.run_at <= now()
+          AND (q.slot IN (SELECT s.slot FROM shardflow.slots s WHERE s.state = 'owned')
+               OR NOT EXISTS (SELECT 1 FROM shardflow.slots))
         ORDER BY q.run_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED)
@@ -105,9 +107,11 @@ SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fe
 
 -- name: workflow_lock_for_step
 -- Fence a transactional step: lock the workflow row under the lease epoch.
+-- The workflow's slot and ID are set for the transaction: app tables can default to them.
 UPDATE shardflow.workflows SET next_seq = greatest(next_seq, $3 + 1), updated_at = now()
 WHERE id = $1 AND lease_epoch = $2 AND status = 'running'
-RETURNING cancel_requested;
+RETURNING cancel_requested, set_config('shardflow.slot', slot::text, true) AS slot,
+          set_config('shardflow.workflow_id', id, true) AS workflow_id;
 
 -- name: step_insert
 INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
@@ -208,3 +212,24 @@ SELECT 1;
 
 -- name: registry_has
 SELECT 1 FROM shardflow.registry WHERE name = $1;
+
+-- name: slot_fence
+SELECT shardflow.fence_slot($1, $2);
+
+-- name: slot_export
+SELECT shardflow.export_slot($1, $2, $3)::text;
+
+-- name: slot_import
+SELECT shardflow.import_slot($1, $2, $3, $4, $5::jsonb);
+
+-- name: slot_own
+SELECT shardflow.own_slot($1, $2, $3);
+
+-- name: slot_drop
+SELECT shardflow.drop_slot($1);
+
+-- name: slots_incoming
+SELECT slot FROM shardflow.slots WHERE state = 'incoming';
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM shardflow.schema_migrations;

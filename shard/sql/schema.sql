@@ -66,6 +66,7 @@ CREATE INDEX workflows_running_owner ON shardflow.workflows (lease_owner)
 CREATE INDEX workflows_finished_at ON shardflow.workflows (finished_at)
     WHERE finished_at IS NOT NULL;
 CREATE INDEX workflows_created_at ON shardflow.workflows (created_at, id);
+CREATE INDEX workflows_slot ON shardflow.workflows (slot);
 
 -- Step checkpoints: one row per completed (or finally failed) step, timer or
 -- recorded value, keyed by the position (seq) of the call in the workflow's code.
@@ -114,5 +115,21 @@ CREATE TABLE shardflow.slots (
     slot integer PRIMARY KEY,
     epoch bigint NOT NULL,
     state text NOT NULL DEFAULT 'owned',
-    CONSTRAINT slots_state_check CHECK (state IN ('owned', 'moving'))
+    CONSTRAINT slots_state_check CHECK (state IN ('owned', 'moving', 'incoming'))
+);
+
+-- Each slot-move copy applied on this shard, so a retried copy never doubles rows.
+CREATE TABLE shardflow.moves_in (
+    move_id bigint NOT NULL,
+    phase text NOT NULL,
+    slot integer NOT NULL,
+    rows_copied bigint NOT NULL DEFAULT 0,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (move_id, phase)
+);
+
+-- Application tables whose rows move with their slot (shardflow.colocate()).
+CREATE TABLE shardflow.colocated (
+    table_name text PRIMARY KEY,
+    slot_column text NOT NULL
 );

@@ -1,0 +1,138 @@
+"""`shardflow coordinator`: one leader (advisory lock + term in the catalog), any standbys.
+
+Only the leader checks shard health and executes slot moves. A standby polls the
+lock and takes over within a couple of seconds of the leader's connection closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import asyncpg
+
+from coordinator.catalog import Catalog, q
+from coordinator.moves import Mover, NotLeader
+from metrics.coordinator import CoordinatorMetrics
+from shard.faults import Faults
+from shard.queries import query
+from shard.settings import Settings, setting
+
+log = logging.getLogger("shardflow.coordinator")
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings(Settings):
+    catalog: str = setting(help="DSN of the cluster catalog")
+    name: str = setting("", help="identity shown as leader (default host-pid)")
+    poll_interval: float = setting(1.0, help="seconds between leadership attempts", minimum=0.05)
+    health_interval: float = setting(2.0, help="seconds between shard health checks", minimum=0.1)
+    move_interval: float = setting(
+        0.2, help="seconds between looks for planned moves", minimum=0.01
+    )
+    rollback_after: float = setting(
+        10.0,
+        help="seconds a move waits for an unreachable target before rolling back",
+        minimum=0.1,
+    )
+    metrics_port: int | None = setting(None, help="port of /metrics (unset: none)", minimum=0)
+    metrics_host: str = setting("127.0.0.1", help="address of /metrics")
+
+
+class Coordinator:
+    def __init__(self, settings: CoordinatorSettings, faults: Faults | None = None) -> None:
+        self.settings = settings
+        self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.faults = faults or Faults()
+        self.metrics = CoordinatorMetrics()
+        self.is_leader = False
+        self.term = 0
+        self.leader_event = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._attempt(stop)
+            except Exception as exc:
+                log.warning("event=coordinator_error error=%r", exc)
+            self._step_down()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.poll_interval)
+
+    def _step_down(self) -> None:
+        if self.is_leader:
+            log.warning("event=leadership_lost name=%s term=%d", self.name, self.term)
+        self.is_leader = False
+        self.leader_event.clear()
+        self.metrics.is_leader.set(0)
+
+    async def _attempt(self, stop: asyncio.Event) -> None:
+        lock = await asyncpg.connect(self.settings.catalog, timeout=5)
+        catalog = await Catalog.connect(self.settings.catalog, pool_size=3)
+        try:
+            while not stop.is_set():
+                if await lock.fetchval(q("leader_try_lock")):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.poll_interval)
+            else:
+                return
+            self.term = int(await catalog.pool.fetchval(q("leader_take"), self.name))
+            self.is_leader = True
+            self.leader_event.set()
+            self.metrics.is_leader.set(1)
+            self.metrics.term.set(self.term)
+            log.info("event=leader name=%s term=%d", self.name, self.term)
+            await self._lead(catalog, lock, stop)
+        finally:
+            await catalog.close()
+            await lock.close()
+
+    async def _lead(self, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
+        mover = Mover(catalog, self.term, self.faults, self.settings.rollback_after)
+        loop = asyncio.get_running_loop()
+        next_health = 0.0
+        while not stop.is_set():
+            if lock.is_closed():
+                return
+            if loop.time() >= next_health:
+                await self._check_health(catalog)
+                await mover.clean_rolled_back()
+                next_health = loop.time() + self.settings.health_interval
+            try:
+                done = await mover.run_all()
+            except NotLeader as exc:
+                log.warning("event=not_leader %s", exc)
+                return
+            if done:
+                self.metrics.moves_done.inc(done)
+                for pause in mover.pauses_ms:
+                    self.metrics.move_pause.observe(pause / 1000)
+                mover.pauses_ms.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.move_interval)
+
+    async def _check_health(self, catalog: Catalog) -> None:
+        for shard in await catalog.shards():
+            healthy = True
+            try:
+                conn = await asyncpg.connect(shard.dsn, timeout=3)
+                try:
+                    await conn.fetchval(query("schema_version"))
+                finally:
+                    await conn.close()
+            except Exception:
+                healthy = False
+            self.metrics.shard_up.labels(shard.id).set(1 if healthy else 0)
+            if not healthy and shard.state == "active":
+                await catalog.pool.fetchval(q("shard_set_state"), shard.id, "down")
+                log.warning("event=shard_down shard=%s", shard.id)
+            elif healthy and shard.state == "down":
+                await catalog.pool.fetchval(q("shard_set_state"), shard.id, "active")
+                log.info("event=shard_up shard=%s", shard.id)
+            else:
+                await catalog.pool.execute(q("shard_checked"), shard.id)

@@ -1,0 +1,265 @@
+"""Slot moves A -> B: a persisted, resumable state machine in the catalog.
+
+planned --pre-copy finished rows (slot still served)--> precopied
+        --fence on A (slot 'moving', live rows' lease epochs bumped)--> fenced
+        --copy live rows to B in one transaction, slot 'incoming' on B--> copied
+        --B owns the slot; the catalog flips it (new epoch, new map version)--> flipped
+        --A deletes its copy--> done
+
+Every step is idempotent: a copy is applied on B once per (move, phase), fencing and
+ownership only ever raise epochs, and catalog transitions check the leader's term,
+so a resumed move (after a crash of the coordinator, A or B) never loses or doubles
+a row. A target that stays unreachable before the copy lands rolls the move back:
+A serves the slot again and B's incomplete copy is dropped when B returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from coordinator.catalog import Catalog, q
+from shard.dbfaults import is_unavailable
+from shard.faults import Faults
+from shard.queries import query
+
+log = logging.getLogger("shardflow.moves")
+
+
+class NotLeader(Exception):
+    """The leader's term moved on: this process must stop acting."""
+
+
+@dataclass
+class MoveRow:
+    id: int
+    slot: int
+    source: str
+    target: str
+    phase: str
+    epoch: int | None
+    precopy_before: datetime | None
+    fenced_at: datetime | None
+
+
+class Mover:
+    def __init__(
+        self,
+        catalog: Catalog,
+        term: int,
+        faults: Faults | None = None,
+        rollback_after: float = 10.0,
+    ) -> None:
+        self.catalog = catalog
+        self.term = term
+        self.faults = faults or Faults()
+        self.rollback_after = rollback_after
+        self.pauses_ms: list[float] = []
+
+    async def live_moves(self) -> list[MoveRow]:
+        rows = await self.catalog.pool.fetch(q("moves_live"))
+        return [
+            MoveRow(
+                r["id"],
+                r["slot"],
+                r["source"],
+                r["target"],
+                r["phase"],
+                r["epoch"],
+                r["precopy_before"],
+                r["fenced_at"],
+            )
+            for r in rows
+        ]
+
+    async def run_all(self, on_progress: Any = None) -> int:
+        """Execute (or resume) every unfinished move, one at a time; returns how many."""
+        done = 0
+        for move in await self.live_moves():
+            await self.run(move)
+            done += 1
+            if on_progress is not None:
+                on_progress(done)
+        return done
+
+    async def _advance(self, move: MoveRow, to: str, **fields: Any) -> None:
+        row = await self.catalog.pool.fetchval(
+            q("move_advance"),
+            move.id,
+            move.phase,
+            to,
+            self.term,
+            fields.get("epoch"),
+            fields.get("precopy_before"),
+            fields.get("fenced_at"),
+            fields.get("rows"),
+            fields.get("pause_ms"),
+            fields.get("error"),
+        )
+        if row is None:
+            raise NotLeader(f"move {move.id}: term {self.term} is no longer the leader's")
+        move.phase = to
+        await self.faults.point(f"move_{to}")
+
+    async def _dsn(self, shard_id: str) -> str:
+        shards = {s.id: s.dsn for s in await self.catalog.shards()}
+        return shards[shard_id]
+
+    async def _on(self, shard_id: str, sql: str, *args: Any) -> Any:
+        conn = await asyncpg.connect(await self._dsn(shard_id), timeout=5)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    async def _retrying(
+        self,
+        move: MoveRow,
+        what: str,
+        shard_id: str,
+        sql: str,
+        *args: Any,
+        give_up: float | None = None,
+    ) -> Any:
+        """Run on a shard, waiting out its outages; None after ``give_up`` seconds."""
+        started = time.monotonic()
+        delay = 0.1
+        while True:
+            try:
+                return await self._on(shard_id, sql, *args)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                await self.catalog.pool.execute(
+                    q("move_note_error"), move.id, f"{what}: {shard_id} unavailable: {exc!r}"
+                )
+                log.warning(
+                    "event=move_wait move=%d slot=%d step=%s shard=%s error=%r",
+                    move.id,
+                    move.slot,
+                    what,
+                    shard_id,
+                    exc,
+                )
+                if give_up is not None and time.monotonic() - started > give_up:
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def run(self, move: MoveRow) -> None:
+        log.info(
+            "event=move_start move=%d slot=%d %s->%s phase=%s",
+            move.id,
+            move.slot,
+            move.source,
+            move.target,
+            move.phase,
+        )
+        if move.phase == "planned":
+            before = datetime.now(UTC)
+            data = await self._retrying(
+                move, "precopy export", move.source, query("slot_export"), move.slot, before, True
+            )
+            rows = await self._retrying(
+                move,
+                "precopy import",
+                move.target,
+                query("slot_import"),
+                move.id,
+                "precopy",
+                move.slot,
+                0,
+                data,
+            )
+            await self._advance(move, "precopied", precopy_before=before, rows=max(0, rows))
+        if move.phase == "precopied":
+            current = await self.catalog.pool.fetchrow(q("slot_epoch"), move.slot)
+            assert current is not None
+            epoch = int(current["epoch"]) + 1
+            await self._retrying(move, "fence", move.source, query("slot_fence"), move.slot, epoch)
+            await self._advance(move, "fenced", epoch=epoch, fenced_at=datetime.now(UTC))
+            move.epoch = epoch
+            move.fenced_at = datetime.now(UTC)
+        if move.phase == "fenced":
+            assert move.epoch is not None
+            data = await self._retrying(
+                move,
+                "export",
+                move.source,
+                query("slot_export"),
+                move.slot,
+                move.precopy_before,
+                False,
+            )
+            rows = await self._retrying(
+                move,
+                "copy",
+                move.target,
+                query("slot_import"),
+                move.id,
+                "live",
+                move.slot,
+                move.epoch,
+                data,
+                give_up=self.rollback_after,
+            )
+            if rows is None:
+                await self._roll_back(move)
+                return
+            await self._advance(move, "copied", rows=max(0, rows))
+        if move.phase == "copied":
+            assert move.epoch is not None
+            await self._retrying(
+                move, "own", move.target, query("slot_own"), move.slot, move.epoch, "incoming"
+            )
+            flipped = await self.catalog.pool.fetchval(
+                q("slot_flip"), move.slot, move.target, move.source, move.epoch, self.term
+            )
+            log.info(
+                "event=slot_flipped move=%d slot=%d now=%s", move.id, move.slot, flipped is not None
+            )
+            pause = None
+            if move.fenced_at is not None:
+                pause = (datetime.now(UTC) - move.fenced_at).total_seconds() * 1000
+                self.pauses_ms.append(pause)
+            await self._advance(move, "flipped", pause_ms=pause)
+        if move.phase == "flipped":
+            await self._retrying(move, "drop", move.source, query("slot_drop"), move.slot)
+            await self._advance(move, "done")
+        log.info("event=move_done move=%d slot=%d phase=%s", move.id, move.slot, move.phase)
+
+    async def _roll_back(self, move: MoveRow) -> None:
+        """The target stayed down before the copy landed: A serves the slot again."""
+        assert move.epoch is not None
+        await self._advance(move, "rolled_back", error="target unreachable: rolled back")
+        await self._retrying(
+            move, "unfence", move.source, query("slot_own"), move.slot, move.epoch + 1, "moving"
+        )
+        log.warning("event=move_rolled_back move=%d slot=%d", move.id, move.slot)
+
+    async def clean_rolled_back(self) -> None:
+        """Drop copies left 'incoming' on shards by rolled-back moves (once reachable)."""
+        rows = await self.catalog.pool.fetch(q("moves_recent"), 200)
+        rolled = {(r["target"], r["slot"]) for r in rows if r["phase"] == "rolled_back"}
+        live = {(m.target, m.slot) for m in await self.live_moves()}
+        for shard_id, slot in rolled - live:
+            try:
+                incoming = await self._incoming(shard_id)
+                if slot in incoming:
+                    await self._on(shard_id, query("slot_drop"), slot)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+
+    async def _incoming(self, shard_id: str) -> set[int]:
+        conn = await asyncpg.connect(await self._dsn(shard_id), timeout=5)
+        try:
+            return {r["slot"] for r in await conn.fetch(query("slots_incoming"))}
+        finally:
+            await conn.close()

@@ -1,0 +1,98 @@
+"""Cluster membership and rebalancing requests (CLI and HTTP); the leader executes moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordinator.catalog import Catalog, CatalogError, q
+from coordinator.planner import plan
+
+
+class ClusterConflictError(CatalogError):
+    """The cluster's state does not allow the operation now (see the message)."""
+
+    code = "cluster_conflict"
+
+
+async def _live_moves(catalog: Catalog) -> list[Any]:
+    return list(await catalog.pool.fetch(q("moves_live")))
+
+
+async def _queue(catalog: Catalog, active: list[str]) -> int:
+    smap = await catalog.slot_map()
+    moves = plan(smap.owners, active)
+    if moves:
+        await catalog.pool.execute(
+            q("moves_plan"),
+            [m.slot for m in moves],
+            [m.source for m in moves],
+            [m.target for m in moves],
+        )
+    return len(moves)
+
+
+async def rebalance(catalog: Catalog) -> int:
+    """Plan an even spread over the active shards; returns the number of moves queued."""
+    if await _live_moves(catalog):
+        raise ClusterConflictError("a rebalance is already in progress; wait for it to finish")
+    active = [s.id for s in await catalog.shards() if s.state == "active"]
+    return await _queue(catalog, active)
+
+
+async def drain(catalog: Catalog, shard_id: str) -> int:
+    shards = {s.id: s for s in await catalog.shards()}
+    if shard_id not in shards:
+        raise CatalogError(f"unknown shard {shard_id}")
+    others = [s.id for s in shards.values() if s.id != shard_id and s.state == "active"]
+    if not others:
+        raise ClusterConflictError(f"cannot drain {shard_id}: it is the last active shard")
+    if await _live_moves(catalog):
+        raise ClusterConflictError("moves are in progress; wait for them to finish")
+    await catalog.pool.execute(q("shard_set_state"), shard_id, "draining")
+    return await _queue(catalog, others)
+
+
+async def remove(catalog: Catalog, shard_id: str) -> None:
+    if shard_id not in {s.id for s in await catalog.shards()}:
+        raise CatalogError(f"unknown shard {shard_id}")
+    removed = await catalog.pool.fetchval(q("shard_remove"), shard_id)
+    if removed is None:
+        raise ClusterConflictError(
+            f"shard {shard_id} still owns slots or takes part in a move: drain it first"
+        )
+    await catalog.pool.execute(q("registry_remove_shard"), shard_id)
+
+
+async def status(catalog: Catalog) -> dict[str, Any]:
+    smap = await catalog.slot_map()
+    counts: dict[str, int] = {}
+    for owner in smap.owners:
+        counts[owner] = counts.get(owner, 0) + 1
+    leader = await catalog.pool.fetchrow(q("leader_get"))
+    moves = await _live_moves(catalog)
+    return {
+        "slots": smap.slots,
+        "map_version": smap.version,
+        "shards": [
+            {"id": s.id, "state": s.state, "slots": counts.get(s.id, 0)}
+            for s in smap.shards.values()
+        ],
+        "leader": None
+        if leader is None or leader["owner"] is None
+        else {
+            "owner": leader["owner"],
+            "term": leader["term"],
+            "since": leader["since"].isoformat(),
+        },
+        "moves": [
+            {
+                "id": m["id"],
+                "slot": m["slot"],
+                "source": m["source"],
+                "target": m["target"],
+                "phase": m["phase"],
+                "error": m["error"],
+            }
+            for m in moves
+        ],
+    }

@@ -1,0 +1,106 @@
+"""`shardflow cluster ...`: membership, rebalancing, status and schema upgrades."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from coordinator import operations
+from coordinator.catalog import Catalog
+from shard.migrate import migrate
+
+console = Console()
+
+
+def add_cluster_parser(sub: Any, handler: Callable[..., Any]) -> None:
+    p = sub.add_parser("cluster", help="membership, rebalancing, status, schema upgrades")
+    p.add_argument("--catalog", required=True, help="DSN of the cluster catalog")
+    which = p.add_subparsers(dest="action", required=True)
+    a = which.add_parser("add-shard", help="add a shard (schema applied, no slots yet)")
+    a.add_argument("--id", required=True)
+    a.add_argument("--dsn", required=True)
+    d = which.add_parser("drain-shard", help="move all slots of a shard away")
+    d.add_argument("id")
+    d.add_argument("--wait", action="store_true")
+    r = which.add_parser("remove-shard", help="remove a shard that owns no slots")
+    r.add_argument("id")
+    b = which.add_parser("rebalance", help="plan an even spread; the coordinator moves slots")
+    b.add_argument("--wait", action="store_true", help="follow the moves until done")
+    which.add_parser("status", help="shards, slots, leader, moves in progress")
+    which.add_parser("watch", help="follow the moves in progress (from any terminal)")
+    which.add_parser("migrate", help="upgrade the catalog, then every shard, one at a time")
+    p.set_defaults(handler=handler)
+
+
+async def run_cluster_command(args: argparse.Namespace) -> int:
+    catalog = await Catalog.connect(args.catalog, pool_size=2)
+    try:
+        if args.action == "add-shard":
+            await catalog.add_shard(args.id, args.dsn)
+            console.print(f"added shard {args.id} (no slots yet: run `cluster rebalance`)")
+        elif args.action == "drain-shard":
+            moves = await operations.drain(catalog, args.id)
+            console.print(f"draining {args.id}: {moves} slot moves queued")
+            if args.wait:
+                await follow(catalog, moves)
+        elif args.action == "remove-shard":
+            await operations.remove(catalog, args.id)
+            console.print(f"removed shard {args.id}")
+        elif args.action == "rebalance":
+            moves = await operations.rebalance(catalog)
+            console.print(f"{moves} slot moves queued")
+            if args.wait and moves:
+                await follow(catalog, moves)
+        elif args.action == "watch":
+            live = len((await operations.status(catalog))["moves"])
+            await follow(catalog, live)
+        elif args.action == "migrate":
+            await upgrade(catalog)
+        else:
+            console.print_json(json.dumps(await operations.status(catalog)))
+    finally:
+        await catalog.close()
+    return 0
+
+
+async def follow(catalog: Catalog, total: int) -> None:
+    """A progress bar over the moves in progress (slots moved / total, ETA)."""
+    with Progress(
+        TextColumn("slots moved"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+    ) as progress:
+        task = progress.add_task("moves", total=total, note="")
+        while True:
+            live = (await operations.status(catalog))["moves"]
+            note = f"moving slot {live[0]['slot']} ({live[0]['phase']})" if live else ""
+            if live and live[0]["error"]:
+                note += f" — {live[0]['error']}"
+            progress.update(task, completed=total - len(live), note=note)
+            if not live:
+                return
+            await asyncio.sleep(0.3)
+
+
+async def upgrade(catalog: Catalog) -> None:
+    """Catalog first, then each shard in turn; the cluster keeps serving."""
+    async with catalog.pool.acquire() as conn:
+        applied = await migrate(conn, "coordinator")
+    console.print(f"catalog: {applied or 'up to date'}")
+    for shard in await catalog.shards():
+        shard_conn = await asyncpg.connect(shard.dsn)
+        try:
+            applied = await migrate(shard_conn)
+        finally:
+            await shard_conn.close()
+        console.print(f"{shard.id}: {applied or 'up to date'}")
