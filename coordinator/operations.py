@@ -55,11 +55,12 @@ async def drain(catalog: Catalog, shard_id: str) -> int:
 async def remove(catalog: Catalog, shard_id: str) -> None:
     if shard_id not in {s.id for s in await catalog.shards()}:
         raise CatalogError(f"unknown shard {shard_id}")
-    removed = await catalog.pool.fetchval(q("shard_remove"), shard_id)
-    if removed is None:
-        raise ClusterConflictError(
-            f"shard {shard_id} still owns slots or takes part in a move: drain it first"
-        )
+    async with catalog.pool.acquire() as conn, conn.transaction():
+        await conn.execute(q("moves_forget_shard"), shard_id)
+        if await conn.fetchval(q("shard_remove"), shard_id) is None:  # rolls back
+            raise ClusterConflictError(
+                f"shard {shard_id} still owns slots or takes part in a move: drain it first"
+            )
     await catalog.pool.execute(q("registry_remove_shard"), shard_id)
 
 

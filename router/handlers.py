@@ -16,7 +16,12 @@ from router import requests as rq
 from router.errors import HttpError
 from router.view import ClusterView
 from shard.client import ShardClient, StartRequest, StartResult, start_many_on
-from shard.errors import ResultTimeoutError, ShardflowError, WorkflowNotFoundError
+from shard.errors import (
+    ResultTimeoutError,
+    ShardflowError,
+    SlotMovedError,
+    WorkflowNotFoundError,
+)
 
 VIEW = web.AppKey("view", ClusterView)
 
@@ -75,23 +80,39 @@ async def start_batch(request: web.Request) -> web.Response:
         except ShardflowError as exc:
             out[i] = {"error": {"code": exc.code, "message": exc.message}}
 
+    def record(i: int, shard: str, result: StartResult) -> None:
+        if result.conflict:
+            out[i] = {
+                "id": result.id,
+                "error": {"code": "conflict", "message": "exists with another name or input"},
+            }
+        else:
+            out[i] = {**_start_doc(result, shard), "created": result.created}
+
+    async def one(i: int, req: StartRequest) -> None:
+        async def call(shard: str, _: ShardClient) -> tuple[str, StartResult]:
+            return shard, await view.batchers[shard].start(req)
+
+        try:
+            shard, result = await view.on_shard(req.routing_key or str(req.id), call)
+        except ShardflowError as exc:
+            out[i] = {"error": {"code": exc.code, "message": exc.message}}
+            return
+        record(i, shard, result)
+
     async def one_shard(shard: str, group: list[tuple[int, StartRequest]]) -> None:
         try:
             results = await start_many_on(view.client(shard).pool, [r for _, r in group])
+        except SlotMovedError:
+            # A slot of this group is moving: start each one on its own, waiting it out.
+            await asyncio.gather(*(one(i, req) for i, req in group))
+            return
         except ShardflowError as exc:
             for i, _ in group:
                 out[i] = {"error": {"code": exc.code, "message": exc.message}}
             return
         for (i, _), result in zip(group, results, strict=True):
-            doc = _start_doc(result, shard)
-            if result.conflict:
-                doc = {
-                    "id": result.id,
-                    "error": {"code": "conflict", "message": "exists with another name or input"},
-                }
-            else:
-                doc["created"] = result.created
-            out[i] = doc
+            record(i, shard, result)
 
     await asyncio.gather(*(one_shard(s, g) for s, g in by_shard.items()))
     return web.json_response({"results": out})

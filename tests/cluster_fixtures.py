@@ -54,8 +54,8 @@ class LiveCluster:
         self.clients.append(client)
         return client
 
-    async def start_executor(self, shard_id: str) -> Executor:
-        settings = settings_for(self.shard_dsns[shard_id], shard=shard_id)
+    async def start_executor(self, shard_id: str, app: str = "tests.apps.basic") -> Executor:
+        settings = settings_for(self.shard_dsns[shard_id], shard=shard_id, app=[app])
         executor = Executor(settings, Registry.from_modules(settings.app))
         await executor.start()
         names = [(w.name, w.version) for w in executor.registry.workflows.values()]
@@ -70,12 +70,65 @@ class LiveCluster:
             s for i, s in enumerate(SHARDS) if SLOTS * i // n <= slot < SLOTS * (i + 1) // n
         )
 
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+        for router in self.routers:
+            await router.stop()
+        for executor in self.executors.values():
+            if not executor._stopping:
+                await executor.shutdown()
+        await self.catalog.close()
+
+    async def fetch_on(self, shard_id: str, sql: str, *args: Any) -> list[Any]:
+        conn = await asyncpg.connect(self.shard_dsns[shard_id])
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
     async def count_on(self, shard_id: str, sql: str) -> int:
         conn = await asyncpg.connect(self.shard_dsns[shard_id])
         try:
             return int(await conn.fetchval(sql))
         finally:
             await conn.close()
+
+
+APP_TABLE = """
+CREATE TABLE IF NOT EXISTS app_rows (
+    workflow_id text NOT NULL,
+    slot integer NOT NULL DEFAULT current_setting('shardflow.slot')::integer
+);
+SELECT shardflow.colocate('app_rows', 'slot');
+"""
+
+
+@pytest.fixture
+async def growing(
+    pg: PostgresServer, cluster_servers: dict[str, PostgresServer]
+) -> AsyncIterator[LiveCluster]:
+    """Two shards owning every slot (c0, c1), and c2 ready to be added; a co-located
+    application table on each; executors on all three (c2's idle until it owns slots)."""
+    catalog_dsn = await create_database(pg, template="template0")
+    catalog = await Catalog.connect(catalog_dsn)
+    await catalog.create(SLOTS)
+    shard_dsns = {}
+    for shard_id in SHARDS:
+        shard_dsns[shard_id] = await create_database(cluster_servers[shard_id])
+        conn = await asyncpg.connect(shard_dsns[shard_id])
+        try:
+            await conn.execute(APP_TABLE)
+        finally:
+            await conn.close()
+    for shard_id in SHARDS[:2]:
+        await catalog.add_shard(shard_id, shard_dsns[shard_id])
+    await catalog.spread()
+    tc = LiveCluster(catalog, catalog_dsn, shard_dsns)
+    for shard_id in SHARDS[:2]:
+        await tc.start_executor(shard_id, app="tests.apps.crash")
+    yield tc
+    await tc.close()
 
 
 @pytest.fixture
@@ -94,11 +147,4 @@ async def cluster(
     for shard_id in SHARDS:
         await tc.start_executor(shard_id)
     yield tc
-    for client in tc.clients:
-        await client.close()
-    for router in tc.routers:
-        await router.stop()
-    for executor in tc.executors.values():
-        if not executor._stopping:
-            await executor.shutdown()
-    await catalog.close()
+    await tc.close()

@@ -127,4 +127,6 @@ RETURNING id;
 DELETE FROM catalog.registry WHERE shard_id = $1;
 
 -- name: moves_forget_shard
-DELETE FROM catalog.moves WHERE source = $1 OR target = $1;
+-- The finished moves of a shard being removed (history only).
+DELETE FROM catalog.moves
+WHERE (source = $1 OR target = $1) AND phase IN ('done', 'rolled_back');

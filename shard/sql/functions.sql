@@ -359,8 +359,17 @@ BEGIN
     IF NOT FOUND THEN
         RETURN -1;  -- applied before: never twice
     END IF;
-    INSERT INTO shardflow.workflows
-    SELECT * FROM jsonb_populate_recordset(NULL::shardflow.workflows, p_data -> 'workflows')
+    -- JSON null and SQL NULL meet in jsonb_populate_recordset: an input of JSON null
+    -- comes back as SQL NULL, hence the coalesce (outputs read the same either way).
+    INSERT INTO shardflow.workflows (id, slot, routing_key, name, version, status, input,
+        output, error, attempt, next_seq, signal_seq, cancel_requested, priority, wake_at,
+        deadline, lease_owner, lease_epoch, lease_until, parent, created_at, updated_at,
+        finished_at)
+    SELECT w.id, w.slot, w.routing_key, w.name, w.version, w.status,
+           coalesce(w.input, 'null'::jsonb), w.output, w.error, w.attempt, w.next_seq,
+           w.signal_seq, w.cancel_requested, w.priority, w.wake_at, w.deadline, w.lease_owner,
+           w.lease_epoch, w.lease_until, w.parent, w.created_at, w.updated_at, w.finished_at
+    FROM jsonb_populate_recordset(NULL::shardflow.workflows, p_data -> 'workflows') w
     ON CONFLICT (id) DO NOTHING;
     GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
     INSERT INTO shardflow.steps

@@ -55,3 +55,17 @@ async def slow(ctx: Context, inp: dict[str, Any]) -> int:
 @workflow(name="killer")
 async def killer(ctx: Context, inp: Any) -> str:
     return str(await maybe_die())
+
+
+@workflow(name="waiter")
+async def waiter(ctx: Context, inp: Any) -> Any:
+    payload = await ctx.wait_for_event("go")
+    await plain("after-event", 0)
+    return payload
+
+
+@workflow(name="napper")
+async def napper(ctx: Context, inp: dict[str, Any]) -> str:
+    await ctx.sleep(inp["seconds"])
+    await plain("after-sleep", 0)
+    return "rested"

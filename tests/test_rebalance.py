@@ -1,0 +1,253 @@
+"""Online rebalancing: a cluster grows from 2 to 3 shards under load, losing and
+repeating nothing; moves resume after the coordinator dies at each phase."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from coordinator import operations
+from coordinator.catalog import CatalogError
+from coordinator.leader import Coordinator, CoordinatorSettings
+from coordinator.moves import Mover
+from router.client import Client
+from shard.faults import Faults
+from tests.cluster_fixtures import SHARDS, SLOTS, LiveCluster
+from tests.conftest import ROOT
+from tests.waiting import until
+
+
+async def _start_load(client: Client, n: int, prefix: str) -> list[str]:
+    docs = await client.start_many(
+        [{"workflow": "crashy", "input": {"n": i}, "id": f"{prefix}-{i}"} for i in range(n)]
+    )
+    assert all("error" not in d for d in docs), docs[:3]
+    return [d["id"] for d in docs]
+
+
+async def _check_cluster(cluster: LiveCluster, crashy: list[str]) -> None:
+    """Nothing lost, nothing doubled, every slot owned once at the catalog's epoch."""
+    where: dict[str, list[str]] = {}
+    app_rows: dict[str, int] = {}
+    owned: dict[int, list[tuple[str, int]]] = {}
+    for shard_id in SHARDS:
+        for row in await cluster.fetch_on(shard_id, "SELECT id, status FROM shardflow.workflows"):
+            where.setdefault(row["id"], []).append(shard_id)
+            assert row["status"] == "completed", (row["id"], row["status"])
+        for row in await cluster.fetch_on(
+            shard_id, "SELECT workflow_id, count(*) AS n FROM app_rows GROUP BY 1"
+        ):
+            app_rows[row["workflow_id"]] = app_rows.get(row["workflow_id"], 0) + row["n"]
+        steps = await cluster.fetch_on(
+            shard_id,
+            "SELECT workflow_id, array_agg(name ORDER BY seq) AS names "
+            "FROM shardflow.steps GROUP BY 1",
+        )
+        for row in steps:
+            if row["workflow_id"] in crashy:
+                assert row["names"] == ["plain", "insert_app_row", "plain"], row
+        for row in await cluster.fetch_on(
+            shard_id, "SELECT slot, epoch FROM shardflow.slots WHERE state = 'owned'"
+        ):
+            owned.setdefault(row["slot"], []).append((shard_id, row["epoch"]))
+    assert all(len(s) == 1 for s in where.values()), "a workflow is on two shards"
+    assert set(crashy) <= set(where)
+    assert {w: app_rows.get(w) for w in crashy} == dict.fromkeys(crashy, 1)
+    catalog = await cluster.catalog.pool.fetch("SELECT slot, shard_id, epoch FROM catalog.slots")
+    assert len(catalog) == SLOTS
+    for row in catalog:
+        assert owned.get(row["slot"]) == [(row["shard_id"], row["epoch"])], row["slot"]
+
+
+async def _run_coordinator(
+    cluster: LiveCluster, stop: asyncio.Event, faults: Faults | None = None
+) -> Coordinator:
+    settings = CoordinatorSettings.load(
+        {
+            "catalog": cluster.catalog_dsn,
+            "poll_interval": "0.1",
+            "move_interval": "0.05",
+            "rollback_after": "1",
+        },
+        env={},
+    )
+    coordinator = Coordinator(settings, faults)
+    asyncio.get_running_loop().create_task(coordinator.run(stop))
+    await asyncio.wait_for(coordinator.leader_event.wait(), 30)
+    return coordinator
+
+
+async def _moves_done(cluster: LiveCluster) -> bool:
+    return not (await operations.status(cluster.catalog))["moves"]
+
+
+async def test_grow_from_two_to_three_shards_under_load(growing: LiveCluster):
+    client = await growing.add_router()
+    first = await _start_load(client, 300, "before")
+    waiters = [(await client.start("waiter", None))["id"] for _ in range(10)]
+    nappers = [(await client.start("napper", {"seconds": 1.5}))["id"] for _ in range(10)]
+    await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+    await growing.start_executor("c2", app="tests.apps.crash")
+    stop = asyncio.Event()
+    await _run_coordinator(growing, stop)
+    planned = await operations.rebalance(growing.catalog)
+    assert planned == SLOTS // 3  # 64 slots: 21 move to the new shard
+    during = asyncio.create_task(_start_load(client, 300, "during"))
+    await until(lambda: _moves_done(growing), timeout=120, what="the moves")
+    more = await during
+    for wid in waiters:
+        assert await client.send_event(wid, "go", {"ok": wid})
+    ids = first + more
+    results = await asyncio.gather(*(client.result(w, timeout=120) for w in ids))
+    assert all(r["rows"] == 1 for r in results)
+    for wid in waiters:
+        assert await client.result(wid, timeout=60) == {"ok": wid}
+    for wid in nappers:
+        assert await client.result(wid, timeout=60) == "rested"
+    stop.set()
+    status = await operations.status(growing.catalog)
+    assert sorted(s["slots"] for s in status["shards"]) == [21, 21, 22]
+    await _check_cluster(growing, ids)
+    moved = await growing.catalog.pool.fetch("SELECT pause_ms FROM catalog.moves")
+    assert len(moved) == planned and all(m["pause_ms"] is not None for m in moved)
+
+
+def _spawn_coordinator(
+    cluster: LiveCluster, fault: str | None, name: str = ""
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SHARDFLOW_FAULTS", None)
+    if fault:
+        env["SHARDFLOW_FAULTS"] = fault
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "coordinator",
+            "--catalog",
+            cluster.catalog_dsn,
+            "--poll-interval",
+            "0.1",
+            "--move-interval",
+            "0.05",
+            "--name",
+            name,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("phase", ["precopied", "fenced", "copied", "flipped"])
+async def test_moves_resume_after_the_coordinator_dies_at_each_phase(
+    growing: LiveCluster, phase: str
+):
+    client = await growing.add_router()
+    ids = await _start_load(client, 60, "wf")
+    await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+    await growing.start_executor("c2", app="tests.apps.crash")
+    await operations.rebalance(growing.catalog)
+    victim = _spawn_coordinator(growing, f"move_{phase}=kill@2", "victim")
+    await until(
+        lambda: growing.catalog.pool.fetchval("SELECT owner = 'victim' FROM catalog.leader"),
+        what="the victim to lead",
+    )
+    standby = _spawn_coordinator(growing, None, "standby")
+    try:
+        await until(
+            lambda: asyncio.to_thread(lambda: victim.poll() is not None),
+            timeout=60,
+            what=f"the leader to die after {phase}",
+        )
+        assert victim.returncode == -signal.SIGKILL
+        more = await _start_load(client, 60, "more")
+        await until(lambda: _moves_done(growing), timeout=120, what="the standby to finish")
+        terms = await growing.catalog.pool.fetchval("SELECT term FROM catalog.leader")
+        assert terms >= 2
+        results = await asyncio.gather(*(client.result(w, timeout=120) for w in ids + more))
+        assert all(r["rows"] == 1 for r in results)
+        await _check_cluster(growing, ids + more)
+    finally:
+        for proc in (victim, standby):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+async def test_drain_then_remove_and_refusals(growing: LiveCluster):
+    client = await growing.add_router()
+    ids = await _start_load(client, 50, "x")
+    with pytest.raises(CatalogError, match="already"):
+        await growing.catalog.add_shard("c0", growing.shard_dsns["c0"])
+    with pytest.raises(CatalogError, match="unreachable"):
+        await growing.catalog.add_shard("c9", "postgresql://postgres@127.0.0.1:9/none")
+    with pytest.raises(CatalogError, match="owns slots"):
+        await operations.remove(growing.catalog, "c1")
+    stop = asyncio.Event()
+    await _run_coordinator(growing, stop)
+    assert await operations.drain(growing.catalog, "c1") == SLOTS // 2
+    with pytest.raises(CatalogError, match="in progress"):
+        await operations.rebalance(growing.catalog)
+    await until(lambda: _moves_done(growing), timeout=120, what="the drain")
+    with pytest.raises(CatalogError, match="last active shard"):
+        await operations.drain(growing.catalog, "c0")
+    await growing.executors["c1"].shutdown()
+    await operations.remove(growing.catalog, "c1")
+    results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
+    assert all(r["rows"] == 1 for r in results)
+    status = await operations.status(growing.catalog)
+    assert [(s["id"], s["slots"]) for s in status["shards"]] == [("c0", SLOTS)]
+    stop.set()
+
+
+class StopTargetAfterFence(Faults):
+    def __init__(self, stop_target: Any) -> None:
+        super().__init__()
+        self.stop_target = stop_target
+        self.done = False
+
+    async def point(self, name: str) -> None:
+        if name == "move_fenced" and not self.done:
+            self.done = True
+            self.stop_target()
+
+
+async def test_move_rolls_back_when_the_target_stays_down(growing: LiveCluster, pg_cluster: Any):
+    client = await growing.add_router()
+    ids = await _start_load(client, 40, "rb")
+    await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+    await operations.rebalance(growing.catalog)
+    term = int(
+        await growing.catalog.pool.fetchval(
+            "UPDATE catalog.leader SET term = term + 1 RETURNING term"
+        )
+    )
+    faults = StopTargetAfterFence(lambda: pg_cluster.stop_one("c2"))
+    mover = Mover(growing.catalog, term, faults, rollback_after=0.5)
+    try:
+        first = (await mover.live_moves())[0]
+        await mover.run(first)
+        assert first.phase == "rolled_back"
+        owner = await growing.catalog.pool.fetchval(
+            "SELECT shard_id FROM catalog.slots WHERE slot = $1", first.slot
+        )
+        state = await growing.fetch_on(
+            owner, "SELECT state FROM shardflow.slots WHERE slot = $1", first.slot
+        )
+        assert state[0]["state"] == "owned", "the source serves the slot again"
+    finally:
+        pg_cluster.restart_one("c2")
+    await mover.clean_rolled_back()
+    assert await growing.count_on("c2", "SELECT count(*) FROM shardflow.slots") == 0
+    await growing.catalog.pool.execute("DELETE FROM catalog.moves WHERE phase = 'planned'")
+    results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
+    assert all(r["rows"] == 1 for r in results)
