@@ -162,10 +162,7 @@ class Mover:
             move.phase,
         )
         if move.phase == "planned":
-            before = datetime.now(UTC)
-            data = await self._retrying(
-                move, "precopy export", move.source, query("slot_export"), move.slot, before, True
-            )
+            before, data = await self._precopy_export(move)
             rows = await self._retrying(
                 move,
                 "precopy import",
@@ -178,6 +175,7 @@ class Mover:
                 data,
             )
             await self._advance(move, "precopied", precopy_before=before, rows=max(0, rows))
+            move.precopy_before = before
         if move.phase == "precopied":
             current = await self.catalog.pool.fetchrow(q("slot_epoch"), move.slot)
             assert current is not None
@@ -187,7 +185,7 @@ class Mover:
             move.epoch = epoch
             move.fenced_at = datetime.now(UTC)
         if move.phase == "fenced":
-            assert move.epoch is not None
+            assert move.epoch is not None and move.precopy_before is not None
             data = await self._retrying(
                 move,
                 "export",
@@ -233,6 +231,28 @@ class Mover:
             await self._retrying(move, "drop", move.source, query("slot_drop"), move.slot)
             await self._advance(move, "done")
         log.info("event=move_done move=%d slot=%d phase=%s", move.id, move.slot, move.phase)
+
+    async def _precopy_export(self, move: MoveRow) -> tuple[datetime, str]:
+        """Finished rows of the slot, cut at a horizon no still-open transaction predates
+        (a workflow finishing concurrently goes to the live copy instead)."""
+        while True:
+            try:
+                conn = await asyncpg.connect(await self._dsn(move.source), timeout=5)
+                try:
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        horizon = await conn.fetchval(query("slot_precopy_horizon"))
+                        before = await self.catalog.pool.fetchval(
+                            q("move_set_horizon"), move.id, horizon
+                        )
+                        data = await conn.fetchval(query("slot_export"), move.slot, before, True)
+                    return before, data
+                finally:
+                    await conn.close()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                log.warning("event=move_wait move=%d step=precopy error=%r", move.id, exc)
+                await asyncio.sleep(0.5)
 
     async def _roll_back(self, move: MoveRow) -> None:
         """The target stayed down before the copy landed: A serves the slot again."""

@@ -130,3 +130,9 @@ DELETE FROM catalog.registry WHERE shard_id = $1;
 -- The finished moves of a shard being removed (history only).
 DELETE FROM catalog.moves
 WHERE (source = $1 OR target = $1) AND phase IN ('done', 'rolled_back');
+
+-- name: move_set_horizon
+-- The pre-copy horizon is fixed once per move: a resumed pre-copy reuses it, so the
+-- pre-copy and the live copy always split the slot's rows at the same moment.
+UPDATE catalog.moves SET precopy_before = coalesce(precopy_before, $2) WHERE id = $1
+RETURNING precopy_before;

@@ -45,10 +45,16 @@ BEGIN
         LEFT JOIN LATERAL (
             SELECT g.version, g.timeout_s FROM shardflow.registry g WHERE g.name = i.name
             ORDER BY g.registered_at DESC, g.version DESC LIMIT 1) r ON true
+    ), owned AS (
+        -- FOR SHARE: a slot move's fence (an UPDATE of this row) waits for this start to
+        -- commit, and a start after the fence sees the slot 'moving': a start can never
+        -- slip in after the slot's rows were exported.
+        SELECT s.slot FROM shardflow.slots s
+        WHERE s.slot IN (SELECT k.slot FROM keyed k) AND s.state = 'owned'
+        FOR SHARE
     ), checked AS (
         SELECT k.*, coalesce(k.problem, CASE WHEN EXISTS (SELECT 1 FROM shardflow.slots)
-            AND NOT EXISTS (SELECT 1 FROM shardflow.slots s
-                            WHERE s.slot = k.slot AND s.state = 'owned')
+            AND k.slot NOT IN (SELECT o.slot FROM owned o)
             THEN 'slot_moved' END) AS issue
         FROM keyed k
     ), ins AS (
@@ -139,11 +145,13 @@ $$;
 
 -- Request cancellation. A workflow that never ran is cancelled at once; a running
 -- one stops at its next checkpoint; a sleeping or waiting one is woken to stop.
+-- Lock the slot's row (FOR SHARE) so that a move's fence waits for this transaction,
+-- or refuse when the slot is moving or gone.
 CREATE OR REPLACE FUNCTION shardflow.check_slot_served(p_slot integer, p_id text)
-RETURNS void LANGUAGE plpgsql STABLE AS $$
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM shardflow.slots)
-       AND NOT EXISTS (SELECT 1 FROM shardflow.slots WHERE slot = p_slot AND state = 'owned') THEN
+    PERFORM 1 FROM shardflow.slots WHERE slot = p_slot AND state = 'owned' FOR SHARE;
+    IF NOT FOUND AND EXISTS (SELECT 1 FROM shardflow.slots) THEN
         RAISE EXCEPTION USING ERRCODE = 'SF006', MESSAGE = format(
             'the slot of workflow %s is moving or moved; refresh the slot map and retry',
             quote_literal(p_id));

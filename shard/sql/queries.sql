@@ -233,3 +233,10 @@ SELECT slot FROM shardflow.slots WHERE state = 'incoming';
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM shardflow.schema_migrations;
+
+-- name: slot_precopy_horizon
+-- Finished workflows whose finished_at is before this moment were committed before the
+-- current snapshot: no transaction that is still open started earlier. (Run first in a
+-- REPEATABLE READ transaction, then slot_export in the same snapshot.)
+SELECT least(now(), (SELECT min(a.xact_start) FROM pg_stat_activity a
+                     WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()));
