@@ -94,6 +94,14 @@ class Coordinator:
 
     async def _lead(self, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
         mover = Mover(catalog, self.term, self.faults, self.settings.rollback_after)
+        try:
+            await self._lead_with(mover, catalog, lock, stop)
+        finally:
+            await mover.close()
+
+    async def _lead_with(
+        self, mover: Mover, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event
+    ) -> None:
         loop = asyncio.get_running_loop()
         next_health = 0.0
         while not stop.is_set():

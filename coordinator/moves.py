@@ -27,6 +27,7 @@ import asyncpg
 from coordinator.catalog import Catalog, q
 from shard.dbfaults import is_unavailable
 from shard.faults import Faults
+from shard.pool import create_pool
 from shard.queries import query
 
 log = logging.getLogger("shardflow.moves")
@@ -61,6 +62,7 @@ class Mover:
         self.faults = faults or Faults()
         self.rollback_after = rollback_after
         self.pauses_ms: list[float] = []
+        self._pools: dict[str, asyncpg.Pool] = {}
 
     async def live_moves(self) -> list[MoveRow]:
         rows = await self.catalog.pool.fetch(q("moves_live"))
@@ -111,12 +113,22 @@ class Mover:
         shards = {s.id: s.dsn for s in await self.catalog.shards()}
         return shards[shard_id]
 
+    async def _pool(self, shard_id: str) -> asyncpg.Pool:
+        """A small pool per shard (moves run many short statements; connecting costs more)."""
+        dsn = await self._dsn(shard_id)
+        pool = self._pools.get(dsn)
+        if pool is None:
+            pool = await create_pool(dsn, min_size=0, max_size=2, timeout=5)
+            self._pools[dsn] = pool
+        return pool
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+
     async def _on(self, shard_id: str, sql: str, *args: Any) -> Any:
-        conn = await asyncpg.connect(await self._dsn(shard_id), timeout=5)
-        try:
-            return await conn.fetchval(sql, *args)
-        finally:
-            await conn.close()
+        return await (await self._pool(shard_id)).fetchval(sql, *args)
 
     async def _retrying(
         self,
@@ -237,8 +249,7 @@ class Mover:
         (a workflow finishing concurrently goes to the live copy instead)."""
         while True:
             try:
-                conn = await asyncpg.connect(await self._dsn(move.source), timeout=5)
-                try:
+                async with (await self._pool(move.source)).acquire() as conn:
                     async with conn.transaction(isolation="repeatable_read", readonly=True):
                         horizon = await conn.fetchval(query("slot_precopy_horizon"))
                         before = await self.catalog.pool.fetchval(
@@ -246,8 +257,6 @@ class Mover:
                         )
                         data = await conn.fetchval(query("slot_export"), move.slot, before, True)
                     return before, data
-                finally:
-                    await conn.close()
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
@@ -278,8 +287,5 @@ class Mover:
                     raise
 
     async def _incoming(self, shard_id: str) -> set[int]:
-        conn = await asyncpg.connect(await self._dsn(shard_id), timeout=5)
-        try:
-            return {r["slot"] for r in await conn.fetch(query("slots_incoming"))}
-        finally:
-            await conn.close()
+        pool = await self._pool(shard_id)
+        return {r["slot"] for r in await pool.fetch(query("slots_incoming"))}

@@ -66,6 +66,11 @@ def add_parser(sub: Any) -> None:
     h.add_argument("--rate", type=float, default=200.0, help="arrivals/s of the open loop")
     h.add_argument("--executors-per-shard", type=int, default=1)
     h.set_defaults(handler=_http)
+    b = which.add_parser("rebalance", help="grow 2 -> 3 shards under load; pause per slot")
+    b.add_argument("--seconds", type=float, default=15.0)
+    b.add_argument("--clients", type=int, default=32)
+    b.add_argument("--slots", type=int, default=256)
+    b.set_defaults(handler=_rebalance)
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
     r.set_defaults(handler=_recovery)
@@ -348,3 +353,119 @@ async def _http(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+async def _rebalance(args: argparse.Namespace) -> int:
+    from coordinator import operations
+    from coordinator.catalog import Catalog, ensure_database
+    from coordinator.dev import DATABASE, Child, DevCluster, DevSettings
+    from coordinator.launcher import free_port
+
+    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    settings = DevSettings.load(
+        {
+            "app": ["examples.bench"],
+            "shards": "2",
+            "slots": str(args.slots),
+            "port": str(free_port()),
+            "data": str(data),
+        },
+        env={},
+    )
+    cluster = DevCluster(settings)
+    stop = asyncio.Event()
+    try:
+        await cluster.start()
+        supervisor = asyncio.create_task(cluster.supervise(stop))
+        await cluster.wait_ready()
+        url = cluster.router_urls[0]
+        load = ["--mode", "closed", "--clients", str(args.clients)]
+        await _loadgen(url, *load, "--seconds", "3")
+        steady, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
+        print(f"steady on 2 shards: {steady}", flush=True)
+        (server,) = cluster.pg.start("shard2")
+        dsn = server.dsn(DATABASE)
+        await ensure_database(server.dsn(), DATABASE)
+        catalog = await Catalog.connect(cluster.catalog_dsn)
+        try:
+            await catalog.add_shard("shard2", dsn)
+            child = Child(
+                "executor-shard2-0",
+                [
+                    sys.executable,
+                    "-m",
+                    "shardflow",
+                    "executor",
+                    "--dsn",
+                    dsn,
+                    "--shard",
+                    "shard2",
+                    "--catalog",
+                    cluster.catalog_dsn,
+                    "--app",
+                    "examples.bench",
+                ],
+            )
+            cluster.children.append(child)
+            cluster._spawn(child)
+            moving = asyncio.create_task(_loadgen(url, *load, "--seconds", str(args.seconds)))
+            t0 = time.monotonic()
+            planned = await operations.rebalance(catalog)
+            while (await operations.status(catalog))["moves"]:  # noqa: ASYNC110 - polls the catalog
+                await asyncio.sleep(0.1)
+            move_s = time.monotonic() - t0
+            during, _ = await moving
+            print(f"during the move: {during}", flush=True)
+            pauses = sorted(
+                float(r["pause_ms"])
+                for r in await catalog.pool.fetch(
+                    "SELECT pause_ms FROM catalog.moves WHERE phase = 'done'"
+                )
+            )
+            counts = await _ids_per_shard(catalog)
+        finally:
+            await catalog.close()
+        stop.set()
+        await supervisor
+    finally:
+        cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    from shardflow.loadgen import percentile
+
+    ratio = during["wf_per_s"] / steady["wf_per_s"] if steady["wf_per_s"] else 0.0
+    print(f"{planned} slots moved in {move_s:.1f} s", flush=True)
+    print(
+        json.dumps(
+            {
+                "steady_wf_per_s": steady["wf_per_s"],
+                "during_move_wf_per_s": during["wf_per_s"],
+                "ratio": round(ratio, 3),
+                "pause_p50_ms": round(percentile(pauses, 0.5), 1),
+                "pause_p99_ms": round(percentile(pauses, 0.99), 1),
+                "slots_moved": planned,
+                "move_seconds": round(move_s, 2),
+                "errors": steady["errors"] + during["errors"],
+                "lost": sum(
+                    n
+                    for k, n in {**steady["error_kinds"], **during["error_kinds"]}.items()
+                    if k.startswith("result")
+                ),
+                "duplicated": counts["duplicated"],
+            }
+        )
+    )
+    return 0
+
+
+async def _ids_per_shard(catalog: Any) -> dict[str, int]:
+    """Workflows found on more than one shard (should be none)."""
+    seen: dict[str, int] = {}
+    for shard in await catalog.shards():
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            for row in await conn.fetch("SELECT id FROM shardflow.workflows"):
+                seen[row["id"]] = seen.get(row["id"], 0) + 1
+        finally:
+            await conn.close()
+    return {"workflows": len(seen), "duplicated": sum(1 for n in seen.values() if n > 1)}

@@ -32,6 +32,7 @@ class Load:
         self.workflow = workflow
         self.latencies: list[float] = []
         self.errors = 0
+        self.error_kinds: dict[str, int] = {}
         self.session: aiohttp.ClientSession | None = None
 
     async def one(self, i: int, t0: float) -> None:
@@ -40,7 +41,7 @@ class Load:
         try:
             async with self.session.post(self.url + "/v1/workflows", json=body) as resp:
                 if resp.status not in (200, 201):
-                    self.errors += 1
+                    self.error(f"start {resp.status}")
                     return
                 await resp.read()
             while True:
@@ -51,12 +52,16 @@ class Load:
                     if resp.status == 200:
                         break
                     if resp.status != 202:
-                        self.errors += 1
+                        self.error(f"result {resp.status}")
                         return
-        except (aiohttp.ClientError, TimeoutError):
-            self.errors += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.error(type(exc).__name__)
             return
         self.latencies.append(time.perf_counter() - t0)
+
+    def error(self, kind: str) -> None:
+        self.errors += 1
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
     async def closed(self, clients: int, seconds: float) -> float:
         deadline = time.perf_counter() + seconds
@@ -88,6 +93,7 @@ class Load:
         return {
             "completed": len(lat),
             "errors": self.errors,
+            "error_kinds": self.error_kinds,
             "seconds": round(elapsed, 3),
             "wf_per_s": round(len(lat) / elapsed, 1) if elapsed else 0.0,
             "p50_ms": round(percentile(lat, 0.5) * 1000, 2),

@@ -251,3 +251,40 @@ async def test_move_rolls_back_when_the_target_stays_down(growing: LiveCluster, 
     await growing.catalog.pool.execute("DELETE FROM catalog.moves WHERE phase = 'planned'")
     results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
     assert all(r["rows"] == 1 for r in results)
+
+
+async def test_paused_executor_of_a_moving_slot_is_fenced(growing: LiveCluster):
+    from coordinator.launcher import free_port
+    from tests.conftest import ExecutorProcess
+    from tests.test_crash import _metric, _stopped
+
+    client = await growing.add_router()
+    await growing.executors["c0"].shutdown()
+    port = free_port()
+    paused = ExecutorProcess(
+        growing.shard_dsns["c0"],
+        "tests.apps.crash",
+        {"SHARDFLOW_FAULTS": "after_claim=stop@1"},
+        shard="c0",
+        lease_seconds=30,
+        metrics_port=port,
+    )
+    try:
+        ids = await _start_load(client, 80, "p")
+        await until(lambda: _stopped(paused), what="the executor to stall holding leases")
+        await growing.start_executor("c0", app="tests.apps.crash")
+        await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+        await growing.start_executor("c2", app="tests.apps.crash")
+        stop = asyncio.Event()
+        await _run_coordinator(growing, stop)
+        await operations.drain(growing.catalog, "c0")  # every slot of c0 moves away
+        await until(lambda: _moves_done(growing), timeout=120, what="the drain")
+        results = await asyncio.gather(*(client.result(w, timeout=120) for w in ids))
+        assert all(r["rows"] == 1 for r in results)
+        paused.signal(signal.SIGCONT)
+        await until(lambda: _metric(port, "shardflow_fenced_writes_total"), what="fenced writes")
+        await _check_cluster(growing, ids)
+        stop.set()
+    finally:
+        paused.signal(signal.SIGKILL)
+        paused.proc.wait()

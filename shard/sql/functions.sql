@@ -348,6 +348,7 @@ BEGIN
                    FROM shardflow.events e WHERE e.workflow_id = ANY (v_ids)),
         'ready', (SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]') FROM shardflow.ready q
                   WHERE q.workflow_id = ANY (v_ids)),
+        'registry', (SELECT coalesce(jsonb_agg(to_jsonb(g)), '[]') FROM shardflow.registry g),
         'colocated', v_colocated);
 END
 $$;
@@ -392,6 +393,12 @@ BEGIN
     INSERT INTO shardflow.ready
     SELECT * FROM jsonb_populate_recordset(NULL::shardflow.ready, p_data -> 'ready')
     ON CONFLICT (workflow_id) DO NOTHING;
+    -- The workflow names the source knows: starts for the slot are accepted here even
+    -- before this shard's own executors have registered.
+    INSERT INTO shardflow.registry
+    SELECT * FROM jsonb_populate_recordset(NULL::shardflow.registry,
+                                           coalesce(p_data -> 'registry', '[]'))
+    ON CONFLICT (name, version) DO NOTHING;
     FOR r IN SELECT key, value FROM jsonb_each(coalesce(p_data -> 'colocated', '{}')) LOOP
         EXECUTE format('INSERT INTO %s SELECT * FROM jsonb_populate_recordset(NULL::%s, $1)',
                        r.key::regclass, r.key::regclass) USING r.value;
