@@ -65,6 +65,18 @@ async def _check_cluster(cluster: LiveCluster, crashy: list[str]) -> None:
         assert owned.get(row["slot"]) == [(row["shard_id"], row["epoch"])], row["slot"]
 
 
+_RUNNING: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_coordinators() -> Any:
+    yield
+    while _RUNNING:
+        stop, task = _RUNNING.pop()
+        stop.set()
+        await task
+
+
 async def _run_coordinator(
     cluster: LiveCluster, stop: asyncio.Event, faults: Faults | None = None
 ) -> Coordinator:
@@ -78,7 +90,7 @@ async def _run_coordinator(
         env={},
     )
     coordinator = Coordinator(settings, faults)
-    asyncio.get_running_loop().create_task(coordinator.run(stop))
+    _RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
     await asyncio.wait_for(coordinator.leader_event.wait(), 30)
     return coordinator
 
@@ -247,6 +259,7 @@ async def test_move_rolls_back_when_the_target_stays_down(growing: LiveCluster, 
     finally:
         pg_cluster.restart_one("c2")
     await mover.clean_rolled_back()
+    await mover.close()
     assert await growing.count_on("c2", "SELECT count(*) FROM shardflow.slots") == 0
     await growing.catalog.pool.execute("DELETE FROM catalog.moves WHERE phase = 'planned'")
     results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
