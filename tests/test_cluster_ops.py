@@ -1,0 +1,70 @@
+"""Cluster operations over HTTP (authenticated), status with the leader, schema checks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from shard.errors import SettingsError
+from shard.executor import Executor
+from shard.sdk import Registry
+from tests.cluster_fixtures import LiveCluster
+from tests.conftest import settings_for
+from tests.test_rebalance import _moves_done, _run_coordinator
+from tests.waiting import until
+
+
+async def _call(url: str, method: str, path: str, token: str | None = "ops",
+                **kw: Any) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.request(
+        method, url + path, headers=headers, **kw
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_cluster_operations_over_http(growing: LiveCluster):
+    await growing.add_router(tokens=["ops"])
+    url = growing.routers[0].url
+    assert (await _call(url, "POST", "/v1/cluster/rebalance", token=None))[0] == 401
+    status, body = await _call(url, "POST", "/v1/cluster/shards",
+                               json={"id": "c2", "dsn": growing.shard_dsns["c2"]})
+    assert status == 201 and body["slots"] == 0
+    status, body = await _call(url, "POST", "/v1/cluster/shards",
+                               json={"id": "c2", "dsn": growing.shard_dsns["c2"]})
+    assert (status, body["error"]["code"]) == (422, "catalog_error")
+    stop = asyncio.Event()
+    await _run_coordinator(growing, stop)
+    status, body = await _call(url, "POST", "/v1/cluster/rebalance")
+    assert status == 202 and body["moves"] > 0
+    status, body = await _call(url, "POST", "/v1/cluster/rebalance")
+    assert (status, body["error"]["code"]) == (409, "cluster_conflict")
+    await until(lambda: _moves_done(growing), timeout=120, what="the rebalance")
+    status, body = await _call(url, "GET", "/v1/cluster")
+    assert status == 200 and body["leader"]["owner"] and body["moves"] == []
+    assert sorted(s["slots"] for s in body["shards"]) == [21, 21, 22]
+    assert all(s["healthy"] for s in body["shards"])
+    status, body = await _call(url, "DELETE", "/v1/cluster/shards/c1")
+    assert (status, body["error"]["code"]) == (409, "cluster_conflict")
+    status, body = await _call(url, "POST", "/v1/cluster/shards/c1/drain")
+    assert status == 202
+    await until(lambda: _moves_done(growing), timeout=120, what="the drain")
+    status, body = await _call(url, "DELETE", "/v1/cluster/shards/c1")
+    assert status == 200 and body["removed"]
+
+
+async def test_executor_refuses_a_newer_schema(dsn: str):
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO shardflow.schema_migrations VALUES (999, 'future')")
+    finally:
+        await conn.close()
+    executor = Executor(settings_for(dsn), Registry.from_modules(["tests.apps.basic"]))
+    with pytest.raises(SettingsError, match="version 999"):
+        await executor.start()
+    if executor._pool is not None:
+        await executor._pool.close()
