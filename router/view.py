@@ -87,19 +87,20 @@ class ClusterView:
     def client(self, shard_id: str) -> ShardClient:
         return self.clients[shard_id]
 
-    async def on_shard(
-        self, routing_key: str, call: Callable[[str, ShardClient], Awaitable[T]]
+    async def _through_moves(
+        self,
+        call: Callable[[str, ShardClient], Awaitable[T]],
+        first: str,
+        then: Callable[[str], Awaitable[str]],
     ) -> T:
-        """Run ``call`` on the routing key's shard; after a 'slot moved' answer refresh the
-        map and retry once, invisibly to the client."""
-        delay = 0.005
-        waited = 0.0
+        """Run ``call`` on a shard; while its slot is moving ('slot moved' answers), wait
+        with backoff, refresh the map and go where ``then`` says: never refuse before
+        ``move_wait`` seconds."""
+        shard_id, delay, waited = first, 0.005, 0.0
         while True:
-            shard_id = self.shard_for(routing_key)
             try:
                 return await call(shard_id, self.client(shard_id))
             except SlotMovedError:
-                # The slot is moving (or just moved): wait briefly, never refuse.
                 self.metrics.slot_moved_retries.inc()
                 if waited > self.settings.move_wait:
                     raise
@@ -107,25 +108,27 @@ class ClusterView:
                 waited += delay
                 delay = min(delay * 2, 0.2)
                 await self.refresh(force=True)
+                shard_id = await then(shard_id)
+
+    async def on_shard(
+        self, routing_key: str, call: Callable[[str, ShardClient], Awaitable[T]]
+    ) -> T:
+        """Run ``call`` on the routing key's shard, following its slot if it moves."""
+
+        async def current(_: str) -> str:
+            return self.shard_for(routing_key)
+
+        return await self._through_moves(call, self.shard_for(routing_key), current)
 
     async def on_located(
         self, workflow_id: str, shard_id: str, call: Callable[[str, ShardClient], Awaitable[T]]
     ) -> T:
         """Run ``call`` on the shard holding a workflow, following it if its slot moves."""
-        delay = 0.005
-        waited = 0.0
-        while True:
-            try:
-                return await call(shard_id, self.client(shard_id))
-            except SlotMovedError:
-                self.metrics.slot_moved_retries.inc()
-                if waited > self.settings.move_wait:
-                    raise
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 0.2)
-                await self.refresh(force=True)
-                shard_id = await self.locate(workflow_id, None) or shard_id
+
+        async def holder(previous: str) -> str:
+            return await self.locate(workflow_id, None) or previous
+
+        return await self._through_moves(call, shard_id, holder)
 
     async def locate(self, workflow_id: str, routing_key: str | None) -> str | None:
         """The shard holding the workflow: its hashed shard first, then every other one."""

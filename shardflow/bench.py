@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import asyncpg
 from coordinator.local_shard import LocalShard
 from examples.bench import make_input
 from shard.client import ShardClient, StartRequest
-from shardflow.cpu import tree_cpu
+from shardflow import bench_cluster
 
 CEILING_SCRIPT = """\
 INSERT INTO ceiling_wf (status, input) VALUES ('pending', '{"order_id": 1, "amount": 10.5, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}');
@@ -65,12 +64,12 @@ def add_parser(sub: Any) -> None:
     h.add_argument("--seconds", type=float, default=15.0)
     h.add_argument("--rate", type=float, default=200.0, help="arrivals/s of the open loop")
     h.add_argument("--executors-per-shard", type=int, default=1)
-    h.set_defaults(handler=_http)
+    h.set_defaults(handler=bench_cluster.http)
     b = which.add_parser("rebalance", help="grow 2 -> 3 shards under load; pause per slot")
     b.add_argument("--seconds", type=float, default=15.0)
     b.add_argument("--clients", type=int, default=32)
     b.add_argument("--slots", type=int, default=256)
-    b.set_defaults(handler=_rebalance)
+    b.set_defaults(handler=bench_cluster.rebalance)
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
     r.set_defaults(handler=_recovery)
@@ -268,204 +267,3 @@ async def _recovery(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-async def _loadgen(url: str, *extra: str) -> tuple[dict[str, Any], float]:
-    """Run the load generator in its own process; (its summary, system CPU seconds used)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shardflow.loadgen",
-        "--url",
-        url,
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    before = tree_cpu([os.getpid()], exclude=[proc.pid])
-    out, _ = await proc.communicate()
-    after = tree_cpu([os.getpid()], exclude=[proc.pid])
-    summary: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return summary, after - before
-
-
-async def _http(args: argparse.Namespace) -> int:
-    from coordinator.dev import DevCluster, DevSettings
-    from coordinator.launcher import free_port
-
-    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
-    os.chmod(data, 0o755)
-    settings = DevSettings.load(
-        {
-            "app": ["examples.bench"],
-            "shards": str(args.shards),
-            "port": str(free_port()),
-            "data": str(data),
-            "executors_per_shard": str(args.executors_per_shard),
-        },
-        env={},
-    )
-    cluster = DevCluster(settings)
-    stop = asyncio.Event()
-    try:
-        await cluster.start()
-        supervisor = asyncio.create_task(cluster.supervise(stop))
-        await cluster.wait_ready()
-        url = cluster.router_urls[0]
-        print("warming up 3 s ...", flush=True)
-        await _loadgen(url, "--mode", "closed", "--clients", str(args.clients), "--seconds", "3")
-        closed, closed_cpu = await _loadgen(
-            url, "--mode", "closed", "--clients", str(args.clients), "--seconds", str(args.seconds)
-        )
-        print(f"closed loop ({args.clients} clients): {closed}", flush=True)
-        opened, open_cpu = await _loadgen(
-            url, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
-        )
-        print(f"open loop ({args.rate:g}/s): {opened}", flush=True)
-        stop.set()
-        await supervisor
-    finally:
-        cluster.stop()
-        shutil.rmtree(data, ignore_errors=True)
-    cpu_ms = 1000 * closed_cpu / closed["completed"] if closed["completed"] else None
-    print(
-        f"CPU of all Shardflow processes (router, executors, Postgres) in the closed loop: "
-        f"{closed_cpu:.1f} s for {closed['completed']} workflows",
-        flush=True,
-    )
-    print(
-        json.dumps(
-            {
-                "workload": "W3",
-                "shards": args.shards,
-                "closed_wf_per_s": closed["wf_per_s"],
-                "closed_p50_ms": closed["p50_ms"],
-                "closed_p99_ms": closed["p99_ms"],
-                "closed_p999_ms": closed["p999_ms"],
-                "open_rate": args.rate,
-                "open_p50_ms": opened["p50_ms"],
-                "open_p99_ms": opened["p99_ms"],
-                "open_p999_ms": opened["p999_ms"],
-                "cpu_ms_per_wf": None if cpu_ms is None else round(cpu_ms, 3),
-                "open_cpu_ms_per_wf": round(1000 * open_cpu / max(1, opened["completed"]), 3),
-                "errors": closed["errors"] + opened["errors"],
-            }
-        )
-    )
-    return 0
-
-
-async def _rebalance(args: argparse.Namespace) -> int:
-    from coordinator import operations
-    from coordinator.catalog import Catalog, ensure_database
-    from coordinator.dev import DATABASE, Child, DevCluster, DevSettings
-    from coordinator.launcher import free_port
-
-    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
-    os.chmod(data, 0o755)
-    settings = DevSettings.load(
-        {
-            "app": ["examples.bench"],
-            "shards": "2",
-            "slots": str(args.slots),
-            "port": str(free_port()),
-            "data": str(data),
-        },
-        env={},
-    )
-    cluster = DevCluster(settings)
-    stop = asyncio.Event()
-    try:
-        await cluster.start()
-        supervisor = asyncio.create_task(cluster.supervise(stop))
-        await cluster.wait_ready()
-        url = cluster.router_urls[0]
-        load = ["--mode", "closed", "--clients", str(args.clients)]
-        await _loadgen(url, *load, "--seconds", "3")
-        steady, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
-        print(f"steady on 2 shards: {steady}", flush=True)
-        (server,) = cluster.pg.start("shard2")
-        dsn = server.dsn(DATABASE)
-        await ensure_database(server.dsn(), DATABASE)
-        catalog = await Catalog.connect(cluster.catalog_dsn)
-        try:
-            await catalog.add_shard("shard2", dsn)
-            child = Child(
-                "executor-shard2-0",
-                [
-                    sys.executable,
-                    "-m",
-                    "shardflow",
-                    "executor",
-                    "--dsn",
-                    dsn,
-                    "--shard",
-                    "shard2",
-                    "--catalog",
-                    cluster.catalog_dsn,
-                    "--app",
-                    "examples.bench",
-                ],
-            )
-            cluster.children.append(child)
-            cluster._spawn(child)
-            moving = asyncio.create_task(_loadgen(url, *load, "--seconds", str(args.seconds)))
-            t0 = time.monotonic()
-            planned = await operations.rebalance(catalog)
-            while (await operations.status(catalog))["moves"]:  # noqa: ASYNC110 - polls the catalog
-                await asyncio.sleep(0.1)
-            move_s = time.monotonic() - t0
-            during, _ = await moving
-            print(f"during the move: {during}", flush=True)
-            pauses = sorted(
-                float(r["pause_ms"])
-                for r in await catalog.pool.fetch(
-                    "SELECT pause_ms FROM catalog.moves WHERE phase = 'done'"
-                )
-            )
-            counts = await _ids_per_shard(catalog)
-        finally:
-            await catalog.close()
-        stop.set()
-        await supervisor
-    finally:
-        cluster.stop()
-        shutil.rmtree(data, ignore_errors=True)
-    from shardflow.loadgen import percentile
-
-    ratio = during["wf_per_s"] / steady["wf_per_s"] if steady["wf_per_s"] else 0.0
-    print(f"{planned} slots moved in {move_s:.1f} s", flush=True)
-    print(
-        json.dumps(
-            {
-                "steady_wf_per_s": steady["wf_per_s"],
-                "during_move_wf_per_s": during["wf_per_s"],
-                "ratio": round(ratio, 3),
-                "pause_p50_ms": round(percentile(pauses, 0.5), 1),
-                "pause_p99_ms": round(percentile(pauses, 0.99), 1),
-                "slots_moved": planned,
-                "move_seconds": round(move_s, 2),
-                "errors": steady["errors"] + during["errors"],
-                "lost": sum(
-                    n
-                    for k, n in {**steady["error_kinds"], **during["error_kinds"]}.items()
-                    if k.startswith("result")
-                ),
-                "duplicated": counts["duplicated"],
-            }
-        )
-    )
-    return 0
-
-
-async def _ids_per_shard(catalog: Any) -> dict[str, int]:
-    """Workflows found on more than one shard (should be none)."""
-    seen: dict[str, int] = {}
-    for shard in await catalog.shards():
-        conn = await asyncpg.connect(shard.dsn)
-        try:
-            for row in await conn.fetch("SELECT id FROM shardflow.workflows"):
-                seen[row["id"]] = seen.get(row["id"], 0) + 1
-        finally:
-            await conn.close()
-    return {"workflows": len(seen), "duplicated": sum(1 for n in seen.values() if n > 1)}

@@ -18,12 +18,14 @@ from tests.test_rebalance import _moves_done, _run_coordinator
 from tests.waiting import until
 
 
-async def _call(url: str, method: str, path: str, token: str | None = "ops",
-                **kw: Any) -> tuple[int, Any]:
+async def _call(
+    url: str, method: str, path: str, token: str | None = "ops", **kw: Any
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http, http.request(
-        method, url + path, headers=headers, **kw
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, url + path, headers=headers, **kw) as resp,
+    ):
         return resp.status, await resp.json()
 
 
@@ -31,11 +33,13 @@ async def test_cluster_operations_over_http(growing: LiveCluster):
     await growing.add_router(tokens=["ops"])
     url = growing.routers[0].url
     assert (await _call(url, "POST", "/v1/cluster/rebalance", token=None))[0] == 401
-    status, body = await _call(url, "POST", "/v1/cluster/shards",
-                               json={"id": "c2", "dsn": growing.shard_dsns["c2"]})
+    status, body = await _call(
+        url, "POST", "/v1/cluster/shards", json={"id": "c2", "dsn": growing.shard_dsns["c2"]}
+    )
     assert status == 201 and body["slots"] == 0
-    status, body = await _call(url, "POST", "/v1/cluster/shards",
-                               json={"id": "c2", "dsn": growing.shard_dsns["c2"]})
+    status, body = await _call(
+        url, "POST", "/v1/cluster/shards", json={"id": "c2", "dsn": growing.shard_dsns["c2"]}
+    )
     assert (status, body["error"]["code"]) == (422, "catalog_error")
     stop = asyncio.Event()
     await _run_coordinator(growing, stop)

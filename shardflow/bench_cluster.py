@@ -1,0 +1,210 @@
+"""Cluster benchmarks: W3 through the router of a local cluster, and growing it under load.
+
+Each starts a whole `shardflow dev`-style cluster (durable Postgres servers, executor,
+router and coordinator processes) in a temporary folder and drives it with the asyncio
+load generator in its own process (`shardflow.loadgen`), so the figures include every
+Shardflow process and exclude the load generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from coordinator.dev import DevCluster, DevSettings
+from coordinator.launcher import free_port
+from shardflow.cpu import tree_cpu
+
+
+@asynccontextmanager
+async def local_cluster(**settings: Any) -> AsyncIterator[DevCluster]:
+    """A ready, supervised local cluster in a temporary folder, removed afterwards."""
+    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    values = {
+        "app": ["examples.bench"],
+        "port": str(free_port()),
+        "data": str(data),
+        **{k: str(v) for k, v in settings.items()},
+    }
+    cluster = DevCluster(DevSettings.load(values, env={}))
+    stop = asyncio.Event()
+    supervisor = None
+    try:
+        await cluster.start()
+        supervisor = asyncio.create_task(cluster.supervise(stop))
+        await cluster.wait_ready()
+        yield cluster
+    finally:
+        stop.set()
+        if supervisor is not None:
+            await supervisor
+        cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def _loadgen(url: str, *extra: str) -> tuple[dict[str, Any], float]:
+    """Run the load generator in its own process; (its summary, system CPU seconds used)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shardflow.loadgen",
+        "--url",
+        url,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    before = tree_cpu([os.getpid()], exclude=[proc.pid])
+    out, _ = await proc.communicate()
+    after = tree_cpu([os.getpid()], exclude=[proc.pid])
+    summary: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return summary, after - before
+
+
+async def http(args: argparse.Namespace) -> int:
+    async with local_cluster(
+        shards=args.shards, executors_per_shard=args.executors_per_shard
+    ) as cluster:
+        url = cluster.router_urls[0]
+        print("warming up 3 s ...", flush=True)
+        await _loadgen(url, "--mode", "closed", "--clients", str(args.clients), "--seconds", "3")
+        closed, closed_cpu = await _loadgen(
+            url, "--mode", "closed", "--clients", str(args.clients), "--seconds", str(args.seconds)
+        )
+        print(f"closed loop ({args.clients} clients): {closed}", flush=True)
+        opened, open_cpu = await _loadgen(
+            url, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
+        )
+        print(f"open loop ({args.rate:g}/s): {opened}", flush=True)
+    cpu_ms = 1000 * closed_cpu / closed["completed"] if closed["completed"] else None
+    print(
+        f"CPU of all Shardflow processes (router, executors, Postgres) in the closed loop: "
+        f"{closed_cpu:.1f} s for {closed['completed']} workflows",
+        flush=True,
+    )
+    print(
+        json.dumps(
+            {
+                "workload": "W3",
+                "shards": args.shards,
+                "closed_wf_per_s": closed["wf_per_s"],
+                "closed_p50_ms": closed["p50_ms"],
+                "closed_p99_ms": closed["p99_ms"],
+                "closed_p999_ms": closed["p999_ms"],
+                "open_rate": args.rate,
+                "open_p50_ms": opened["p50_ms"],
+                "open_p99_ms": opened["p99_ms"],
+                "open_p999_ms": opened["p999_ms"],
+                "cpu_ms_per_wf": None if cpu_ms is None else round(cpu_ms, 3),
+                "open_cpu_ms_per_wf": round(1000 * open_cpu / max(1, opened["completed"]), 3),
+                "errors": closed["errors"] + opened["errors"],
+            }
+        )
+    )
+    return 0
+
+
+async def rebalance(args: argparse.Namespace) -> int:
+    from coordinator import operations
+    from coordinator.catalog import Catalog, ensure_database
+    from coordinator.dev import DATABASE, Child
+
+    async with local_cluster(shards=2, slots=args.slots) as cluster:
+        url = cluster.router_urls[0]
+        load = ["--mode", "closed", "--clients", str(args.clients)]
+        await _loadgen(url, *load, "--seconds", "3")
+        steady, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
+        print(f"steady on 2 shards: {steady}", flush=True)
+        (server,) = cluster.pg.start("shard2")
+        dsn = server.dsn(DATABASE)
+        await ensure_database(server.dsn(), DATABASE)
+        catalog = await Catalog.connect(cluster.catalog_dsn)
+        try:
+            await catalog.add_shard("shard2", dsn)
+            child = Child(
+                "executor-shard2-0",
+                [
+                    sys.executable,
+                    "-m",
+                    "shardflow",
+                    "executor",
+                    "--dsn",
+                    dsn,
+                    "--shard",
+                    "shard2",
+                    "--catalog",
+                    cluster.catalog_dsn,
+                    "--app",
+                    "examples.bench",
+                ],
+            )
+            cluster.children.append(child)
+            cluster._spawn(child)
+            moving = asyncio.create_task(_loadgen(url, *load, "--seconds", str(args.seconds)))
+            t0 = time.monotonic()
+            planned = await operations.rebalance(catalog)
+            while (await operations.status(catalog))["moves"]:  # noqa: ASYNC110 - polls the catalog
+                await asyncio.sleep(0.1)
+            move_s = time.monotonic() - t0
+            during, _ = await moving
+            print(f"during the move: {during}", flush=True)
+            pauses = sorted(
+                float(r["pause_ms"])
+                for r in await catalog.pool.fetch(
+                    "SELECT pause_ms FROM catalog.moves WHERE phase = 'done'"
+                )
+            )
+            counts = await _ids_per_shard(catalog)
+        finally:
+            await catalog.close()
+    from shardflow.loadgen import percentile
+
+    ratio = during["wf_per_s"] / steady["wf_per_s"] if steady["wf_per_s"] else 0.0
+    print(f"{planned} slots moved in {move_s:.1f} s", flush=True)
+    print(
+        json.dumps(
+            {
+                "steady_wf_per_s": steady["wf_per_s"],
+                "during_move_wf_per_s": during["wf_per_s"],
+                "ratio": round(ratio, 3),
+                "pause_p50_ms": round(percentile(pauses, 0.5), 1),
+                "pause_p99_ms": round(percentile(pauses, 0.99), 1),
+                "slots_moved": planned,
+                "move_seconds": round(move_s, 2),
+                "errors": steady["errors"] + during["errors"],
+                "lost": sum(
+                    n
+                    for k, n in {**steady["error_kinds"], **during["error_kinds"]}.items()
+                    if k.startswith("result")
+                ),
+                "duplicated": counts["duplicated"],
+            }
+        )
+    )
+    return 0
+
+
+async def _ids_per_shard(catalog: Any) -> dict[str, int]:
+    """Workflows found on more than one shard (should be none)."""
+    seen: dict[str, int] = {}
+    for shard in await catalog.shards():
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            for row in await conn.fetch("SELECT id FROM shardflow.workflows"):
+                seen[row["id"]] = seen.get(row["id"], 0) + 1
+        finally:
+            await conn.close()
+    return {"workflows": len(seen), "duplicated": sum(1 for n in seen.values() if n > 1)}
