@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from coordinator import operations
 from coordinator.catalog import Catalog, q
 from coordinator.moves import Mover, NotLeader
 from metrics.coordinator import CoordinatorMetrics
+from metrics.shard_stats import ShardStats, read_stats
 from shard.faults import Faults
 from shard.queries import query
 from shard.settings import Settings, setting
@@ -124,13 +126,34 @@ class Coordinator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.move_interval)
 
+    def _export(self, shard_id: str, stats: ShardStats) -> None:
+        m = self.metrics
+        for status in ("pending", "running", "sleeping", "waiting"):
+            m.queue_depth.labels(shard_id, status).set(stats.queue.get(status, 0))
+        m.queue_depth.labels(shard_id, "ready").set(stats.ready_now)
+        m.oldest_ready.labels(shard_id).set(stats.oldest_ready_s)
+        m.completions.labels(shard_id).set(stats.finished_last_minute)
+        m.shard_p99.labels(shard_id).set(stats.p99_s)
+        for locktype in ("relation", "tuple", "transactionid", "advisory"):
+            m.lock_waits.labels(shard_id, locktype).set(stats.lock_waits.get(locktype, 0))
+        m.longest_lock_wait.labels(shard_id).set(stats.longest_lock_wait_s)
+        m.deadlocks.labels(shard_id).set(stats.deadlocks)
+        for table in ("workflows", "steps", "ready", "events"):
+            m.dead_tuples.labels(shard_id, table).set(stats.dead_tuples.get(table, 0))
+        m.oldest_xact.labels(shard_id).set(stats.oldest_transaction_s)
+
     async def _check_health(self, catalog: Catalog) -> None:
+        status = await operations.status(catalog)
+        for shard in status["shards"]:
+            self.metrics.slots.labels(shard["id"]).set(shard["slots"])
+        self.metrics.moves_in_progress.set(len(status["moves"]))
         for shard in await catalog.shards():
             healthy = True
             try:
                 conn = await asyncpg.connect(shard.dsn, timeout=3)
                 try:
                     await conn.fetchval(query("schema_version"))
+                    self._export(shard.id, await read_stats(conn))
                 finally:
                     await conn.close()
             except Exception:

@@ -24,6 +24,65 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.moves_done = Counter("shardflow_slot_moves_total", "Slot moves finished.", registry=r)
+        self.queue_depth = Gauge(
+            "shardflow_queue_depth",
+            "Live workflows by status (ready: runnable now).",
+            ["shard", "status"],
+            registry=r,
+        )
+        self.oldest_ready = Gauge(
+            "shardflow_oldest_ready_age_seconds",
+            "Age of the oldest runnable workflow.",
+            ["shard"],
+            registry=r,
+        )
+        self.completions = Gauge(
+            "shardflow_shard_completions_last_minute",
+            "Workflows finished in the last 60 s, read from the shard's rows.",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_p99 = Gauge(
+            "shardflow_shard_workflow_p99_seconds",
+            "P99 start-to-finish of the last minute's workflows, from the shard's rows.",
+            ["shard"],
+            registry=r,
+        )
+        self.lock_waits = Gauge(
+            "shardflow_pg_lock_waits",
+            "Backends waiting on a lock, by lock type (pg_locks).",
+            ["shard", "locktype"],
+            registry=r,
+        )
+        self.longest_lock_wait = Gauge(
+            "shardflow_pg_longest_lock_wait_seconds",
+            "Longest current lock wait (pg_stat_activity).",
+            ["shard"],
+            registry=r,
+        )
+        self.deadlocks = Gauge(
+            "shardflow_pg_deadlocks",
+            "Deadlocks detected in the shard's database so far "
+            "(pg_stat_database; use rate/increase).",
+            ["shard"],
+            registry=r,
+        )
+        self.dead_tuples = Gauge(
+            "shardflow_pg_dead_tuples",
+            "Dead tuples of the hot tables (pg_stat_user_tables).",
+            ["shard", "table"],
+            registry=r,
+        )
+        self.oldest_xact = Gauge(
+            "shardflow_pg_oldest_transaction_seconds",
+            "Age of the oldest open transaction.",
+            ["shard"],
+            registry=r,
+        )
+        self.slots = Gauge("shardflow_shard_slots", "Slots owned per shard.", ["shard"], registry=r)
+        self.moves_in_progress = Gauge(
+            "shardflow_slot_moves_in_progress", "Slot moves planned or under way.", registry=r
+        )
         self.move_pause = Histogram(
             "shardflow_slot_move_pause_seconds",
             "Write pause of a moving slot: from fencing on the source to the catalog flip.",

@@ -1,0 +1,39 @@
+-- What the coordinator reads from each shard for the cluster's metrics (Postgres 15).
+
+-- name: queue_depth
+SELECT status, count(*)::bigint AS n FROM shardflow.workflows
+WHERE status IN ('pending', 'running', 'sleeping', 'waiting')
+GROUP BY status;
+
+-- name: ready_now
+SELECT count(*)::bigint AS n,
+       coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8 AS oldest_s
+FROM shardflow.ready WHERE run_at <= now();
+
+-- name: finished_recently
+-- Completions of the last minute and their start-to-finish latency, read from the shard's
+-- own rows.
+SELECT count(*)::bigint AS n,
+       coalesce(percentile_cont(0.99) WITHIN GROUP (
+           ORDER BY extract(epoch FROM finished_at - created_at)), 0)::float8 AS p99_s
+FROM shardflow.workflows WHERE finished_at > now() - interval '60 seconds';
+
+-- name: lock_waits
+SELECT l.locktype, count(*)::bigint AS n
+FROM pg_locks l WHERE NOT l.granted GROUP BY l.locktype;
+
+-- name: longest_lock_wait
+SELECT coalesce(max(extract(epoch FROM now() - a.state_change)), 0)::float8
+FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock';
+
+-- name: database_stats
+SELECT deadlocks::bigint, xact_commit::bigint, xact_rollback::bigint
+FROM pg_stat_database WHERE datname = current_database();
+
+-- name: dead_tuples
+SELECT relname, n_dead_tup::bigint AS n FROM pg_stat_user_tables
+WHERE schemaname = 'shardflow' AND relname IN ('workflows', 'steps', 'ready', 'events');
+
+-- name: oldest_transaction
+SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
+FROM pg_stat_activity WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid();
