@@ -6,6 +6,8 @@ so the documentation and the code cannot disagree.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from prometheus_client import CollectorRegistry
 
 from metrics.coordinator import CoordinatorMetrics
@@ -40,7 +42,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
 def _describe(owner: str, registry: CollectorRegistry) -> list[tuple[str, str, str, str, str]]:
     described = []
     for collector in list(registry._collector_to_names):
-        for family in collector.describe():
+        for family in cast(Any, collector).describe():
             name = family.name + ("_total" if family.type == "counter" else "")
             labels = ", ".join(getattr(collector, "_labelnames", ()))
             described.append((name, family.type, labels, owner, family.documentation))
