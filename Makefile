@@ -14,7 +14,7 @@ run: install
 test: install lint typecheck pytest
 
 install: $(STAMP)
-	@bash scripts/install-postgres.sh $(VENV)
+	@bash scripts/install-system.sh $(VENV)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

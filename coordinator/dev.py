@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.catalog import Catalog, ensure_database
-from coordinator.launcher import LocalPostgres, die_with_parent, free_port
+from coordinator.launcher import LauncherError, LocalPostgres, die_with_parent, free_port
 from shard.settings import Settings, setting
 
 log = logging.getLogger("shardflow.dev")
@@ -41,6 +42,9 @@ class DevSettings(Settings):
     data: str = setting(".shardflow", help="folder holding the cluster (kept between runs)")
     durable: bool = setting(True, help="fsync on (off only for throw-away test clusters)")
     token: str | None = setting(None, help="bearer token the routers require (unset: none)")
+    prometheus: bool = setting(False, help="also run a local Prometheus (Debian package)")
+    prometheus_port: int = setting(9090, help="port of the local Prometheus", minimum=0)
+    scrape_interval: str = setting("5s", help="scrape and rule interval of that Prometheus")
 
 
 @dataclass
@@ -63,6 +67,7 @@ class DevCluster:
         self.catalog_dsn = ""
         self.shard_dsns: dict[str, str] = {}
         self.router_urls: list[str] = []
+        self.prometheus_url = ""
 
     async def start(self) -> None:
         names = ["catalog"] + [f"shard{i}" for i in range(self.settings.shards)]
@@ -106,8 +111,11 @@ class DevCluster:
         s = self.settings
         base = [sys.executable, "-m", "shardflow"]
         apps = [arg for app in s.app for arg in ("--app", app)]
+        targets: dict[str, list[str]] = {"executor": [], "router": [], "coordinator": []}
         for shard_id, dsn in self.shard_dsns.items():
             for i in range(s.executors_per_shard):
+                port = free_port()
+                targets["executor"].append(f"127.0.0.1:{port}")
                 self.children.append(
                     Child(
                         f"executor-{shard_id}-{i}",
@@ -120,11 +128,15 @@ class DevCluster:
                             shard_id,
                             "--catalog",
                             self.catalog_dsn,
+                            "--metrics-port",
+                            str(port),
                             *apps,
                         ],
                     )
                 )
         for i in range(s.coordinators):
+            port = free_port()
+            targets["coordinator"].append(f"127.0.0.1:{port}")
             self.children.append(
                 Child(
                     f"coordinator-{i}",
@@ -135,12 +147,15 @@ class DevCluster:
                         self.catalog_dsn,
                         "--name",
                         f"coordinator-{i}",
+                        "--metrics-port",
+                        str(port),
                     ],
                 )
             )
         for i in range(s.routers):
             port = s.port if i == 0 else free_port()
             self.router_urls.append(f"http://{s.host}:{port}")
+            targets["router"].append(f"{s.host}:{port}")
             tokens = ["--tokens", s.token] if s.token else []
             self.children.append(
                 Child(
@@ -158,6 +173,52 @@ class DevCluster:
                     ],
                 )
             )
+        self.write_targets(targets)
+
+    def write_targets(self, targets: dict[str, list[str]]) -> None:
+        """A Prometheus file_sd file for every process (deploy/prometheus reads it)."""
+        folder = self.data / "prometheus" / "targets"
+        folder.mkdir(parents=True, exist_ok=True)
+        groups = [
+            {"targets": t, "labels": {"job": f"shardflow-{kind}"}}
+            for kind, t in targets.items()
+            if t
+        ]
+        self.targets_file = folder / "targets.json"
+        self.targets_file.write_text(json.dumps(groups, indent=1))
+        if self.settings.prometheus:
+            self.children.append(self._prometheus())
+
+    def _prometheus(self) -> Child:
+        """deploy/prometheus's config and rules, reading the targets written above."""
+        deploy = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+        binary = shutil.which("prometheus")
+        if binary is None or not deploy.is_dir():
+            raise LauncherError(
+                "--prometheus needs Debian's prometheus and the repository's "
+                "deploy/prometheus (run from a checkout after `make install`)"
+            )
+        folder = self.data / "prometheus"
+        interval = self.settings.scrape_interval
+        config = (deploy / "prometheus.yml").read_text()
+        for key in ("scrape_interval", "evaluation_interval", "refresh_interval"):
+            config = config.replace(f"{key}: 5s", f"{key}: {interval}")
+        (folder / "prometheus.yml").write_text(config)
+        rules = folder / "rules"
+        if rules.is_symlink() or rules.exists():
+            rules.unlink()
+        rules.symlink_to(deploy / "rules")
+        port = self.settings.prometheus_port or free_port()
+        self.prometheus_url = f"http://127.0.0.1:{port}"
+        return Child(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+        )
 
     def _spawn(self, child: Child) -> None:
         logs = self.data / "logs"

@@ -109,6 +109,11 @@ class ShardMetrics:
             "Finished workflows removed by the GC.",
             registry=r,
         )
+        self.gc_last_run = Gauge(
+            "shardflow_gc_last_run_timestamp_seconds",
+            "When the GC last finished a run.",
+            registry=r,
+        )
         self.gc_seconds = Histogram(
             "shardflow_gc_run_duration_seconds",
             "Duration of one GC run.",

@@ -275,11 +275,11 @@ class Executor:
     async def _gc_loop(self) -> None:
         s = self.settings
         while not self._stopping:
-            await asyncio.sleep(s.gc_interval)
             try:
                 await self.collect_garbage()
             except Exception as exc:
                 log.warning("event=gc_failed error=%r", exc)
+            await asyncio.sleep(s.gc_interval)
 
     async def collect_garbage(self) -> int:
         """One GC run: batches of finished workflows past retention, each its own transaction."""
@@ -295,6 +295,7 @@ class Executor:
                 break
             await asyncio.sleep(0)
         self.metrics.gc_rows.inc(removed)
+        self.metrics.gc_last_run.set_to_current_time()
         self.metrics.gc_seconds.observe(time.perf_counter() - started)
         if removed:
             log.info("event=gc removed=%d seconds=%.3f", removed, time.perf_counter() - started)

@@ -68,6 +68,10 @@ class Settings:
             text = f"{f.metadata.get('help', '')} [env {cls.env_name(f.name)}; default {default}]"
             if _is_list(tp):
                 parser.add_argument(flag, dest=f.name, action="append", default=None, help=text)
+            elif _base(tp)[0] is bool:  # `--flag` alone means true; `--flag false` too
+                parser.add_argument(
+                    flag, dest=f.name, nargs="?", const="true", default=None, help=text
+                )
             else:
                 parser.add_argument(flag, dest=f.name, default=None, help=text)
 

@@ -24,6 +24,9 @@ def print_welcome(cluster: Any) -> None:
     for shard_id, dsn in cluster.shard_dsns.items():
         table.add_row(shard_id, dsn)
     table.add_row("logs", str(cluster.data / "logs"))
+    table.add_row("prometheus targets", str(cluster.targets_file))
+    if cluster.prometheus_url:
+        table.add_row("prometheus", cluster.prometheus_url)
     console.print(table)
     url = cluster.router_urls[0]
     console.print("try:")

