@@ -24,11 +24,18 @@ from shard.executor import Executor
 from shard.executor_settings import ExecutorSettings
 from shard.migrate import migrate
 from shard.sdk import Registry
+from tests.background import stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.cluster_fixtures"]
 TEMPLATE = "shardflow_template"
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+async def _stop_background_coordinators() -> AsyncIterator[None]:
+    yield
+    await stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ from prometheus_client import generate_latest
 
 from coordinator.leader import Coordinator, CoordinatorSettings
 from metrics.docs import render, rows
+from tests.background import RUNNING
 from tests.cluster_fixtures import LiveCluster
-from tests.test_rebalance import _RUNNING, _start_load
+from tests.test_rebalance import _start_load
 from tests.waiting import until
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -38,7 +39,7 @@ async def test_live_processes_export_exactly_the_documented_metrics(growing: Liv
     )
     coordinator = Coordinator(settings)
     stop = asyncio.Event()
-    _RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
+    RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
     ids = await _start_load(client, 50, "m")
     await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
     await asyncio.wait_for(coordinator.leader_event.wait(), 30)
@@ -71,7 +72,7 @@ async def test_a_held_lock_moves_the_lock_metrics(growing: LiveCluster):
     )
     coordinator = Coordinator(settings)
     stop = asyncio.Event()
-    _RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
+    RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
     doc = await client.start("napper", {"seconds": 0.5})
     blocker = await asyncpg.connect(growing.shard_dsns[doc["shard"]])
     try:

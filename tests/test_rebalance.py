@@ -18,6 +18,7 @@ from coordinator.leader import Coordinator, CoordinatorSettings
 from coordinator.moves import Mover
 from router.client import Client
 from shard.faults import Faults
+from tests.background import RUNNING
 from tests.cluster_fixtures import SHARDS, SLOTS, LiveCluster
 from tests.conftest import ROOT
 from tests.waiting import until
@@ -65,18 +66,6 @@ async def _check_cluster(cluster: LiveCluster, crashy: list[str]) -> None:
         assert owned.get(row["slot"]) == [(row["shard_id"], row["epoch"])], row["slot"]
 
 
-_RUNNING: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
-
-
-@pytest.fixture(autouse=True)
-async def _stop_coordinators() -> Any:
-    yield
-    while _RUNNING:
-        stop, task = _RUNNING.pop()
-        stop.set()
-        await task
-
-
 async def _run_coordinator(
     cluster: LiveCluster, stop: asyncio.Event, faults: Faults | None = None
 ) -> Coordinator:
@@ -90,7 +79,7 @@ async def _run_coordinator(
         env={},
     )
     coordinator = Coordinator(settings, faults)
-    _RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
+    RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
     await asyncio.wait_for(coordinator.leader_event.wait(), 30)
     return coordinator
 
