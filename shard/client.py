@@ -43,6 +43,7 @@ class StartRequest:
     id: str | None = None
     routing_key: str | None = None
     timeout: float | None = None
+    parent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ async def start_many_on(
             names,
             inputs,
             [r.routing_key for r in requests],
-            [None] * len(requests),
+            [r.parent for r in requests],
             [r.timeout for r in requests],
         )
         bad = next((i for i, row in enumerate(rows) if row["problem"] is not None), None)

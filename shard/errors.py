@@ -109,6 +109,16 @@ class StepFailedError(ShardflowError):
         self.error = error
 
 
+class ChildWorkflowFailedError(ShardflowError):
+    """A child workflow ended failed or cancelled; raised in the parent at ctx.child()."""
+
+    code = "child_failed"
+
+    def __init__(self, message: str, error: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.error = error
+
+
 class StepTimeoutError(ShardflowError):
     code = "step_timeout"
 

@@ -23,6 +23,8 @@ class ClaimedWorkflow:
     cancel_requested: bool
     deadline: datetime | None
     created_at: datetime
+    routing_key: str = ""
+    parent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class WorkflowRecord:
     output: str | None = None
     error: str | None = None
     run_at: datetime | None = None
+    parent: str | None = None
     steps: list[StepRow] = field(default_factory=list)
     future: asyncio.Future[FlushResult] | None = None
 
@@ -72,6 +75,7 @@ class WorkflowRecord:
         if other.status != "running":
             self.status, self.output, self.error = other.status, other.output, other.error
             self.run_at = other.run_at
+            self.parent = other.parent
 
 
 @dataclass(slots=True)

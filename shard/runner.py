@@ -12,9 +12,15 @@ from typing import Any
 
 from metrics.shard import ShardMetrics
 from shard import codec
+from shard.client import StartRequest, start_many_on
 from shard.committer import GroupCommitter
 from shard.dbfaults import is_unavailable
-from shard.errors import ShardUnavailableError, UnknownWorkflowError, WorkflowTimeoutError
+from shard.errors import (
+    ShardUnavailableError,
+    UnknownWorkflowError,
+    WorkflowConflictError,
+    WorkflowTimeoutError,
+)
 from shard.faults import Faults
 from shard.model import ClaimedWorkflow, FlushResult, History, StepRow, WorkflowRecord
 from shard.queries import query
@@ -58,6 +64,7 @@ class WorkflowRunner:
             run.epoch,
             next_seq=run.seq,
             seen_signal=run.claimed.signal_seq,
+            parent=run.claimed.parent,
             steps=steps,
             **state,
         )
@@ -101,6 +108,28 @@ class WorkflowRunner:
             raise
         await self.faults.point("after_step_commit")
         return value, bool(row["cancel_requested"])
+
+    async def start_child(self, run: WorkflowRun, workflow: str, input: Any, child_id: str) -> None:
+        request = StartRequest(
+            workflow, input, child_id, run.claimed.routing_key or run.id, parent=run.id
+        )
+        try:
+            (result,) = await start_many_on(self.store.pool, [request])
+        except ShardUnavailableError:
+            raise Lost() from None
+        if result.conflict:
+            raise WorkflowConflictError(f"child workflow ID {child_id!r} exists with another input")
+
+    async def child_outcome(self, child_id: str) -> dict[str, Any] | None:
+        try:
+            rows = await self.store.pool.fetch(query("workflow_outcomes"), [child_id])
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise Lost() from exc
+            raise
+        if not rows or rows[0]["status"] not in ("completed", "failed", "cancelled"):
+            return None
+        return dict(rows[0])
 
     def step_retried(self, run: WorkflowRun, step: StepDef) -> None:
         self.metrics.step_retries.labels(self.shard, run.claimed.name).inc()

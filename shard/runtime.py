@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shard import codec
 from shard.errors import (
+    ChildWorkflowFailedError,
     EventTimeoutError,
     NonDeterminismError,
     NonRetryableError,
@@ -106,6 +107,14 @@ class RunServices(Protocol):
     ) -> tuple[Any, bool]: ...
 
     def step_retried(self, run: WorkflowRun, step: StepDef) -> None: ...
+
+    async def start_child(self, run: WorkflowRun, workflow: str, input: Any, child_id: str) -> None:
+        """Start a child on the parent's shard, with the parent's routing key (idempotent)."""
+        ...
+
+    async def child_outcome(self, child_id: str) -> dict[str, Any] | None:
+        """The child's {status, output, error} once finished, else None."""
+        ...
 
     def checkpoint_later(self, run: WorkflowRun, steps: list[StepRow]) -> Awaitable[FlushResult]:
         """Queue a checkpoint without waiting for it (see WorkflowRun.settle)."""
@@ -267,6 +276,53 @@ class WorkflowRun:
         await self.settle()
         raise Suspend("sleeping", self._wake_time(at), new)
 
+    async def child(self, workflow: str, input: Any, child_id: str | None) -> Any:
+        """Start a child workflow (recorded), then wait for its outcome (suspended)."""
+        seq = self.next_seq()
+        rec = self.recorded(seq, f"ctx.child:{workflow}")
+        if rec is not None:
+            child_id = str(codec.loads(rec.output)["id"])
+        else:
+            child_id = child_id or f"{self.id}/{seq}"
+            await self.settle()
+            await self.services.start_child(self, workflow, input, child_id)
+            await self.save(
+                [
+                    StepRow(
+                        seq,
+                        f"ctx.child:{workflow}",
+                        "completed",
+                        codec.dumps({"id": child_id}, "child"),
+                        None,
+                        1,
+                        utcnow(),
+                    )
+                ]
+            )
+        seq = self.next_seq()
+        label = f"ctx.child_result:{workflow}"
+        rec = self.recorded(seq, label)
+        outcome = codec.loads(rec.output) if rec is not None else None
+        if outcome is None:
+            found = await self.services.child_outcome(child_id)
+            if found is None:
+                await self.settle()
+                raise Suspend("waiting", None, [])
+            outcome = {
+                "id": child_id,
+                "status": found["status"],
+                "output": codec.loads(found["output"]),
+                "error": codec.loads(found["error"]),
+            }
+            await self.save(
+                [StepRow(seq, label, "completed", codec.dumps(outcome, "child"), None, 1, utcnow())]
+            )
+        if outcome["status"] != "completed":
+            raise ChildWorkflowFailedError(
+                f"child workflow {child_id} ended {outcome['status']}", outcome["error"] or {}
+            )
+        return outcome["output"]
+
     async def wait_for_event(self, name: str, timeout: float | None) -> Any:
         count = self._event_counts.get(name, 0)
         self._event_counts[name] = count + 1
@@ -366,6 +422,17 @@ class Context:
     def wait_for_event(self, name: str, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
         """Return the payload of the next event ``name``; EventTimeoutError after ``timeout``."""
         return self._run.wait_for_event(name, timeout)
+
+    def child(
+        self, workflow: Any, input: Any = None, *, id: str | None = None
+    ) -> Coroutine[Any, Any, Any]:
+        """Run a child workflow on this workflow's shard and return its output.
+
+        The child inherits the parent's routing key; its ID defaults to ``<parent>/<seq>``
+        (so a replay never starts it twice); a failed or cancelled child raises
+        ChildWorkflowFailedError here."""
+        name = workflow if isinstance(workflow, str) else workflow.name
+        return self._run.child(name, input, id)
 
     async def now(self) -> datetime:
         value = await self._run.record_value("ctx.now", time.time)

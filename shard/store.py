@@ -82,6 +82,7 @@ class ShardStore:
             [s.error for _, s in steps],
             [s.attempts for _, s in steps],
             [s.started_at for _, s in steps],
+            [r.parent for r in records],
         ]
         rows = await self.pool.fetch(query("checkpoint_flush"), *args)
         return {row["id"]: row["cancel_requested"] for row in rows}

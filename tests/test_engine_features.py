@@ -198,3 +198,24 @@ async def test_gc_removes_finished_workflows_only(client: ShardClient, start_exe
         assert await conn.fetchval("SELECT count(*) FROM shardflow.workflows") == 1
         assert await conn.fetchval("SELECT count(*) FROM shardflow.steps") == 1
     assert (await client.status(sleeping))["status"] == "sleeping"
+
+
+async def test_child_workflows_inherit_the_routing_key_and_wake_the_parent(
+    client: ShardClient, start_executor: Any
+):
+    await start_executor()
+    wid = await client.start("family", {"n": 10}, id="parent-1", routing_key="family-key")
+    assert await client.result(wid, timeout=60) == {
+        "first": 10,
+        "second": 11,
+        "failed": "ChildWorkflowFailedError",
+    }
+    async with client.pool.acquire() as conn:
+        children = await conn.fetch(
+            "SELECT id, routing_key, parent, status FROM shardflow.workflows "
+            "WHERE parent = 'parent-1' ORDER BY id"
+        )
+    assert [c["routing_key"] for c in children] == ["family-key"] * 3
+    assert sorted(c["status"] for c in children) == ["completed", "completed", "failed"]
+    names = [s["name"] for s in (await client.status(wid))["steps"]]
+    assert names[:2] == ["ctx.child:w3", "ctx.child_result:w3"]

@@ -25,6 +25,17 @@ def test_docs_table_is_generated_from_the_definitions():
     assert DOCS.read_text() == render(), "run: python -m metrics.docs > docs/metrics.md"
 
 
+def _leader(cluster: LiveCluster) -> Coordinator:
+    """A coordinator sampling the cluster every 0.2 s, stopped after the test."""
+    settings = CoordinatorSettings.load(
+        {"catalog": cluster.catalog_dsn, "health_interval": "0.2"}, env={}
+    )
+    coordinator = Coordinator(settings)
+    stop = asyncio.Event()
+    RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
+    return coordinator
+
+
 def _families(text: str) -> set[str]:
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
@@ -34,12 +45,7 @@ def _families(text: str) -> set[str]:
 
 async def test_live_processes_export_exactly_the_documented_metrics(growing: LiveCluster):
     client = await growing.add_router()
-    settings = CoordinatorSettings.load(
-        {"catalog": growing.catalog_dsn, "health_interval": "0.2"}, env={}
-    )
-    coordinator = Coordinator(settings)
-    stop = asyncio.Event()
-    RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
+    coordinator = _leader(growing)
     ids = await _start_load(client, 50, "m")
     await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
     await asyncio.wait_for(coordinator.leader_event.wait(), 30)
@@ -67,12 +73,7 @@ async def test_live_processes_export_exactly_the_documented_metrics(growing: Liv
 
 async def test_a_held_lock_moves_the_lock_metrics(growing: LiveCluster):
     client = await growing.add_router()
-    settings = CoordinatorSettings.load(
-        {"catalog": growing.catalog_dsn, "health_interval": "0.2"}, env={}
-    )
-    coordinator = Coordinator(settings)
-    stop = asyncio.Event()
-    RUNNING.append((stop, asyncio.get_running_loop().create_task(coordinator.run(stop))))
+    coordinator = _leader(growing)
     doc = await client.start("napper", {"seconds": 0.5})
     blocker = await asyncpg.connect(growing.shard_dsns[doc["shard"]])
     try:

@@ -256,3 +256,16 @@ async def test_client_error_types(cluster: LiveCluster):
     with pytest.raises(ShardUnavailableError):
         await unreachable.status("x")
     await unreachable.close()
+
+
+async def test_children_stay_on_their_parents_shard(cluster: LiveCluster):
+    client = await cluster.add_router()
+    parents = [await client.start("family", {"n": i}) for i in range(6)]
+    for doc in parents:
+        assert (await client.result(doc["id"], timeout=60))["first"] is not None
+        children = await cluster.fetch_on(
+            doc["shard"],
+            "SELECT count(*) AS n FROM shardflow.workflows WHERE parent = $1",
+            doc["id"],
+        )
+        assert children[0]["n"] == 3, "every child is on its parent's shard"

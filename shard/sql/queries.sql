@@ -47,7 +47,8 @@ SET status = 'running', lease_owner = $1, lease_epoch = w.lease_epoch + 1,
 FROM picked
 WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
 RETURNING w.id, w.name, w.version, w.input::text AS input, w.lease_epoch, w.attempt,
-          w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at;
+          w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at,
+          w.routing_key, w.parent;
 
 -- name: steps_for_workflows
 SELECT workflow_id, seq, name, status, output::text AS output, error::text AS error
@@ -66,11 +67,18 @@ ORDER BY workflow_id, id;
 -- at once when an event or a cancel arrived since the executor last looked.
 WITH wf_in AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::jsonb[], $5::jsonb[],
-                         $6::timestamptz[], $7::integer[], $8::integer[])
-        AS t(id, epoch, new_status, output, error, run_at, next_seq, seen_signal)
+                         $6::timestamptz[], $7::integer[], $8::integer[], $17::text[])
+        AS t(id, epoch, new_status, output, error, run_at, next_seq, seen_signal, parent)
+), finished_children AS (
+    -- Children finishing now signal their parent (woken if it waits for them).
+    SELECT i.parent, count(*) AS n FROM wf_in i
+    WHERE i.parent IS NOT NULL AND i.new_status IN ('completed', 'failed', 'cancelled')
+    GROUP BY i.parent
 ), fenced AS (
     UPDATE shardflow.workflows w
-    SET status = i.new_status,
+    SET signal_seq = w.signal_seq + coalesce(
+            (SELECT c.n FROM finished_children c WHERE c.parent = w.id), 0),
+        status = i.new_status,
         output = i.output,
         error = i.error,
         next_seq = greatest(w.next_seq, i.next_seq),
@@ -99,11 +107,27 @@ WITH wf_in AS (
     WHERE f.status IN ('sleeping', 'waiting')
       AND (f.run_at IS NOT NULL OR f.signalled OR f.cancel_requested)
     ON CONFLICT (workflow_id) DO UPDATE SET run_at = least(shardflow.ready.run_at, excluded.run_at)
+), parents AS (
+    -- Parents not in this batch (in it, the fenced UPDATE above signals them).
+    UPDATE shardflow.workflows p SET signal_seq = p.signal_seq + c.n, updated_at = now()
+    FROM finished_children c
+    WHERE p.id = c.parent AND p.status NOT IN ('completed', 'failed', 'cancelled')
+      AND NOT EXISTS (SELECT 1 FROM wf_in i WHERE i.id = c.parent)
+    RETURNING p.id, p.slot, p.status
+), parents_ready AS (
+    INSERT INTO shardflow.ready (workflow_id, slot)
+    SELECT p.id, p.slot FROM parents p WHERE p.status = 'waiting'
+    ON CONFLICT (workflow_id) DO UPDATE SET run_at = now()
+), woke AS (
+    SELECT pg_notify('shardflow_ready', '')
+    WHERE EXISTS (SELECT 1 FROM parents p WHERE p.status = 'waiting')
 ), done AS (
     SELECT pg_notify('shardflow_done', '')
     WHERE EXISTS (SELECT 1 FROM fenced WHERE status IN ('completed', 'failed', 'cancelled'))
 )
-SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fenced f;
+SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) + (SELECT count(*) FROM woke)
+       AS notified
+FROM fenced f;
 
 -- name: workflow_lock_for_step
 -- Fence a transactional step: lock the workflow row under the lease epoch.

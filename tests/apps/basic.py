@@ -133,3 +133,14 @@ async def deadline(ctx: Context, inp: Any) -> str:
 async def long_sleep(ctx: Context, inp: Any) -> str:
     await ctx.sleep(3600)
     return "done"
+
+
+@workflow(name="family")
+async def family(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
+    first = await ctx.child("w3", {"order_id": inp["n"], "amount": 1.0, "pad": "c"})
+    second = await ctx.child(w3, {"order_id": inp["n"] + 1, "amount": 2.0, "pad": "c"})
+    try:
+        await ctx.child("failing", None)
+    except Exception as exc:
+        failed = type(exc).__name__
+    return {"first": first["reserved"], "second": second["reserved"], "failed": failed}
