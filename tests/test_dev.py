@@ -253,3 +253,18 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_sync_client_for_scripts(dev: Dev):
+    from shardflow import SyncClient
+
+    client = SyncClient(dev.url)
+    try:
+        started = client.start("w3", {"order_id": 3, "amount": 1.0, "pad": "s"})
+        assert client.result(started["id"], timeout=30)["reserved"] == 3
+        assert client.status(started["id"])["status"] == "completed"
+        waiting = client.start("approval", {})
+        assert client.send_event(waiting["id"], "approved", True)
+        assert client.result(waiting["id"], timeout=30)["payload"] is True
+    finally:
+        client.close()
