@@ -32,7 +32,9 @@ class CoordinatorSettings(Settings):
     catalog: str = setting(help="DSN of the cluster catalog")
     name: str = setting("", help="identity shown as leader (default host-pid)")
     poll_interval: float = setting(1.0, help="seconds between leadership attempts", minimum=0.05)
-    health_interval: float = setting(2.0, help="seconds between shard health checks", minimum=0.1)
+    health_interval: float = setting(
+        5.0, help="seconds between shard health checks and cluster metric samples", minimum=0.1
+    )
     move_interval: float = setting(
         0.2, help="seconds between looks for planned moves", minimum=0.01
     )
@@ -132,7 +134,7 @@ class Coordinator:
             m.queue_depth.labels(shard_id, status).set(stats.queue.get(status, 0))
         m.queue_depth.labels(shard_id, "ready").set(stats.ready_now)
         m.oldest_ready.labels(shard_id).set(stats.oldest_ready_s)
-        m.completions.labels(shard_id).set(stats.finished_last_minute)
+        m.completions.labels(shard_id).set(stats.finished_last_minute / 10)
         m.shard_p99.labels(shard_id).set(stats.p99_s)
         for locktype in ("relation", "tuple", "transactionid", "advisory"):
             m.lock_waits.labels(shard_id, locktype).set(stats.lock_waits.get(locktype, 0))

@@ -37,14 +37,14 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.completions = Gauge(
-            "shardflow_shard_completions_last_minute",
-            "Workflows finished in the last 60 s, read from the shard's rows.",
+            "shardflow_shard_completions_per_second",
+            "Workflows finished per second over the last 10 s, read from the shard's rows.",
             ["shard"],
             registry=r,
         )
         self.shard_p99 = Gauge(
             "shardflow_shard_workflow_p99_seconds",
-            "P99 start-to-finish of the last minute's workflows, from the shard's rows.",
+            "P99 start-to-finish of the last 10 s of workflows, from the shard's rows.",
             ["shard"],
             registry=r,
         )
