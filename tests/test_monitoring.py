@@ -3,12 +3,14 @@ scraping a live `shardflow dev` cluster: every recording rule and every panel an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 
 from coordinator.launcher import free_port
@@ -129,3 +131,34 @@ def test_every_rule_and_panel_answers_from_a_live_cluster(watched: tuple[Dev, st
                 break
             time.sleep(0.5)
     assert not missing, missing
+
+
+def test_a_held_lock_raises_the_lock_alert(watched: tuple[Dev, str]):
+    """A session holding the row of a sleeping workflow: when its timer fires, the
+    executor's claim waits on that lock; the lock metrics and ShardflowLockWaits move."""
+    dev, prom = watched
+    body = json.dumps({"workflow": "sleeper", "input": {"seconds": 1}}).encode()
+    code, started = request(dev.url + "/v1/workflows", "POST", body)
+    assert code == 201, started
+    port = (dev.data / "pg" / started["shard"] / "shardflow.port").read_text().strip()
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/shardflow"
+    alert = 'ALERTS{alertname="ShardflowLockWaits"}'
+
+    async def hold_the_row() -> None:
+        blocker = await asyncpg.connect(dsn)
+        try:
+            async with blocker.transaction():
+                await blocker.execute(
+                    "SELECT 1 FROM shardflow.workflows WHERE id = $1 FOR UPDATE", started["id"]
+                )
+                deadline = time.monotonic() + 90
+                for expr in ("max(shardflow_pg_longest_lock_wait_seconds) > 0", alert):
+                    while not await asyncio.to_thread(_query, prom, expr):
+                        assert time.monotonic() < deadline, f"{expr} never answered"
+                        await asyncio.sleep(0.5)
+        finally:
+            await blocker.close()
+
+    asyncio.run(hold_the_row())
+    code, outcome = request(f"{dev.url}/v1/workflows/{started['id']}/result?timeout=30")
+    assert code == 200 and outcome["status"] == "completed", outcome
