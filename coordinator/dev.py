@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator import haproxy
 from coordinator.catalog import Catalog, ensure_database
 from coordinator.launcher import LauncherError, LocalPostgres, die_with_parent, free_port
 from shard.settings import Settings, setting
@@ -45,6 +46,9 @@ class DevSettings(Settings):
     prometheus: bool = setting(False, help="also run a local Prometheus (Debian package)")
     prometheus_port: int = setting(9090, help="port of the local Prometheus", minimum=0)
     scrape_interval: str = setting("5s", help="scrape and rule interval of that Prometheus")
+    haproxy: bool = setting(
+        False, help="put the routers behind a local haproxy on --port (Debian package)"
+    )
 
 
 @dataclass
@@ -153,7 +157,7 @@ class DevCluster:
                 )
             )
         for i in range(s.routers):
-            port = s.port if i == 0 else free_port()
+            port = s.port if i == 0 and not s.haproxy else free_port()
             self.router_urls.append(f"http://{s.host}:{port}")
             targets["router"].append(f"{s.host}:{port}")
             tokens = ["--tokens", s.token] if s.token else []
@@ -174,6 +178,37 @@ class DevCluster:
                 )
             )
         self.write_targets(targets)
+        if s.haproxy:
+            self.children.append(self._haproxy(targets["router"]))
+
+    @property
+    def url(self) -> str:
+        """Where clients go: haproxy when it runs, else the first router."""
+        if self.settings.haproxy:
+            return f"http://{self.settings.host}:{self.settings.port}"
+        return self.router_urls[0]
+
+    def _haproxy(self, routers: list[str]) -> Child:
+        """deploy/haproxy's configuration, bound to --port, over the local routers."""
+        binary = shutil.which("haproxy")
+        if binary is None or not haproxy.TEMPLATE.is_file():
+            raise LauncherError(
+                "--haproxy needs Debian's haproxy and the repository's deploy/haproxy "
+                "(run from a checkout after `make install`)"
+            )
+        folder = self.data / "haproxy"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "haproxy.cfg"
+        s = self.settings
+        config.write_text(
+            haproxy.render(
+                haproxy.TEMPLATE.read_text(),
+                bind=f"{s.host}:{s.port}",
+                stats_bind=f"127.0.0.1:{free_port()}",
+                servers=routers,
+            )
+        )
+        return Child("haproxy", [binary, "-db", "-f", str(config)])
 
     def write_targets(self, targets: dict[str, list[str]]) -> None:
         """A Prometheus file_sd file for every process (deploy/prometheus reads it)."""
@@ -277,7 +312,7 @@ class DevCluster:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with aiohttp.ClientSession() as http:
-            for url in self.router_urls:
+            for url in [*self.router_urls, *([self.url] if self.settings.haproxy else [])]:
                 while True:
                     try:
                         async with http.get(url + "/readyz") as resp:

@@ -97,3 +97,24 @@ async def status(catalog: Catalog) -> dict[str, Any]:
             for m in moves
         ],
     }
+
+
+async def init(catalog: Catalog, slots: int, shards: dict[str, str]) -> list[str]:
+    """Create the catalog and its first shards with the slots spread over them.
+
+    Idempotent, for a deployment's init job: on an existing cluster the slot count must
+    match, shards already known are left alone and new ones join owning no slots
+    (`cluster rebalance` then moves slots to them). Returns the shards added.
+    """
+    await catalog.create(slots)
+    if await catalog.slot_count() != slots:
+        raise CatalogError(
+            f"the cluster was created with {await catalog.slot_count()} slots, not {slots}"
+        )
+    known = {s.id for s in await catalog.shards()}
+    added = [shard_id for shard_id in shards if shard_id not in known]
+    for shard_id in added:
+        await catalog.add_shard(shard_id, shards[shard_id])
+    if not known:
+        await catalog.spread()
+    return added

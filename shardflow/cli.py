@@ -91,7 +91,7 @@ async def _dev(args: argparse.Namespace) -> int:
         await cluster.wait_ready()
         print_welcome(cluster)
         if args.demo:
-            await run_demo(cluster.router_urls[0], args.demo, settings.token)
+            await run_demo(cluster.url, args.demo, settings.token)
             print("serving until Ctrl-C ...", flush=True)
         await stop.wait()
         await supervisor
@@ -162,6 +162,25 @@ async def _router(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when this container's process answers /healthz (the image's HEALTHCHECK)."""
+    import aiohttp
+
+    url = args.url
+    if url is None:
+        port = os.environ.get("SHARDFLOW_METRICS_PORT") or os.environ.get("SHARDFLOW_PORT")
+        url = f"http://127.0.0.1:{port or 8080}/healthz"
+    try:
+        timeout = aiohttp.ClientTimeout(total=args.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
+            healthy = resp.status == 200
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"unhealthy: {url}: {exc!r}", file=sys.stderr)
+        return 1
+    print(f"{'healthy' if healthy else 'unhealthy'}: {url}")
+    return 0 if healthy else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from coordinator.dev import DevSettings
     from router.settings import RouterSettings
@@ -194,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade the schema of a shard")
     p.add_argument("--dsn", required=True)
     p.set_defaults(handler=_migrate)
+
+    p = sub.add_parser("healthcheck", help="probe /healthz of this process (container checks)")
+    p.add_argument(
+        "--url",
+        default=None,
+        help="default: port $SHARDFLOW_METRICS_PORT, else $SHARDFLOW_PORT, else 8080",
+    )
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(handler=_healthcheck)
 
     from shardflow import bench
 

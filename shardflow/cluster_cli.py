@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from coordinator import operations
-from coordinator.catalog import Catalog
+from coordinator.catalog import Catalog, CatalogError
 from shard.migrate import migrate
 
 console = Console()
@@ -23,6 +23,13 @@ def add_cluster_parser(sub: Any, handler: Callable[..., Any]) -> None:
     p = sub.add_parser("cluster", help="membership, rebalancing, status, schema upgrades")
     p.add_argument("--catalog", required=True, help="DSN of the cluster catalog")
     which = p.add_subparsers(dest="action", required=True)
+    i = which.add_parser(
+        "init", help="create the catalog and its first shards, slots spread (idempotent)"
+    )
+    i.add_argument("--slots", type=int, default=1024, help="hash slots, fixed at creation")
+    i.add_argument(
+        "--shard", action="append", required=True, metavar="ID=DSN", help="a shard (repeatable)"
+    )
     a = which.add_parser("add-shard", help="add a shard (schema applied, no slots yet)")
     a.add_argument("--id", required=True)
     a.add_argument("--dsn", required=True)
@@ -42,7 +49,10 @@ def add_cluster_parser(sub: Any, handler: Callable[..., Any]) -> None:
 async def run_cluster_command(args: argparse.Namespace) -> int:
     catalog = await Catalog.connect(args.catalog, pool_size=2)
     try:
-        if args.action == "add-shard":
+        if args.action == "init":
+            added = await operations.init(catalog, args.slots, _shard_pairs(args.shard))
+            console.print(f"cluster ready; shards added: {', '.join(added) or 'none'}")
+        elif args.action == "add-shard":
             await catalog.add_shard(args.id, args.dsn)
             console.print(f"added shard {args.id} (no slots yet: run `cluster rebalance`)")
         elif args.action == "drain-shard":
@@ -68,6 +78,16 @@ async def run_cluster_command(args: argparse.Namespace) -> int:
     finally:
         await catalog.close()
     return 0
+
+
+def _shard_pairs(values: list[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values:
+        shard_id, sep, dsn = value.partition("=")
+        if not sep or not shard_id.strip() or not dsn.strip():
+            raise CatalogError(f"--shard takes ID=DSN, not {value!r}")
+        pairs[shard_id.strip()] = dsn.strip()
+    return pairs
 
 
 async def follow(catalog: Catalog, total: int) -> None:

@@ -20,6 +20,8 @@ def print_welcome(cluster: Any) -> None:
     table = Table(title="shardflow dev cluster", show_header=False)
     for url in cluster.router_urls:
         table.add_row("router", url)
+    if cluster.settings.haproxy:
+        table.add_row("haproxy", cluster.url)
     table.add_row("catalog", cluster.catalog_dsn)
     for shard_id, dsn in cluster.shard_dsns.items():
         table.add_row(shard_id, dsn)
@@ -28,7 +30,7 @@ def print_welcome(cluster: Any) -> None:
     if cluster.prometheus_url:
         table.add_row("prometheus", cluster.prometheus_url)
     console.print(table)
-    url = cluster.router_urls[0]
+    url = cluster.url
     console.print("try:")
     console.print(
         f"  curl -s -X POST {url}/v1/workflows -H 'Content-Type: application/json' "
