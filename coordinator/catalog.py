@@ -14,6 +14,7 @@ from importlib import resources
 
 import asyncpg
 
+from shard import pool as shard_pool
 from shard.errors import ShardflowError
 from shard.migrate import migrate
 from shard.pool import create_pool
@@ -78,7 +79,7 @@ class Catalog:
     async def add_shard(self, shard_id: str, dsn: str) -> None:
         """Migrate the shard's schema and record it (owning no slots yet)."""
         try:
-            conn = await asyncpg.connect(dsn, timeout=10)
+            conn = await shard_pool.connect(dsn, timeout=10)
         except Exception as exc:
             raise CatalogError(f"shard {shard_id} at {dsn} is unreachable: {exc!r}") from exc
         try:
@@ -106,7 +107,7 @@ class Catalog:
             raise CatalogError(f"unknown shard {shard_id}")
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(q("slots_assign"), list(slots), shard_id)
-            shard_conn = await asyncpg.connect(shard.dsn, timeout=10)
+            shard_conn = await shard_pool.connect(shard.dsn, timeout=10)
             try:
                 await shard_conn.execute(
                     shard_query("slots_own"), [r["slot"] for r in rows], [r["epoch"] for r in rows]

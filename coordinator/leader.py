@@ -20,6 +20,7 @@ from coordinator.catalog import Catalog, q
 from coordinator.moves import Mover, NotLeader
 from metrics.coordinator import CoordinatorMetrics
 from metrics.shard_stats import ShardStats, read_stats
+from shard import pool as shard_pool
 from shard.faults import Faults
 from shard.queries import query
 from shard.settings import Settings, setting
@@ -152,7 +153,7 @@ class Coordinator:
         for shard in await catalog.shards():
             healthy = True
             try:
-                conn = await asyncpg.connect(shard.dsn, timeout=3)
+                conn = await shard_pool.connect(shard.dsn, timeout=3)
                 try:
                     await conn.fetchval(query("schema_version"))
                     self._export(shard.id, await read_stats(conn))

@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
-
 from coordinator.catalog import ensure_database
 from coordinator.launcher import LocalPostgres, PostgresServer, die_with_parent
+from shard import pool as shard_pool
 from shard.migrate import migrate
 from shard.queries import query
 
@@ -36,7 +35,7 @@ class LocalShard:
     async def start(self) -> None:
         (self.server,) = self.cluster.start("shard0")
         await ensure_database(self.server.dsn(), self.database)
-        conn = await asyncpg.connect(self.dsn)
+        conn = await shard_pool.connect(self.dsn)
         try:
             await migrate(conn)
         finally:
@@ -62,7 +61,7 @@ class LocalShard:
         return proc
 
     async def wait_registered(self, name: str, timeout: float = 30.0) -> None:
-        conn = await asyncpg.connect(self.dsn)
+        conn = await shard_pool.connect(self.dsn)
         try:
             for _ in range(int(timeout / 0.1)):
                 if await conn.fetchval(query("registry_has"), name):

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from shard import codec
+from shard import pool as shard_pool
 from shard.dbfaults import is_unavailable
 from shard.errors import (
     ResultTimeoutError,
@@ -284,7 +285,7 @@ class ShardClient:
 
     async def _listen(self) -> asyncpg.Connection | None:
         try:
-            conn = await asyncpg.connect(self._dsn)
+            conn = await shard_pool.connect(self._dsn)
             await conn.add_listener("shardflow_done", lambda *_: self._notified.set())
             return conn
         except Exception as exc:

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from metrics.shard import ShardMetrics
+from shard import pool as shard_pool
 from shard.committer import GroupCommitter
 from shard.dbfaults import is_unavailable
 from shard.errors import SettingsError
@@ -130,7 +131,7 @@ class Executor:
     async def _attach(self) -> None:
         """Open the liveness connection: advisory lock, registration, LISTEN."""
         s = self.settings
-        conn = await asyncpg.connect(s.dsn)
+        conn = await shard_pool.connect(s.dsn)
         await conn.execute(query("executor_lock"), self.lock_key)
         await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
         await conn.add_listener("shardflow_ready", self._on_notify)

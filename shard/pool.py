@@ -1,10 +1,82 @@
-"""Connection pools for shards and the catalog."""
+"""Connections and pools for shards and the catalog.
+
+A shard's tables live in one schema, ``shardflow`` unless its DSN names another with
+the ``shardflow.schema`` parameter (``...?shardflow.schema=shardflow_s2``): several
+shards can then share one database, as in Citus's schema-based sharding, where each
+shard is one distributed schema. The SQL files name the schema ``shardflow``; a
+connection to another schema rewrites that qualifier in every statement it sends
+(once per distinct statement), and nothing else: string literals such as the
+``'shardflow.slot'`` setting keep their name.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+
+from shard.errors import SettingsError
+
+DEFAULT_SCHEMA = "shardflow"
+SCHEMA_PARAM = "shardflow.schema"
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_QUALIFIER = re.compile(r"(?<![\w'.\"])shardflow\.(?=[a-z_])")
+_CREATE = re.compile(r"\bCREATE SCHEMA IF NOT EXISTS shardflow;")
+
+
+def schema_of(dsn: str) -> str:
+    """The shard schema a DSN names (``shardflow.schema``), by default ``shardflow``."""
+    values = parse_qs(urlsplit(dsn).query).get(SCHEMA_PARAM)
+    if not values:
+        return DEFAULT_SCHEMA
+    schema = values[-1]
+    if not _IDENTIFIER.match(schema):
+        raise SettingsError(
+            f"{SCHEMA_PARAM}={schema!r} is not a lower-case SQL identifier", setting="dsn"
+        )
+    return schema
+
+
+@functools.lru_cache(maxsize=8192)
+def in_schema(query: str, schema: str) -> str:
+    """``query`` with its ``shardflow.`` qualifiers naming ``schema`` instead."""
+    if schema == DEFAULT_SCHEMA:
+        return query
+    query = _CREATE.sub(f"CREATE SCHEMA IF NOT EXISTS {schema};", query)
+    return _QUALIFIER.sub(schema + ".", query)
+
+
+class SchemaConnection(asyncpg.Connection):
+    """A connection to a shard whose schema is not ``shardflow`` (see the module doc)."""
+
+    schema = DEFAULT_SCHEMA
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        return await super().execute(in_schema(query, self.schema), *args, timeout=timeout)
+
+    async def _get_statement(self, query: str, timeout: Any, **kwargs: Any) -> Any:
+        # Every prepared path (fetch*, execute with arguments, executemany, prepare,
+        # cursors) goes through here.
+        parent: Any = super()
+        return await parent._get_statement(in_schema(query, self.schema), timeout, **kwargs)
+
+
+@functools.cache
+def connection_class(schema: str) -> type[asyncpg.Connection]:
+    if schema == DEFAULT_SCHEMA:
+        return asyncpg.Connection
+    return type(f"SchemaConnection_{schema}", (SchemaConnection,), {"schema": schema})
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` for a shard DSN (its schema honoured)."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        dsn, connection_class=connection_class(schema_of(dsn)), **kwargs
+    )
+    return conn
 
 
 async def _keep(_: Any) -> None:
@@ -28,5 +100,6 @@ async def create_pool(
         timeout=timeout,
         command_timeout=command_timeout,
         reset=_keep,
+        connection_class=connection_class(schema_of(dsn)),
     )
     return pool

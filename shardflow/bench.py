@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from coordinator.local_shard import LocalShard
 from examples.bench import make_input
+from shard import pool as shard_pool
 from shard.client import ShardClient, StartRequest
 from shardflow import bench_cluster
 
@@ -115,7 +114,7 @@ SELECT wf.id, n, 'step', 'completed', '{}' FROM wf, generate_series(0, 2) AS n
 
 async def _backlog(dsn: str, rows: int | None = None) -> int:
     """Insert ``rows`` finished workflows a day old (GC's work), or count those left."""
-    conn = await asyncpg.connect(dsn)
+    conn = await shard_pool.connect(dsn)
     try:
         if rows is not None:
             await conn.execute(BACKLOG_SQL, rows)
@@ -126,7 +125,7 @@ async def _backlog(dsn: str, rows: int | None = None) -> int:
 
 
 async def _window_stats(dsn: str, t0: float, t1: float) -> dict[str, float]:
-    conn = await asyncpg.connect(dsn)
+    conn = await shard_pool.connect(dsn)
     try:
         row = await conn.fetchrow(
             """SELECT count(*) AS n,
@@ -220,7 +219,7 @@ async def _engine(args: argparse.Namespace) -> int:
             flush=True,
         )
         shard.stop_executors()
-        conn = await asyncpg.connect(shard.dsn)
+        conn = await shard_pool.connect(shard.dsn)
         try:
             await conn.execute(CEILING_SCHEMA)
         finally:
@@ -257,7 +256,7 @@ async def _recovery(args: argparse.Namespace) -> int:
         await shard.wait_registered("w3")
         survivor = shard.spawn_executor()
         client = await ShardClient.connect(shard.dsn)
-        conn = await asyncpg.connect(shard.dsn)
+        conn = await shard_pool.connect(shard.dsn)
         try:
             load = asyncio.create_task(_load(client, args.seconds + 10, 256))
             await asyncio.sleep(args.seconds)

@@ -21,10 +21,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from coordinator.dev import DevCluster, DevSettings
 from coordinator.launcher import free_port
+from shard import pool as shard_pool
 from shardflow.cpu import tree_cpu
 
 
@@ -201,7 +200,7 @@ async def _ids_per_shard(catalog: Any) -> dict[str, int]:
     """Workflows found on more than one shard (should be none)."""
     seen: dict[str, int] = {}
     for shard in await catalog.shards():
-        conn = await asyncpg.connect(shard.dsn)
+        conn = await shard_pool.connect(shard.dsn)
         try:
             for row in await conn.fetch("SELECT id FROM shardflow.workflows"):
                 seen[row["id"]] = seen.get(row["id"], 0) + 1

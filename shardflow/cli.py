@@ -10,6 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from shard import pool as shard_pool
 from shard.errors import ShardflowError
 
 
@@ -131,11 +132,10 @@ async def _cluster(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    import asyncpg
 
     from shard.migrate import migrate
 
-    conn = await asyncpg.connect(args.dsn)
+    conn = await shard_pool.connect(args.dsn)
     try:
         applied = await migrate(conn)
     finally:
@@ -159,6 +159,22 @@ async def _router(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await server.stop()
+    return 0
+
+
+async def _citus_init(args: argparse.Namespace) -> int:
+    from coordinator.citus import init
+
+    layout = await init(
+        args.dsn,
+        args.shards,
+        args.slots,
+        without_citus=args.without_citus,
+        rebalance=args.rebalance,
+    )
+    print(f"catalog: {layout.catalog_dsn}")
+    for shard_id, dsn in layout.shards.items():
+        print(f"shard {shard_id}: shardflow executor --shard {shard_id} --dsn '{dsn}'")
     return 0
 
 
@@ -213,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade the schema of a shard")
     p.add_argument("--dsn", required=True)
     p.set_defaults(handler=_migrate)
+
+    p = sub.add_parser(
+        "citus-init", help="lay the cluster out on Citus: one distributed schema per shard"
+    )
+    p.add_argument("--dsn", required=True, help="DSN of the Citus coordinator's database")
+    p.add_argument("--shards", type=int, default=4, help="Shardflow shards (schemas)")
+    p.add_argument("--slots", type=int, default=1024, help="hash slots, fixed at creation")
+    p.add_argument(
+        "--without-citus",
+        action="store_true",
+        help="the same schemas on plain Postgres (no Citus placement)",
+    )
+    p.add_argument(
+        "--rebalance", action="store_true", help="then spread the schemas (citus_rebalance_start)"
+    )
+    p.set_defaults(handler=_citus_init)
 
     p = sub.add_parser("healthcheck", help="probe /healthz of this process (container checks)")
     p.add_argument(

@@ -8,12 +8,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from coordinator import operations
 from coordinator.catalog import Catalog, CatalogError
+from shard import pool as shard_pool
 from shard.migrate import migrate
 
 console = Console()
@@ -118,7 +118,7 @@ async def upgrade(catalog: Catalog) -> None:
         applied = await migrate(conn, "coordinator")
     console.print(f"catalog: {applied or 'up to date'}")
     for shard in await catalog.shards():
-        shard_conn = await asyncpg.connect(shard.dsn)
+        shard_conn = await shard_pool.connect(shard.dsn)
         try:
             applied = await migrate(shard_conn)
         finally:

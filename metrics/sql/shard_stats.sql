@@ -35,7 +35,10 @@ FROM pg_stat_database WHERE datname = current_database();
 
 -- name: dead_tuples
 SELECT relname, n_dead_tup::bigint AS n FROM pg_stat_user_tables
-WHERE schemaname = 'shardflow' AND relname IN ('workflows', 'steps', 'ready', 'events');
+WHERE relname IN ('workflows', 'steps', 'ready', 'events')
+  -- the shard's schema (not always named shardflow: see shard/pool.py)
+  AND schemaname = (SELECT t.typnamespace::regnamespace::text FROM pg_type t
+                    WHERE t.oid = pg_typeof(NULL::shardflow.workflows));
 
 -- name: oldest_transaction
 SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8

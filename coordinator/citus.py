@@ -1,0 +1,92 @@
+"""`shardflow citus-init`: lay a Shardflow cluster out on Citus.
+
+Each Shardflow shard is a *distributed schema* (``shardflow_s1``, ``shardflow_s2``,
+...) of one Citus database: its tables are single-shard tables co-located in one
+group, so every statement of a shard runs on one worker as a single-shard (router)
+statement, which is what row locks and ``FOR UPDATE SKIP LOCKED`` need in Citus; Citus
+places the schemas on workers and ``citus_rebalance_start()`` moves them whole. The
+Shardflow catalog is a regular (local) schema on the Citus coordinator, and shard
+DSNs name their schema with ``shardflow.schema`` (see shard/pool.py).
+
+``without_citus`` lays out the same schemas on plain Postgres, for tests and for
+trying the layout without a Citus cluster: nothing but the placement differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from coordinator import operations
+from coordinator.catalog import Catalog
+from shard.errors import ShardflowError
+from shard.pool import SCHEMA_PARAM
+from shard.queries import parse
+
+q = parse(resources.files("coordinator").joinpath("sql", "citus.sql").read_text("utf-8"))
+
+
+class CitusUnavailableError(ShardflowError):
+    """The server has no Citus extension (or Citus refused a step)."""
+
+    code = "citus_unavailable"
+
+
+@dataclass(frozen=True)
+class Layout:
+    catalog_dsn: str
+    shards: dict[str, str]  # shard ID -> DSN naming its schema
+
+
+def shard_dsn(dsn: str, schema: str) -> str:
+    """``dsn`` with ``shardflow.schema=schema`` set (any earlier value replaced)."""
+    parts = urlsplit(dsn)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != SCHEMA_PARAM]
+    return urlunsplit(parts._replace(query=urlencode([*query, (SCHEMA_PARAM, schema)])))
+
+
+async def init(
+    dsn: str, shards: int, slots: int, *, without_citus: bool = False, rebalance: bool = False
+) -> Layout:
+    """Create (idempotently) the shard schemas, the catalog and the slot spread."""
+    if shards < 1:
+        raise ShardflowError("--shards must be at least 1")
+    ids = [f"s{k}" for k in range(1, shards + 1)]
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not without_citus:
+            try:
+                await conn.execute(q["extension"])
+                await conn.execute(q["schema_sharding_on"])
+            except asyncpg.PostgresError as exc:
+                raise CitusUnavailableError(
+                    f"the server at {urlsplit(dsn).hostname} has no Citus ({exc}); point "
+                    "--dsn at a Citus coordinator, or pass --without-citus for the same "
+                    "layout on plain Postgres"
+                ) from exc
+        for shard_id in ids:
+            schema = f"shardflow_{shard_id}"
+            if not await conn.fetchval(q["schema_exists"], schema):
+                await conn.execute(f"CREATE SCHEMA {schema}")  # distributed under Citus
+            elif not without_citus and not await conn.fetchval(q["schema_distributed"], schema):
+                await conn.execute(q["schema_distribute"], schema)
+        if not without_citus:
+            await conn.execute(q["schema_sharding_off"])  # the catalog stays local
+    finally:
+        await conn.close()
+    layout = Layout(dsn, {s: shard_dsn(dsn, f"shardflow_{s}") for s in ids})
+    catalog = await Catalog.connect(dsn, pool_size=1)
+    try:
+        await operations.init(catalog, slots, layout.shards)
+    finally:
+        await catalog.close()
+    if rebalance and not without_citus:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(q["rebalance_start"])
+        finally:
+            await conn.close()
+    return layout

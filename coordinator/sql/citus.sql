@@ -1,0 +1,36 @@
+-- Citus backend (coordinator/citus.py): each Shardflow shard is one distributed schema
+-- of one Citus database (schema-based sharding, Citus >= 12). Citus places each schema
+-- on a worker and moves it whole when it rebalances.
+
+-- name: extension
+CREATE EXTENSION IF NOT EXISTS citus;
+
+-- name: schema_sharding_on
+SET citus.enable_schema_based_sharding TO on;
+
+-- name: schema_sharding_off
+SET citus.enable_schema_based_sharding TO off;
+
+-- name: schema_exists
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1);
+
+-- name: schema_distributed
+SELECT EXISTS (SELECT 1 FROM pg_dist_schema WHERE schemaid::regnamespace::text = $1);
+
+-- name: schema_distribute
+SELECT citus_schema_distribute($1::regnamespace);
+
+-- name: rebalance_start
+SELECT citus_rebalance_start();
+
+-- name: placements
+-- Which worker holds each Shardflow schema.
+SELECT s.schema_name::text AS schema, n.nodename || ':' || n.nodeport AS node
+FROM citus_schemas s
+JOIN pg_dist_node n ON n.groupid = (
+    SELECT p.groupid FROM pg_dist_placement p
+    JOIN pg_dist_shard sh USING (shardid)
+    JOIN pg_dist_partition d USING (logicalrelid)
+    WHERE d.colocationid = s.colocation_id LIMIT 1)
+WHERE s.schema_name::text LIKE 'shardflow\_s%'
+ORDER BY 1;
