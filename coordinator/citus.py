@@ -48,10 +48,25 @@ def shard_dsn(dsn: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=urlencode([*query, (SCHEMA_PARAM, schema)])))
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ShardflowError(f"expected HOST:PORT, not {value!r}")
+    return host, int(port)
+
+
 async def init(
-    dsn: str, shards: int, slots: int, *, without_citus: bool = False, rebalance: bool = False
+    dsn: str,
+    shards: int,
+    slots: int,
+    *,
+    without_citus: bool = False,
+    rebalance: bool = False,
+    coordinator_host: str | None = None,
+    workers: tuple[str, ...] = (),
 ) -> Layout:
-    """Create (idempotently) the shard schemas, the catalog and the slot spread."""
+    """Create (idempotently) the shard schemas, the catalog and the slot spread; with
+    ``workers`` (HOST:PORT), first register the coordinator's address and the workers."""
     if shards < 1:
         raise ShardflowError("--shards must be at least 1")
     ids = [f"s{k}" for k in range(1, shards + 1)]
@@ -60,6 +75,10 @@ async def init(
         if not without_citus:
             try:
                 await conn.execute(q["extension"])
+                if coordinator_host is not None:
+                    await conn.execute(q["coordinator_host"], *_host_port(coordinator_host))
+                for worker in workers:
+                    await conn.execute(q["add_worker"], *_host_port(worker))
                 await conn.execute(q["schema_sharding_on"])
             except asyncpg.PostgresError as exc:
                 raise CitusUnavailableError(

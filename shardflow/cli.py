@@ -171,6 +171,8 @@ async def _citus_init(args: argparse.Namespace) -> int:
         args.slots,
         without_citus=args.without_citus,
         rebalance=args.rebalance,
+        coordinator_host=args.coordinator_host,
+        workers=tuple(args.worker),
     )
     print(f"catalog: {layout.catalog_dsn}")
     for shard_id, dsn in layout.shards.items():
@@ -243,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rebalance", action="store_true", help="then spread the schemas (citus_rebalance_start)"
+    )
+    p.add_argument(
+        "--coordinator-host", default=None, help="HOST:PORT the workers reach the coordinator at"
+    )
+    p.add_argument(
+        "--worker", action="append", default=[], help="HOST:PORT of a worker to add (repeatable)"
     )
     p.set_defaults(handler=_citus_init)
 

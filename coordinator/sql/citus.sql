@@ -11,6 +11,13 @@ SET citus.enable_schema_based_sharding TO on;
 -- name: schema_sharding_off
 SET citus.enable_schema_based_sharding TO off;
 
+-- name: coordinator_host
+SELECT citus_set_coordinator_host($1, $2);
+
+-- name: add_worker
+SELECT citus_add_node($1, $2)
+WHERE NOT EXISTS (SELECT 1 FROM pg_dist_node WHERE nodename = $1 AND nodeport = $2);
+
 -- name: schema_exists
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1);
 
