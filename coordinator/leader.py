@@ -30,7 +30,7 @@ log = logging.getLogger("shardflow.coordinator")
 
 @dataclass(frozen=True)
 class CoordinatorSettings(Settings):
-    catalog: str = setting(help="DSN of the cluster catalog")
+    catalog: str = setting(help="DSN of the cluster catalog (libpq URL; sslmode=... for TLS)")
     name: str = setting("", help="identity shown as leader (default host-pid)")
     poll_interval: float = setting(1.0, help="seconds between leadership attempts", minimum=0.05)
     health_interval: float = setting(

@@ -9,7 +9,7 @@ from shard.settings import Settings, setting
 
 @dataclass(frozen=True)
 class RouterSettings(Settings):
-    catalog: str = setting(help="DSN of the cluster catalog")
+    catalog: str = setting(help="DSN of the cluster catalog (libpq URL; sslmode=... for TLS)")
     host: str = setting("127.0.0.1", help="address to listen on")
     port: int = setting(8080, help="port to listen on (0 picks a free one)", minimum=0)
     tokens: list[str] = setting(

@@ -9,7 +9,10 @@ from shard.settings import Settings, setting
 
 @dataclass(frozen=True)
 class ExecutorSettings(Settings):
-    dsn: str = setting(help="DSN of the shard's Postgres database (sslmode=... accepted)")
+    dsn: str = setting(
+        help="DSN of the shard (libpq URL; sslmode=... for TLS, shardflow.schema=... names "
+        "its schema when shards share a database)"
+    )
     app: list[str] = setting(
         [], help="module(s) defining the workflows to run, e.g. examples.bench (repeatable)"
     )
