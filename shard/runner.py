@@ -16,6 +16,7 @@ from shard.client import StartRequest, start_many_on
 from shard.committer import GroupCommitter
 from shard.dbfaults import is_unavailable
 from shard.errors import (
+    NonDeterminismError,
     ShardUnavailableError,
     UnknownWorkflowError,
     WorkflowConflictError,
@@ -172,8 +173,8 @@ class WorkflowRunner:
                     f"this executor has no code for workflow {claimed.name!r} "
                     f"(version {claimed.version}); start it with the app that defines it"
                 )
-            if claimed.cancel_requested:
-                raise WorkflowCancelled()
+            # A cancelled run replays its history (so that its compensations are known)
+            # and stops at its first new call.
             output = await self._call(run, definition)
             if run.fatal is not None:
                 raise run.fatal
@@ -182,13 +183,25 @@ class WorkflowRunner:
             return {"status": s.status, "run_at": s.run_at, "steps": s.steps}
         except WorkflowCancelled:
             error = {"type": "Cancelled", "code": "cancelled", "message": "cancelled on request"}
-            return {"status": "cancelled", "error": codec.dumps(error, "error")}
+            return await self._end(run, "cancelled", error)
         except (Fenced, Lost):
             raise
         except Exception as exc:
             failure = run.fatal if run.fatal is not None else exc
             log.info("event=workflow_failed workflow=%s error=%r", run.id, failure)
-            return {"status": "failed", "error": codec.dumps(error_record(failure), "error")}
+            return await self._end(run, "failed", error_record(failure))
+
+    async def _end(self, run: WorkflowRun, status: str, error: dict[str, Any]) -> dict[str, Any]:
+        """A failed or cancelled end: the saga's compensations run first (not after a
+        non-determinism error: the code no longer matches the history), and their names
+        are written with the status, in the same statement."""
+        if not isinstance(run.fatal, NonDeterminismError):
+            names, failure = await run.compensate()
+            error["compensations"] = names
+            if failure is not None:
+                error["compensation_error"] = error_record(failure)
+                log.warning("event=compensation_failed workflow=%s error=%r", run.id, failure)
+        return {"status": status, "error": codec.dumps(error, "error")}
 
     async def _call(self, run: WorkflowRun, definition: WorkflowDef) -> Any:
         deadline = run.claimed.deadline

@@ -72,10 +72,15 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def _check(result: FlushResult) -> None:
+# The step row that opens a saga's compensations (its position ends the workflow's code).
+COMPENSATE_MARK = "saga.compensate"
+
+
+def _check(result: FlushResult, run: WorkflowRun) -> None:
     if not result.applied:
         raise Fenced()
-    if result.cancel_requested:
+    if result.cancel_requested and not run.compensating:
+        run.cancelling = True
         raise WorkflowCancelled()
 
 
@@ -133,6 +138,11 @@ class WorkflowRun:
         self._event_counts: dict[str, int] = {}
         self._unsaved: list[Awaitable[FlushResult]] = []
         self.ctx = Context(self)
+        # Saga state: completed steps that have a compensation (position, step, arguments,
+        # result); a cancelled run replays its history and stops at the first new call.
+        self.compensable: list[tuple[int, StepDef, tuple[Any, ...], dict[str, Any], Any]] = []
+        self.cancelling = claimed.cancel_requested
+        self.compensating = False
 
     def bind(self) -> object:
         return _CURRENT.set(self)
@@ -145,7 +155,13 @@ class WorkflowRun:
     def recorded(self, seq: int, name: str) -> Any:
         rec = self.history.steps.get(seq)
         if rec is None:
+            if self.cancelling and not self.compensating:
+                raise WorkflowCancelled()  # replayed up to here: nothing new runs
             return None
+        if rec.name == COMPENSATE_MARK and name != COMPENSATE_MARK:
+            # The code was cancelled at this point; its compensations come next.
+            self.seq = seq
+            raise WorkflowCancelled()
         if rec.name != name:
             err = NonDeterminismError(
                 f"workflow {self.claimed.name} (ID {self.id}) is not deterministic: at "
@@ -161,7 +177,7 @@ class WorkflowRun:
 
     async def save(self, steps: list[StepRow]) -> None:
         await self.settle()
-        _check(await self.services.checkpoint(self, steps))
+        _check(await self.services.checkpoint(self, steps), self)
 
     def save_later(self, steps: list[StepRow]) -> None:
         """Queue a plain step's checkpoint and go on: it is awaited (settled) before any
@@ -181,7 +197,7 @@ class WorkflowRun:
                 result = await asyncio.shield(pending)
             except ShardUnavailableError:
                 raise Lost() from None
-            _check(result)
+            _check(result, self)
 
     def abandon_unsaved(self) -> None:
         """Forget queued checkpoints (their outcome no longer matters), retrieving errors."""
@@ -204,7 +220,7 @@ class WorkflowRun:
             if rec.status == "failed":
                 error = codec.loads(rec.error) or {}
                 raise StepFailedError(_failed_message(step.name, error), error)
-            return codec.loads(rec.output)
+            return self._completed(seq, step, args, kwargs, codec.loads(rec.output))
         await self.settle()
         started = utcnow()
         attempt = 0
@@ -215,7 +231,9 @@ class WorkflowRun:
                     value, cancel = await self.services.transactional_step(
                         self, step, seq, args, kwargs, attempt, started
                     )
-                    if cancel:
+                    self._completed(seq, step, args, kwargs, value)
+                    if cancel and not self.compensating:
+                        self.cancelling = True
                         raise WorkflowCancelled()
                     return value
                 value = await with_timeout(step.invoke(args, kwargs), step.timeout, step.name)
@@ -238,7 +256,37 @@ class WorkflowRun:
                 raise StepFailedError(_failed_message(step.name, error), error) from exc
             text = codec.dumps(value, f"the result of step {step.name}")
             self.save_later([StepRow(seq, step.name, "completed", text, None, attempt, started)])
-            return value
+            return self._completed(seq, step, args, kwargs, value)
+
+    def _completed(
+        self, seq: int, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
+    ) -> Any:
+        if step.compensate is not None:
+            self.compensable.append((seq, step, args, kwargs, value))
+        return value
+
+    async def compensate(self) -> tuple[list[str], StepFailedError | None]:
+        """Run the compensations of the completed steps, latest first, each a durable step.
+
+        Returns the names of those that ran, and the failure that stopped them, if any.
+        A replay finds the ones already done in the history and skips their effects."""
+        self.compensating = True
+        if not self.compensable:
+            return [], None
+        seq = self.next_seq()
+        rec = self.recorded(seq, COMPENSATE_MARK)
+        if rec is None:
+            self.save_later([StepRow(seq, COMPENSATE_MARK, "completed", "null", None, 1, utcnow())])
+        names: list[str] = []
+        for _, step, args, kwargs, result in sorted(self.compensable, key=lambda c: -c[0]):
+            assert step.compensate is not None
+            try:
+                await self.call_step(step.compensate, (*args, result), kwargs)
+            except StepFailedError as exc:
+                return names, exc
+            names.append(step.compensate.name)
+        await self.settle()
+        return names, None
 
     # -- recorded values, timers, events ------------------------------------------
     async def record_value(self, name: str, make: Any) -> Any:
@@ -273,6 +321,8 @@ class WorkflowRun:
             if new:
                 await self.save(new)
             return
+        if self.cancelling and not self.compensating:
+            raise WorkflowCancelled()  # a cancelled sleeper stops at once
         await self.settle()
         raise Suspend("sleeping", self._wake_time(at), new)
 

@@ -41,6 +41,9 @@ class StepDef:
     timeout: float | None
     transactional: bool
     is_async: bool
+    # Saga: the step that undoes this one, called with this step's arguments and then
+    # its result, when the workflow fails or is cancelled after this step completed.
+    compensate: StepDef | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         run = current_run()
@@ -88,6 +91,7 @@ def step(
     timeout: float | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     transactional: bool = False,
+    compensate: StepDef | Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], StepDef]: ...
 
 
@@ -102,6 +106,7 @@ def step(
     timeout: float | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     transactional: bool = False,
+    compensate: StepDef | Callable[..., Any] | None = None,
 ) -> Any:
     """Declare a step: its result is checkpointed and returned as recorded on replay.
 
@@ -109,11 +114,15 @@ def step(
     from ``backoff`` seconds, capped at ``max_backoff``, for exceptions in
     ``retry_on``). A ``transactional`` step receives the asyncpg connection of the
     checkpoint's transaction as its first argument: its writes and its checkpoint
-    commit together, exactly once.
+    commit together, exactly once. ``compensate`` (a step, or a function made into one)
+    undoes it: when the workflow fails or is cancelled, the compensations of its
+    completed steps run in reverse order, each a durable step called with the original
+    arguments followed by the original result.
     """
     if retries < 0 or backoff < 0 or max_backoff < 0 or (timeout is not None and timeout <= 0):
         raise SettingsError("step retries, backoff and timeout must be positive numbers")
     on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    undo = compensate if isinstance(compensate, StepDef) or compensate is None else step(compensate)
 
     def wrap(f: Callable[..., Any]) -> StepDef:
         is_async = inspect.iscoroutinefunction(f)
@@ -126,6 +135,7 @@ def step(
             timeout=timeout,
             transactional=transactional,
             is_async=is_async,
+            compensate=undo,
         )
         return definition
 

@@ -129,7 +129,8 @@ CREATE OR REPLACE FUNCTION shardflow.workflow_status(p_id text)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'id', w.id, 'workflow', w.name, 'version', w.version, 'status', w.status,
-        'input', w.input, 'output', w.output, 'error', w.error, 'attempt', w.attempt,
+        'input', w.input, 'output', w.output, 'error', w.error - 'compensations',
+        'attempt', w.attempt,
         'slot', w.slot, 'routing_key', w.routing_key, 'parent', w.parent,
         'created_at', w.created_at, 'updated_at', w.updated_at,
         'finished_at', w.finished_at, 'wake_at', w.wake_at,
@@ -139,7 +140,8 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
                 'error', s.error, 'attempts', s.attempts, 'started_at', s.started_at,
                 'finished_at', s.finished_at) ORDER BY s.seq)
             FROM shardflow.steps s WHERE s.workflow_id = w.id), '[]'::jsonb),
-        'compensations', '[]'::jsonb)
+        -- Saga: the compensations that ran, in order; written with the final status.
+        'compensations', coalesce(w.error -> 'compensations', '[]'::jsonb))
     FROM shardflow.workflows w WHERE w.id = p_id
 $$;
 
