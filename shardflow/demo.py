@@ -41,14 +41,28 @@ def print_welcome(cluster: Any) -> None:
     console.print(f"  curl -s {url}/v1/cluster")
 
 
+# The order saga three ways: approved; refused (compensated); failing at charge_payment.
+ORDERS: dict[str, dict[str, Any]] = {
+    "approved": {},
+    "refused": {},
+    "failing": {"fail_at": "charge_payment"},
+}
+
+
 async def run_demo(url: str, total: int, token: str | None = None) -> None:
     stamp = int(time.time())
     latencies: list[float] = []
     async with Client(url, token) as client:
-        order = await client.start(
-            "order_fulfillment",
-            {"order_id": f"demo-{stamp}", "amount": 42.0, "items": ["book", "lamp"]},
-        )
+        orders = {
+            kind: (
+                await client.start(
+                    "order_fulfillment",
+                    {"order_id": f"demo-{stamp}-{kind}", "amount": 42.0, "items": ["book", "lamp"]}
+                    | extra,
+                )
+            )["id"]
+            for kind, extra in ORDERS.items()
+        }
         sem = asyncio.Semaphore(64)
         with Progress(
             TextColumn("{task.description}"),
@@ -70,7 +84,11 @@ async def run_demo(url: str, total: int, token: str | None = None) -> None:
             t0 = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(total)))
             elapsed = time.perf_counter() - t0
-        result = await client.result(order["id"], timeout=60)
+        for kind, decision in (("approved", True), ("refused", False)):
+            await client.send_event(orders[kind], "approved", {"approved": decision})
+        for wid in orders.values():
+            await client.wait(wid, timeout=60)
+        outcomes = {kind: await client.status(wid) for kind, wid in orders.items()}
         cluster = await client.cluster()
     latencies.sort()
     table = Table(title="demo summary")
@@ -82,5 +100,7 @@ async def run_demo(url: str, total: int, token: str | None = None) -> None:
     table.add_row("start-to-result p99", f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
     for shard in cluster["shards"]:
         table.add_row(f"{shard['id']} slots", str(shard["slots"]))
-    table.add_row("order_fulfillment", str(result)[:60])
+    for kind, doc in outcomes.items():
+        undo = ", ".join(doc.get("compensations") or []) or "none"
+        table.add_row(f"order ({kind})", f"{doc['status']}; compensations: {undo}")
     console.print(table)
