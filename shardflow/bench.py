@@ -70,6 +70,9 @@ def add_parser(sub: Any) -> None:
     h.add_argument("--seconds", type=float, default=15.0)
     h.add_argument("--rate", type=float, default=200.0, help="arrivals/s of the open loop")
     h.add_argument("--executors-per-shard", type=int, default=1)
+    h.add_argument(
+        "--coordinators", type=int, default=1, help="0: no coordinator (its samples' cost)"
+    )
     h.set_defaults(handler=bench_cluster.http)
     b = which.add_parser("rebalance", help="grow 2 -> 3 shards under load; pause per slot")
     b.add_argument("--seconds", type=float, default=15.0)

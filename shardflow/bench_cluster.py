@@ -75,7 +75,9 @@ async def _loadgen(url: str, *extra: str) -> tuple[dict[str, Any], float]:
 
 async def http(args: argparse.Namespace) -> int:
     async with local_cluster(
-        shards=args.shards, executors_per_shard=args.executors_per_shard
+        shards=args.shards,
+        executors_per_shard=args.executors_per_shard,
+        coordinators=args.coordinators,
     ) as cluster:
         url = cluster.router_urls[0]
         print("warming up 3 s ...", flush=True)
