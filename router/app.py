@@ -110,6 +110,7 @@ def build_app(
     r.add_get("/v1/workflows/{id}/result", handlers.get_result)
     r.add_post("/v1/workflows/{id}/events/{name}", handlers.send_event)
     r.add_post("/v1/workflows/{id}/cancel", handlers.cancel)
+    r.add_post("/v1/workflows/{id}/retry", handlers.retry)
     r.add_get("/v1/cluster", handlers.cluster)
     r.add_post("/v1/cluster/shards", handlers.add_shard)
     r.add_post("/v1/cluster/shards/{id}/drain", handlers.drain_shard)

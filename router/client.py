@@ -194,6 +194,11 @@ class Client:
         )
         return bool(doc["delivered"])
 
+    async def retry(self, workflow_id: str) -> str:
+        """Run a failed workflow again from its failed step."""
+        _, doc = await self._call("POST", f"/v1/workflows/{_quote(workflow_id)}/retry")
+        return str(doc["status"])
+
     async def cancel(self, workflow_id: str) -> str:
         _, doc = await self._call("POST", f"/v1/workflows/{_quote(workflow_id)}/cancel")
         return str(doc["status"])
@@ -248,6 +253,9 @@ class SyncClient:
 
     def cancel(self, workflow_id: str) -> str:
         return str(self._run(self._client.cancel(workflow_id)))
+
+    def retry(self, workflow_id: str) -> str:
+        return str(self._run(self._client.retry(workflow_id)))
 
     def close(self) -> None:
         self._run(self._client.close())

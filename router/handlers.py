@@ -197,6 +197,16 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
 
 
+async def retry(request: web.Request) -> web.Response:
+    wid, shard = await _locate(request)
+
+    async def call(_: str, client: ShardClient) -> str:
+        return await client.retry(wid)
+
+    status = await _view(request).on_located(wid, shard, call)
+    return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
+
+
 async def list_workflows(request: web.Request) -> web.Response:
     view = _view(request)
     limit = rq.int_param(request, "limit", 100, 1, 500)

@@ -220,6 +220,13 @@ class ShardClient:
         except Exception as exc:
             raise translate(exc) from exc
 
+    async def retry(self, workflow_id: str) -> str:
+        """Run a failed workflow again from its failed step (completed steps replay)."""
+        try:
+            return str(await self.pool.fetchval(query("workflow_retry"), workflow_id))
+        except Exception as exc:
+            raise translate(exc) from exc
+
     async def send_event(
         self, workflow_id: str, name: str, payload: Any = None, *, dedup_id: str | None = None
     ) -> bool:

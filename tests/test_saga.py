@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from shard.client import ShardClient
-from shard.errors import WorkflowCancelledError, WorkflowFailedError
+from shard.errors import WorkflowCancelledError, WorkflowConflictError, WorkflowFailedError
 from tests.waiting import status_becomes, until
 
 APP = "examples.orders"
@@ -114,3 +114,12 @@ async def test_a_kill_halfway_through_the_compensations_resumes_them_once(
     assert await _charges(client, "crash-1") == ["charge", "refund"]  # refunded once
     names = [s["name"] for s in doc["steps"]]
     assert names.count("refund_payment") == 1 and names.count("release_inventory") == 1
+
+
+async def test_a_compensated_order_cannot_be_retried(client: ShardClient, start_executor: Any):
+    await start_executor(app=[APP])
+    wid = await client.start("order_fulfillment", _order("retry-1", fail_at="charge_payment"))
+    doc = await _ended(client, wid, WorkflowFailedError)
+    assert doc["compensations"] == ["release_inventory"]
+    with pytest.raises(WorkflowConflictError, match="compensations"):
+        await client.retry(wid)

@@ -193,6 +193,45 @@ BEGIN
 END
 $$;
 
+-- Retry a failed workflow from its failed step: the failed step's row (and any after
+-- it) is removed and the workflow is queued again; its completed steps are not re-run
+-- (their recorded results replay). Refused (SF003) unless the workflow failed, or when
+-- its compensations ran (start a new workflow then). Unknown workflow: SF004.
+CREATE OR REPLACE FUNCTION shardflow.retry_workflow(p_id text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    cut integer;
+BEGIN
+    SELECT w.id, w.slot, w.status, w.error, w.next_seq INTO r
+    FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
+    END IF;
+    PERFORM shardflow.check_slot_served(r.slot, p_id);
+    IF r.status <> 'failed' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF003', MESSAGE = format(
+            'workflow %s is %s: only a failed workflow can be retried', quote_literal(p_id), r.status);
+    END IF;
+    IF jsonb_array_length(coalesce(r.error -> 'compensations', '[]'::jsonb)) > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF003', MESSAGE = format(
+            'workflow %s ran its compensations: start a new workflow instead', quote_literal(p_id));
+    END IF;
+    SELECT min(s.seq) INTO cut FROM shardflow.steps s
+    WHERE s.workflow_id = p_id AND (s.status = 'failed' OR s.name = 'saga.compensate');
+    DELETE FROM shardflow.steps s WHERE s.workflow_id = p_id AND s.seq >= coalesce(cut, r.next_seq);
+    UPDATE shardflow.workflows w
+    SET status = 'pending', output = NULL, error = NULL, finished_at = NULL, attempt = 0,
+        next_seq = coalesce(cut, w.next_seq), lease_owner = NULL, lease_until = NULL,
+        deadline = w.deadline + (now() - w.created_at), updated_at = now()
+    WHERE w.id = p_id;
+    INSERT INTO shardflow.ready (workflow_id, slot) VALUES (r.id, r.slot)
+    ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+    PERFORM pg_notify('shardflow_ready', '');
+    RETURN 'pending';
+END
+$$;
+
 -- Send an event to a workflow. Returns false when an event with the same dedup ID
 -- was already delivered. Unknown workflow: SF004; finished workflow: SF005.
 CREATE OR REPLACE FUNCTION shardflow.send_event(

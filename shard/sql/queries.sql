@@ -186,6 +186,9 @@ WHERE id = ANY ($1::text[]);
 -- name: workflow_cancel
 SELECT shardflow.cancel_workflow($1);
 
+-- name: workflow_retry
+SELECT shardflow.retry_workflow($1);
+
 -- name: event_send
 SELECT shardflow.send_event($1, $2, $3::jsonb, $4);
 

@@ -144,3 +144,10 @@ async def family(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         failed = type(exc).__name__
     return {"first": first["reserved"], "second": second["reserved"], "failed": failed}
+
+
+@workflow(name="retry_me")
+async def retry_me(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
+    first = await echo("first")
+    n = await flaky(inp["key"], inp["fail_times"])
+    return {"first": first, "attempts": n}
