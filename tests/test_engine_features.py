@@ -219,3 +219,16 @@ async def test_child_workflows_inherit_the_routing_key_and_wake_the_parent(
     assert sorted(c["status"] for c in children) == ["completed", "completed", "failed"]
     names = [s["name"] for s in (await client.status(wid))["steps"]]
     assert names[:2] == ["ctx.child:w3", "ctx.child_result:w3"]
+
+
+async def test_cancelling_a_parent_cancels_its_children(client: ShardClient, start_executor: Any):
+    await start_executor()
+    wid = await client.start("parent_of_sleeper", None, id="parent-2")
+    await status_becomes(client, wid, "waiting")
+    child = f"{wid}/0"
+    await status_becomes(client, child, "sleeping")
+    await client.cancel(wid)
+    with pytest.raises(WorkflowCancelledError):
+        await client.result(wid, timeout=30)
+    with pytest.raises(WorkflowCancelledError):
+        await client.result(child, timeout=30)

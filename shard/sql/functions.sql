@@ -146,7 +146,8 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
 $$;
 
 -- Request cancellation. A workflow that never ran is cancelled at once; a running
--- one stops at its next checkpoint; a sleeping or waiting one is woken to stop.
+-- one stops at its next checkpoint; a sleeping or waiting one is woken to stop; its
+-- unfinished children on this shard are cancelled too.
 -- Lock the slot's row (FOR SHARE) so that a move's fence waits for this transaction,
 -- or refuse when the slot is moving or gone.
 CREATE OR REPLACE FUNCTION shardflow.check_slot_served(p_slot integer, p_id text)
@@ -181,6 +182,9 @@ BEGIN
         END IF;
         RETURN r.status;
     END IF;
+    -- Its children on this shard (they inherit its routing key) are cancelled with it.
+    PERFORM shardflow.cancel_workflow(c.id) FROM shardflow.workflows c
+    WHERE c.parent = p_id AND c.status NOT IN ('completed', 'failed', 'cancelled');
     IF r.status = 'cancelled' THEN
         DELETE FROM shardflow.ready WHERE workflow_id = p_id;
         PERFORM pg_notify('shardflow_done', '');

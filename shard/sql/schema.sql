@@ -69,6 +69,7 @@ CREATE INDEX workflows_created_at ON shardflow.workflows (created_at, id);
 CREATE INDEX workflows_slot ON shardflow.workflows (slot);
 CREATE INDEX workflows_suspended ON shardflow.workflows (status)
     WHERE status IN ('sleeping', 'waiting');
+CREATE INDEX workflows_parent ON shardflow.workflows (parent) WHERE parent IS NOT NULL;
 
 -- Step checkpoints: one row per completed (or finally failed) step, timer or
 -- recorded value, keyed by the position (seq) of the call in the workflow's code.

@@ -151,3 +151,8 @@ async def retry_me(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
     first = await echo("first")
     n = await flaky(inp["key"], inp["fail_times"])
     return {"first": first, "attempts": n}
+
+
+@workflow(name="parent_of_sleeper")
+async def parent_of_sleeper(ctx: Context, inp: Any) -> Any:
+    return await ctx.child("long_sleep", None)
