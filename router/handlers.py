@@ -7,6 +7,7 @@ import heapq
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -187,24 +188,25 @@ async def send_event(request: web.Request) -> web.Response:
     return web.json_response({"id": wid, "event": name, "delivered": delivered}, status=202)
 
 
-async def cancel(request: web.Request) -> web.Response:
+async def _status_change(
+    request: web.Request, change: Callable[[ShardClient, str], Awaitable[str]]
+) -> web.Response:
+    """Cancel or retry: one call on the workflow's shard, answered with its new status."""
     wid, shard = await _locate(request)
 
     async def call(_: str, client: ShardClient) -> str:
-        return await client.cancel(wid)
+        return await change(client, wid)
 
     status = await _view(request).on_located(wid, shard, call)
     return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    return await _status_change(request, ShardClient.cancel)
 
 
 async def retry(request: web.Request) -> web.Response:
-    wid, shard = await _locate(request)
-
-    async def call(_: str, client: ShardClient) -> str:
-        return await client.retry(wid)
-
-    status = await _view(request).on_located(wid, shard, call)
-    return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
+    return await _status_change(request, ShardClient.retry)
 
 
 async def list_workflows(request: web.Request) -> web.Response:
