@@ -328,7 +328,10 @@ class WorkflowRun:
 
     async def child(self, workflow: str, input: Any, child_id: str | None) -> Any:
         """Start a child workflow (recorded), then wait for its outcome (suspended)."""
+        # Both positions are taken before any await, so children started together under
+        # ctx.gather get the same positions on every replay (a data-dependent fan-out).
         seq = self.next_seq()
+        result_seq = self.next_seq()
         rec = self.recorded(seq, f"ctx.child:{workflow}")
         if rec is not None:
             child_id = str(codec.loads(rec.output)["id"])
@@ -349,7 +352,7 @@ class WorkflowRun:
                     )
                 ]
             )
-        seq = self.next_seq()
+        seq = result_seq
         label = f"ctx.child_result:{workflow}"
         rec = self.recorded(seq, label)
         outcome = codec.loads(rec.output) if rec is not None else None

@@ -232,3 +232,13 @@ async def test_cancelling_a_parent_cancels_its_children(client: ShardClient, sta
         await client.result(wid, timeout=30)
     with pytest.raises(WorkflowCancelledError):
         await client.result(child, timeout=30)
+
+
+async def test_a_fan_out_of_children_under_gather_replays_deterministically(
+    client: ShardClient, start_executor: Any
+):
+    await start_executor()
+    wid = await client.start("fan_out", {"items": 6})
+    assert await client.result(wid, timeout=60) == ["side", 0, 1, 2, 3, 4, 5]
+    doc = await client.status(wid)
+    assert [s["seq"] for s in doc["steps"]] == list(range(13))  # 1 step + 2 per child

@@ -156,3 +156,13 @@ async def retry_me(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
 @workflow(name="parent_of_sleeper")
 async def parent_of_sleeper(ctx: Context, inp: Any) -> Any:
     return await ctx.child("long_sleep", None)
+
+
+@workflow(name="fan_out")
+async def fan_out(ctx: Context, inp: dict[str, Any]) -> list[Any]:
+    """A data-dependent fan-out: one child per item, all at once, plus a step."""
+    children = [
+        ctx.child(w3, {"order_id": n, "amount": 1.0, "pad": "f"}) for n in range(inp["items"])
+    ]
+    results = await ctx.gather(echo("side"), *children)
+    return [results[0], *(r["reserved"] for r in results[1:])]
