@@ -332,27 +332,34 @@ class WorkflowRun:
         # ctx.gather get the same positions on every replay (a data-dependent fan-out).
         seq = self.next_seq()
         result_seq = self.next_seq()
+        child_id = await self.start_child(seq, workflow, input, child_id)
+        return await self.child_result(result_seq, workflow, child_id)
+
+    async def start_child(self, seq: int, workflow: str, input: Any, child_id: str | None) -> str:
+        """Start a child at position ``seq`` (once: a replay reads its ID back)."""
         rec = self.recorded(seq, f"ctx.child:{workflow}")
         if rec is not None:
-            child_id = str(codec.loads(rec.output)["id"])
-        else:
-            child_id = child_id or f"{self.id}/{seq}"
-            await self.settle()
-            await self.services.start_child(self, workflow, input, child_id)
-            await self.save(
-                [
-                    StepRow(
-                        seq,
-                        f"ctx.child:{workflow}",
-                        "completed",
-                        codec.dumps({"id": child_id}, "child"),
-                        None,
-                        1,
-                        utcnow(),
-                    )
-                ]
-            )
-        seq = result_seq
+            return str(codec.loads(rec.output)["id"])
+        child_id = child_id or f"{self.id}/{seq}"
+        await self.settle()
+        await self.services.start_child(self, workflow, input, child_id)
+        await self.save(
+            [
+                StepRow(
+                    seq,
+                    f"ctx.child:{workflow}",
+                    "completed",
+                    codec.dumps({"id": child_id}, "child"),
+                    None,
+                    1,
+                    utcnow(),
+                )
+            ]
+        )
+        return child_id
+
+    async def child_result(self, seq: int, workflow: str, child_id: str) -> Any:
+        """The child's output, recorded at position ``seq``; suspends until it finishes."""
         label = f"ctx.child_result:{workflow}"
         rec = self.recorded(seq, label)
         outcome = codec.loads(rec.output) if rec is not None else None
@@ -449,6 +456,19 @@ def _failed_message(name: str, error: dict[str, Any]) -> str:
     )
 
 
+class ChildHandle:
+    """A started child workflow (``ctx.start_child``)."""
+
+    def __init__(self, run: WorkflowRun, workflow: str, child_id: str) -> None:
+        self._run = run
+        self._workflow = workflow
+        self.id = child_id
+
+    def result(self) -> Coroutine[Any, Any, Any]:
+        """The child's output (a durable wait); ChildWorkflowFailedError if it failed."""
+        return self._run.child_result(self._run.next_seq(), self._workflow, self.id)
+
+
 class Context:
     """What workflow code receives as ``ctx``; every method is replay-safe."""
 
@@ -486,6 +506,16 @@ class Context:
         ChildWorkflowFailedError here."""
         name = workflow if isinstance(workflow, str) else workflow.name
         return self._run.child(name, input, id)
+
+    async def start_child(
+        self, workflow: Any, input: Any = None, *, id: str | None = None
+    ) -> ChildHandle:
+        """Start a child workflow and go on; ``await handle.result()`` later for its output.
+        Same rules as :meth:`child` (routing key, default ID, failures)."""
+        name = workflow if isinstance(workflow, str) else workflow.name
+        run = self._run
+        child_id = await run.start_child(run.next_seq(), name, input, id)
+        return ChildHandle(run, name, child_id)
 
     async def now(self) -> datetime:
         value = await self._run.record_value("ctx.now", time.time)

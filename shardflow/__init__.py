@@ -26,10 +26,11 @@ from shard.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
-from shard.runtime import Context
+from shard.runtime import ChildHandle, Context
 from shard.sdk import Registry, step, workflow
 
 __all__ = [
+    "ChildHandle",
     "Client",
     "Context",
     "EventTimeoutError",

@@ -242,3 +242,13 @@ async def test_a_fan_out_of_children_under_gather_replays_deterministically(
     assert await client.result(wid, timeout=60) == ["side", 0, 1, 2, 3, 4, 5]
     doc = await client.status(wid)
     assert [s["seq"] for s in doc["steps"]] == list(range(13))  # 1 step + 2 per child
+
+
+async def test_start_child_returns_a_handle(client: ShardClient, start_executor: Any):
+    await start_executor()
+    wid = await client.start("handles", None, id="handles-1")
+    assert await client.result(wid, timeout=60) == {
+        "ids": ["handles-1/0", "h-2"],
+        "between": "between",
+        "reserved": [2, 1],
+    }

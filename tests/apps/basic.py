@@ -166,3 +166,15 @@ async def fan_out(ctx: Context, inp: dict[str, Any]) -> list[Any]:
     ]
     results = await ctx.gather(echo("side"), *children)
     return [results[0], *(r["reserved"] for r in results[1:])]
+
+
+@workflow(name="handles")
+async def handles(ctx: Context, inp: Any) -> dict[str, Any]:
+    first = await ctx.start_child(w3, {"order_id": 1, "amount": 1.0, "pad": "h"})
+    second = await ctx.start_child("w3", {"order_id": 2, "amount": 1.0, "pad": "h"}, id="h-2")
+    between = await echo("between")
+    return {
+        "ids": [first.id, second.id],
+        "between": between,
+        "reserved": [(await second.result())["reserved"], (await first.result())["reserved"]],
+    }
