@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,18 @@ class Child:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    started_at: float = 0.0
+    crashes: int = 0  # in a row, each within STABLE_SECONDS of its start
+    retry_at: float | None = None
+
+
+# A child that ran this long before exiting is restarted at once; one that keeps
+# exiting sooner waits 0.5 s, 1 s, 2 s ... (at most 30 s) between restarts.
+STABLE_SECONDS = 30.0
+
+
+def restart_delay(crashes: int) -> float:
+    return 0.0 if crashes == 0 else min(30.0, 0.5 * 2 ** (crashes - 1))
 
 
 @dataclass
@@ -256,6 +269,7 @@ class DevCluster:
         )
 
     def _spawn(self, child: Child) -> None:
+        child.started_at = time.monotonic()
         logs = self.data / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / f"{child.name}.log", "ab") as out:
@@ -277,17 +291,25 @@ class DevCluster:
                 # give our own handler a moment, so shutdown never restarts anything.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
+            now = time.monotonic()
             for child in exited:
                 if self.stopping or stop.is_set():
                     return
                 assert child.process is not None
+                if child.retry_at is None:
+                    stable = now - child.started_at >= STABLE_SECONDS
+                    child.crashes = 0 if stable else child.crashes + 1
+                    child.retry_at = now + restart_delay(child.crashes)
+                    log.warning(
+                        "event=child_exited child=%s code=%s restart_in=%.1fs",
+                        child.name,
+                        child.process.returncode,
+                        child.retry_at - now,
+                    )
+                if now < child.retry_at:
+                    continue
+                child.retry_at = None
                 child.restarts += 1
-                log.warning(
-                    "event=child_exited child=%s code=%s restart=%d",
-                    child.name,
-                    child.process.returncode,
-                    child.restarts,
-                )
                 self._spawn(child)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)

@@ -268,3 +268,9 @@ def test_sync_client_for_scripts(dev: Dev):
         assert client.result(waiting["id"], timeout=30)["payload"] is True
     finally:
         client.close()
+
+
+def test_a_crash_loop_backs_off():
+    from coordinator.dev import restart_delay
+
+    assert [restart_delay(n) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
