@@ -4,6 +4,7 @@ a fresh database per test, and in-process or subprocess executors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -173,6 +174,14 @@ class ExecutorProcess:
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
+    def close(self) -> None:
+        """Kill the process if it still runs, and remove its log."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log.name)
+
 
 @pytest.fixture
 def spawn_executor(dsn: str) -> Iterator[Callable[..., ExecutorProcess]]:
@@ -187,7 +196,4 @@ def spawn_executor(dsn: str) -> Iterator[Callable[..., ExecutorProcess]]:
 
     yield spawn
     for proc in procs:
-        proc.signal(signal.SIGKILL)
-        proc.proc.wait()
-        proc.log.close()
-        os.unlink(proc.log.name)
+        proc.close()

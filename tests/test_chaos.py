@@ -63,7 +63,12 @@ async def test_chaos_grow_under_load_with_kills(
 
         async def chaos() -> None:
             await asyncio.sleep(rng.uniform(0.2, 1.0))
-            leader = await growing.catalog.pool.fetchval("SELECT owner FROM catalog.leader")
+
+            async def elected() -> str | None:
+                sql = "SELECT nullif(owner, '') FROM catalog.leader"
+                return await growing.catalog.pool.fetchval(sql)
+
+            leader = await until(elected, timeout=60, what="a leader to kill")
             for i, proc in enumerate(coordinators):
                 if leader == f"coord-{i}":
                     proc.send_signal(signal.SIGKILL)
@@ -90,8 +95,7 @@ async def test_chaos_grow_under_load_with_kills(
         assert sorted(s["slots"] for s in status["shards"]) == [21, 21, 22]
         assert status["leader"]["owner"] != "" and int(status["leader"]["term"]) >= 2
     finally:
-        victim_executor.signal(signal.SIGKILL)
-        victim_executor.proc.wait()
+        victim_executor.close()
         for proc in coordinators:
             if proc.poll() is None:
                 proc.kill()

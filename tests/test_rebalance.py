@@ -288,5 +288,4 @@ async def test_paused_executor_of_a_moving_slot_is_fenced(growing: LiveCluster):
         await _check_cluster(growing, ids)
         stop.set()
     finally:
-        paused.signal(signal.SIGKILL)
-        paused.proc.wait()
+        paused.close()
