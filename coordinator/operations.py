@@ -107,10 +107,9 @@ async def init(catalog: Catalog, slots: int, shards: dict[str, str]) -> list[str
     (`cluster rebalance` then moves slots to them). Returns the shards added.
     """
     await catalog.create(slots)
-    if await catalog.slot_count() != slots:
-        raise CatalogError(
-            f"the cluster was created with {await catalog.slot_count()} slots, not {slots}"
-        )
+    existing = await catalog.slot_count()
+    if existing != slots:
+        raise CatalogError(f"the cluster was created with {existing} slots, not {slots}")
     known = {s.id for s in await catalog.shards()}
     added = [shard_id for shard_id in shards if shard_id not in known]
     for shard_id in added:

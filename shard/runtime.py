@@ -79,9 +79,8 @@ COMPENSATE_MARK = "saga.compensate"
 def _check(result: FlushResult, run: WorkflowRun) -> None:
     if not result.applied:
         raise Fenced()
-    if result.cancel_requested and not run.compensating:
-        run.cancelling = True
-        raise WorkflowCancelled()
+    if result.cancel_requested:
+        run.cancel_requested()
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -147,6 +146,17 @@ class WorkflowRun:
     def bind(self) -> object:
         return _CURRENT.set(self)
 
+    def cancel_requested(self) -> None:
+        """A cancel arrived: from now on this run starts nothing new."""
+        self.cancelling = True
+        self.stop_if_cancelling()
+
+    def stop_if_cancelling(self) -> None:
+        """Raise WorkflowCancelled into a cancelled run's code (not into its compensations,
+        which must run to the end)."""
+        if self.cancelling and not self.compensating:
+            raise WorkflowCancelled()
+
     def next_seq(self) -> int:
         seq = self.seq
         self.seq += 1
@@ -155,8 +165,7 @@ class WorkflowRun:
     def recorded(self, seq: int, name: str) -> Any:
         rec = self.history.steps.get(seq)
         if rec is None:
-            if self.cancelling and not self.compensating:
-                raise WorkflowCancelled()  # replayed up to here: nothing new runs
+            self.stop_if_cancelling()  # replayed up to here: nothing new runs
             return None
         if rec.name == COMPENSATE_MARK and name != COMPENSATE_MARK:
             # The code was cancelled at this point; its compensations come next.
@@ -232,9 +241,8 @@ class WorkflowRun:
                         self, step, seq, args, kwargs, attempt, started
                     )
                     self._completed(seq, step, args, kwargs, value)
-                    if cancel and not self.compensating:
-                        self.cancelling = True
-                        raise WorkflowCancelled()
+                    if cancel:
+                        self.cancel_requested()
                     return value
                 value = await with_timeout(step.invoke(args, kwargs), step.timeout, step.name)
             except (ControlFlow, SerializationError):
@@ -321,8 +329,7 @@ class WorkflowRun:
             if new:
                 await self.save(new)
             return
-        if self.cancelling and not self.compensating:
-            raise WorkflowCancelled()  # a cancelled sleeper stops at once
+        self.stop_if_cancelling()  # a cancelled sleeper stops at once
         await self.settle()
         raise Suspend("sleeping", self._wake_time(at), new)
 
@@ -456,6 +463,11 @@ def _failed_message(name: str, error: dict[str, Any]) -> str:
     )
 
 
+def _workflow_name(workflow: Any) -> str:
+    """A workflow given by name or by its definition."""
+    return workflow if isinstance(workflow, str) else str(workflow.name)
+
+
 class ChildHandle:
     """A started child workflow (``ctx.start_child``)."""
 
@@ -504,15 +516,14 @@ class Context:
         The child inherits the parent's routing key; its ID defaults to ``<parent>/<seq>``
         (so a replay never starts it twice); a failed or cancelled child raises
         ChildWorkflowFailedError here."""
-        name = workflow if isinstance(workflow, str) else workflow.name
-        return self._run.child(name, input, id)
+        return self._run.child(_workflow_name(workflow), input, id)
 
     async def start_child(
         self, workflow: Any, input: Any = None, *, id: str | None = None
     ) -> ChildHandle:
         """Start a child workflow and go on; ``await handle.result()`` later for its output.
         Same rules as :meth:`child` (routing key, default ID, failures)."""
-        name = workflow if isinstance(workflow, str) else workflow.name
+        name = _workflow_name(workflow)
         run = self._run
         child_id = await run.start_child(run.next_seq(), name, input, id)
         return ChildHandle(run, name, child_id)

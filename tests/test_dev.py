@@ -90,6 +90,12 @@ class Dev:
             time.sleep(0.2)
         raise AssertionError("shardflow dev did not become ready")
 
+    def shard_dsn(self, shard: str) -> str:
+        """The DSN of one of the session's shard servers (its port file, as the launcher
+        keeps it between runs)."""
+        port = (self.data / "pg" / shard / "shardflow.port").read_text().strip()
+        return f"postgresql://postgres@127.0.0.1:{port}/shardflow"
+
     def tree(self) -> list[int]:
         """PIDs of every process of the session (dev, executors, router, postgres)."""
         assert self.proc is not None

@@ -108,8 +108,7 @@ def test_starts_through_haproxy_survive_router_kills(balanced: Dev):
     async def stored() -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
         for shard in ("shard0", "shard1"):
-            port = (dev.data / "pg" / shard / "shardflow.port").read_text().strip()
-            conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/shardflow")
+            conn = await asyncpg.connect(dev.shard_dsn(shard))
             try:
                 rows = await conn.fetch("SELECT id, status FROM shardflow.workflows")
             finally:

@@ -140,8 +140,7 @@ def test_a_held_lock_raises_the_lock_alert(watched: tuple[Dev, str]):
     body = json.dumps({"workflow": "sleeper", "input": {"seconds": 1}}).encode()
     code, started = request(dev.url + "/v1/workflows", "POST", body)
     assert code == 201, started
-    port = (dev.data / "pg" / started["shard"] / "shardflow.port").read_text().strip()
-    dsn = f"postgresql://postgres@127.0.0.1:{port}/shardflow"
+    dsn = dev.shard_dsn(started["shard"])
     alert = 'ALERTS{alertname="ShardflowLockWaits"}'
 
     async def hold_the_row() -> None:

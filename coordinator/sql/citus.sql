@@ -29,15 +29,3 @@ SELECT citus_schema_distribute($1::regnamespace);
 
 -- name: rebalance_start
 SELECT citus_rebalance_start();
-
--- name: placements
--- Which worker holds each Shardflow schema.
-SELECT s.schema_name::text AS schema, n.nodename || ':' || n.nodeport AS node
-FROM citus_schemas s
-JOIN pg_dist_node n ON n.groupid = (
-    SELECT p.groupid FROM pg_dist_placement p
-    JOIN pg_dist_shard sh USING (shardid)
-    JOIN pg_dist_partition d USING (logicalrelid)
-    WHERE d.colocationid = s.colocation_id LIMIT 1)
-WHERE s.schema_name::text LIKE 'shardflow\_s%'
-ORDER BY 1;
