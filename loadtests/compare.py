@@ -1,0 +1,181 @@
+"""Shardflow against Temporal and RabbitMQ on this machine: W3, one load generator, one run.
+
+    python -m loadtests.compare --systems shardflow,temporal,rabbitmq --clients 64 --seconds 30
+
+For each system, started fresh and stopped afterwards: a short warm-up, a closed-loop
+phase (``--clients`` clients, each starting W3 and waiting for its result, in a loop) and
+an open-loop phase (``--open-rate`` arrivals per second). Each phase runs the load
+generator (``loadtests.loadgen``) in its own process; CPU per workflow counts the
+system's own processes only (servers and workers). Results go to
+``loadtests/results/<timestamp>/`` (results.csv, report.md, PNG plots); the table is
+printed, and the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtests import report
+from loadtests.systems import SYSTEMS, Running
+from shardflow.cpu import tree_cpu
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PHASES = ("closed", "open")
+
+
+async def loadgen(running: Running, *extra: str) -> tuple[dict[str, Any], float]:
+    """One phase in a load generator process: (its summary, CPU seconds of the system)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loadtests.loadgen",
+        "--system",
+        running.name,
+        "--target",
+        running.target,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    before = tree_cpu([os.getpid()], exclude=[proc.pid])
+    out, _ = await proc.communicate()
+    after = tree_cpu([os.getpid()], exclude=[proc.pid])
+    lines = out.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the load generator for {running.name} failed (exit {proc.returncode})")
+    return json.loads(lines[-1]), after - before
+
+
+async def ready(running: Running, timeout: float = 120.0) -> None:
+    """Until one workflow goes through end to end (servers and workers all up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        summary, _ = await loadgen(
+            running, "--mode", "closed", "--clients", "1", "--seconds", "0.5"
+        )
+        if summary["completed"]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{running.name}: no workflow completed within {timeout:.0f} s")
+        await asyncio.sleep(1)
+
+
+def row(
+    system: str, phase: str, summary: dict[str, Any], cpu: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    done = summary["completed"]
+    return {
+        "system": system,
+        "phase": phase,
+        "clients": args.clients if phase == "closed" else "",
+        "rate": args.open_rate if phase == "open" else "",
+        "seconds": summary["seconds"],
+        "completed": done,
+        "errors": summary["errors"],
+        "wf_per_s": summary["wf_per_s"],
+        "p50_ms": summary["p50_ms"],
+        "p95_ms": summary["p95_ms"],
+        "p99_ms": summary["p99_ms"],
+        "p999_ms": summary["p999_ms"],
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_wf": round(1000 * cpu / done, 3) if done else None,
+    }
+
+
+async def measure(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> Running:
+    async with SYSTEMS[name]() as running:
+        print(f"[{name}] started: {running.target}", flush=True)
+        await ready(running)
+        clients = ["--clients", str(args.clients)]
+        await loadgen(running, "--mode", "closed", *clients, "--seconds", str(args.warmup))
+        closed, cpu = await loadgen(
+            running, "--mode", "closed", *clients, "--seconds", str(args.seconds)
+        )
+        rows.append(row(name, "closed", closed, cpu, args))
+        print(f"[{name}] closed loop: {closed}", flush=True)
+        opened, cpu = await loadgen(
+            running, "--mode", "open", "--rate", str(args.open_rate), "--seconds", str(args.seconds)
+        )
+        rows.append(row(name, "open", opened, cpu, args))
+        print(f"[{name}] open loop: {opened}", flush=True)
+    return running
+
+
+def summary_json(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    systems: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        s = systems.setdefault(r["system"], {"errors": 0})
+        s["errors"] += r["errors"]
+        if r["phase"] == "closed":
+            s.update(
+                closed_wf_per_s=r["wf_per_s"],
+                closed_p99_ms=r["p99_ms"],
+                cpu_ms_per_wf=r["cpu_ms_per_wf"],
+            )
+        else:
+            s.update(open_rate=args.open_rate, open_p99_ms=r["p99_ms"])
+    ratios = {
+        f"shardflow/{other}": round(
+            systems["shardflow"]["closed_wf_per_s"] / systems[other]["closed_wf_per_s"], 2
+        )
+        for other in ("rabbitmq", "temporal")
+        if "shardflow" in systems and other in systems and systems[other]["closed_wf_per_s"]
+    }
+    return {"systems": systems, "ratios": ratios}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--systems", default="shardflow,temporal,rabbitmq")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--open-rate", type=float, default=200.0)
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="closed-loop seconds before measuring"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: results/<timestamp>)"
+    )
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if unknown or not args.systems:
+        parser.error(
+            f"--systems: choose among {', '.join(SYSTEMS)} (got {', '.join(unknown) or 'none'})"
+        )
+    if args.clients < 1 or args.seconds <= 0 or args.open_rate <= 0 or args.warmup < 0:
+        parser.error("--clients, --seconds and --open-rate must be positive, --warmup not negative")
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    out = args.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    setups = []
+    for name in args.systems:
+        setups.append(await measure(name, args, rows))
+    result = summary_json(rows, args)
+    report.write(out, rows, setups, args, result)
+    print(report.table(rows), flush=True)
+    print(f"results in {out}", flush=True)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(main_async(parse(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
