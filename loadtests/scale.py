@@ -1,0 +1,187 @@
+"""The scale model: W3 throughput at 1, 2, 4 ... shards, each shard capped at the same CPU.
+
+    python -m loadtests.scale --shards 1,2,4 --cpu-per-shard 0.15 --seconds 20
+
+This machine cannot hold a fleet, so each shard (its Postgres server with every backend,
+and its executor) runs in its own cgroup capped at ``--cpu-per-shard`` of a core (v1 or
+v2; needs root). The router, the coordinator, the catalog and the load generator run
+outside the caps. At each step a closed loop of ``--clients-per-shard`` times shards clients
+drives W3 through the router; the report gives throughput, the scaling efficiency
+``T(n) / (n * T(1))``, the CPU used outside the caps and how busy the machine was (a step
+that came near the machine's limit says so: its efficiency then measures the machine,
+not Shardflow). Writes ``scale.csv`` and ``scale.png``; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtests.cgroups import CpuGroup, descendants
+from loadtests.compare import RESULTS
+from shardflow.bench_cluster import _loadgen, local_cluster
+
+NEAR_LIMIT = 0.9  # of all cores busy
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    groups: list[CpuGroup] = []
+    async with local_cluster(shards=n) as cluster:
+        try:
+            for i in range(n):
+                shard = f"shard{i}"
+                group = CpuGroup.create(
+                    f"shardflow-scale-{os.getpid()}-{shard}", args.cpu_per_shard
+                )
+                groups.append(group)
+                roots = [cluster.pg.servers[shard].process.pid]  # type: ignore[union-attr]
+                roots += [
+                    c.process.pid
+                    for c in cluster.children
+                    if c.name.startswith(f"executor-{shard}-") and c.process
+                ]
+                for root in roots:
+                    for pid in descendants(root):
+                        group.add(pid)
+            clients = ["--mode", "closed", "--clients", str(args.clients_per_shard * n)]
+            url = cluster.router_urls[0]
+            await _loadgen(url, *clients, "--seconds", str(args.warmup))
+            capped0 = [g.usage() for g in groups]
+            throttled0 = [g.throttled() for g in groups]
+            busy0, t0 = machine_busy(), time.monotonic()
+            summary, _ = await _loadgen(url, *clients, "--seconds", str(args.seconds))
+            elapsed = time.monotonic() - t0
+            busy = (machine_busy() - busy0) / elapsed
+            capped = [(g.usage() - u) / elapsed for g, u in zip(groups, capped0, strict=True)]
+            throttled = sum(g.throttled() - t for g, t in zip(groups, throttled0, strict=True))
+        finally:
+            for group in groups:
+                group.remove()
+    cores = os.cpu_count() or 1
+    return {
+        "shards": n,
+        "clients": args.clients_per_shard * n,
+        "wf_per_s": summary["wf_per_s"],
+        "p99_ms": summary["p99_ms"],
+        "errors": summary["errors"],
+        "capped_cores": round(sum(capped), 3),
+        "cap_cores": round(args.cpu_per_shard * n, 3),
+        "throttled_periods": throttled,
+        # Router, coordinator, catalog, load generator and whatever else ran on the machine.
+        "outside_cores": round(max(0.0, busy - sum(capped)), 3),
+        "machine_busy_cores": round(busy, 3),
+        "near_machine_limit": busy >= NEAR_LIMIT * cores,
+    }
+
+
+def write_csv(path: Path, steps: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(steps[0]))
+        writer.writeheader()
+        writer.writerows(steps)
+
+
+def plot(out: Path, steps: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shards = [s["shards"] for s in steps]
+    base = steps[0]["wf_per_s"] / steps[0]["shards"] if steps[0]["shards"] else 0
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(shards, [s["wf_per_s"] for s in steps], "o-", label="measured")
+    ax.plot(
+        shards, [base * n for n in shards], "--", color="grey", label="linear from the first step"
+    )
+    for s in steps:
+        ax.annotate(
+            f"eff {s['efficiency']:.2f}",
+            (s["shards"], s["wf_per_s"]),
+            textcoords="offset points",
+            xytext=(0, 8),
+        )
+    ax.set_xlabel("shards (each capped at the same CPU)")
+    ax.set_ylabel("W3 workflows / s")
+    ax.set_xticks(shards)
+    ax.set_title("Shardflow scale model")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=100)
+    plt.close(fig)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--shards", default="1,2,4", help="shard counts, comma-separated, ascending"
+    )
+    parser.add_argument(
+        "--cpu-per-shard", type=float, default=0.15, help="cores per shard's cgroup"
+    )
+    parser.add_argument("--clients-per-shard", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        args.shards = [int(x) for x in args.shards.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--shards: comma-separated whole numbers, such as 1,2,4")
+    if not args.shards or min(args.shards) < 1 or args.shards != sorted(set(args.shards)):
+        parser.error("--shards: positive, ascending, without repeats")
+    if args.cpu_per_shard <= 0 or args.clients_per_shard < 1 or args.seconds <= 0:
+        parser.error("--cpu-per-shard, --clients-per-shard and --seconds must be positive")
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    out = args.out or RESULTS / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-scale")
+    out.mkdir(parents=True, exist_ok=True)
+    steps: list[dict[str, Any]] = []
+    for n in args.shards:
+        result = await step(n, args)
+        first = steps[0] if steps else result
+        per_shard = first["wf_per_s"] / first["shards"]
+        result["efficiency"] = round(result["wf_per_s"] / (n * per_shard), 3) if per_shard else 0.0
+        steps.append(result)
+        note = "  NEAR THE MACHINE'S LIMIT" if result["near_machine_limit"] else ""
+        print(
+            f"{n} shard(s): {result['wf_per_s']} wf/s, efficiency {result['efficiency']}, "
+            f"capped {result['capped_cores']}/{result['cap_cores']} cores, outside the caps "
+            f"{result['outside_cores']} cores, machine busy {result['machine_busy_cores']}{note}",
+            flush=True,
+        )
+    write_csv(out / "scale.csv", steps)
+    plot(out, steps)
+    print(f"results in {out}", flush=True)
+    return {
+        "cpu_per_shard": args.cpu_per_shard,
+        "steps": steps,
+        "efficiency": {str(s["shards"]): s["efficiency"] for s in steps},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(json.dumps(asyncio.run(main_async(parse(argv)))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Smoke runs of the benchmarks in loadtests/: real servers, small loads, no speed asserted.
+
+Each run checks that the figures, the CSV, the report and the plots are produced and agree
+with one another; how fast anything went is the benchmarks' business, not the tests'.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests import compare, scale
+from loadtests.cgroups import CgroupError, CpuGroup
+from loadtests.locust_run import run_locust
+from shardflow.bench_cluster import local_cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_module(module: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """Run ``python -m module args``; its last stdout line, parsed as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG
+
+
+@pytest.mark.timeout(900)
+def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = run_module(
+        "loadtests.compare",
+        "--systems",
+        "shardflow,temporal,rabbitmq",
+        "--clients",
+        "4",
+        "--seconds",
+        "2",
+        "--open-rate",
+        "5",
+        "--warmup",
+        "0.5",
+        "--out",
+        str(out),
+    )
+    rows = read_csv(out / "results.csv")
+    assert [(r["system"], r["phase"]) for r in rows] == [
+        (s, p) for s in ("shardflow", "temporal", "rabbitmq") for p in ("closed", "open")
+    ]
+    assert set(result["systems"]) == {"shardflow", "temporal", "rabbitmq"}
+    for r in rows:
+        figures = result["systems"][r["system"]]
+        assert int(r["completed"]) > 0, r
+        assert int(r["errors"]) == 0, r
+        assert float(r["cpu_s"]) > 0, r
+        assert float(r["p50_ms"]) <= float(r["p99_ms"]) <= float(r["p999_ms"]), r
+        if r["phase"] == "closed":
+            assert figures["closed_wf_per_s"] == float(r["wf_per_s"])
+            assert figures["closed_p99_ms"] == float(r["p99_ms"])
+            assert figures["cpu_ms_per_wf"] == float(r["cpu_ms_per_wf"])
+        else:
+            assert figures["open_p99_ms"] == float(r["p99_ms"])
+            assert figures["open_rate"] == 5.0
+    sf = result["systems"]["shardflow"]["closed_wf_per_s"]
+    for other in ("rabbitmq", "temporal"):
+        expected = round(sf / result["systems"][other]["closed_wf_per_s"], 2)
+        assert result["ratios"][f"shardflow/{other}"] == expected
+    report = (out / "report.md").read_text()
+    for needed in (
+        "| shardflow |",
+        "| temporal |",
+        "| rabbitmq |",
+        "SQLite",
+        "## Machine",
+        "locust",
+    ):
+        assert needed in report
+    for image in ("throughput.png", "latency.png"):
+        assert is_png(out / image) and f"]({image})" in report
+
+
+def test_compare_with_one_system_leaves_the_others_out(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = run_module(
+        "loadtests.compare",
+        *("--systems", "rabbitmq", "--clients", "2", "--seconds", "1", "--open-rate", "5"),
+        *("--warmup", "0", "--out", str(out)),
+    )
+    assert set(result["systems"]) == {"rabbitmq"}
+    assert result["ratios"] == {}
+    assert len(read_csv(out / "results.csv")) == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--systems", "shardflow,kafka"],
+        ["--systems", ""],
+        ["--clients", "0"],
+        ["--open-rate", "-1"],
+    ],
+)
+def test_compare_refuses_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        compare.parse(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--shards", "2,1"], ["--shards", "one"], ["--shards", "0,1"], ["--cpu-per-shard", "0"]],
+)
+def test_scale_refuses_bad_arguments(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        scale.parse(argv)
+    assert exc.value.code == 2
+
+
+def test_a_cpu_cap_must_be_positive() -> None:
+    with pytest.raises(CgroupError):
+        CpuGroup.create("shardflow-test-nothing", 0)
+
+
+async def test_locust_scenarios_report_start_to_result_and_batches() -> None:
+    async with local_cluster(shards=2) as cluster:
+        url = cluster.router_urls[0]
+        waited = await run_locust(url, "ShardflowUser", users=4, seconds=3)
+        batched = await run_locust(url, "ShardflowBatchUser", users=2, seconds=2)
+    flow = waited["WORKFLOW start_to_result"]
+    assert flow["requests"] > 0 and flow["failures"] == 0
+    assert waited["POST start"]["requests"] >= flow["requests"]
+    assert waited["GET result"]["failures"] == 0
+    assert batched["POST batch"]["requests"] > 0 and batched["POST batch"]["failures"] == 0
+
+
+@pytest.mark.timeout(600)
+def test_scale_model_caps_each_shard_and_reports_efficiency(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the scale model writes cgroup quotas: run the suite as root (CI does)")
+    out = tmp_path / "scale"
+    result = run_module(
+        "loadtests.scale",
+        *("--shards", "1,2", "--cpu-per-shard", "0.3", "--clients-per-shard", "4"),
+        *("--seconds", "2", "--warmup", "0.5", "--out", str(out)),
+    )
+    steps = result["steps"]
+    assert [s["shards"] for s in steps] == [1, 2]
+    assert result["efficiency"]["1"] == 1.0
+    per_shard = steps[0]["wf_per_s"]
+    assert result["efficiency"]["2"] == round(steps[1]["wf_per_s"] / (2 * per_shard), 3)
+    for s in steps:
+        assert s["wf_per_s"] > 0 and s["errors"] == 0
+        assert s["capped_cores"] > 0  # the shards' processes ran inside their groups
+        assert s["cap_cores"] == round(0.3 * s["shards"], 3)
+    rows = read_csv(out / "scale.csv")
+    assert [int(r["shards"]) for r in rows] == [1, 2]
+    assert is_png(out / "scale.png")
+    assert not [p for p in Path("/sys/fs/cgroup").rglob("shardflow-scale-*")]  # cleaned up
