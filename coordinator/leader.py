@@ -18,6 +18,7 @@ import asyncpg
 from coordinator import operations
 from coordinator.catalog import Catalog, q
 from coordinator.moves import Mover, NotLeader
+from coordinator.schedules import Scheduler
 from metrics.coordinator import CoordinatorMetrics
 from metrics.shard_stats import ShardStats, read_stats
 from shard import pool as shard_pool
@@ -99,13 +100,20 @@ class Coordinator:
 
     async def _lead(self, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
         mover = Mover(catalog, self.term, self.faults, self.settings.rollback_after)
+        scheduler = Scheduler(catalog)
         try:
-            await self._lead_with(mover, catalog, lock, stop)
+            await self._lead_with(mover, scheduler, catalog, lock, stop)
         finally:
             await mover.close()
+            await scheduler.close()
 
     async def _lead_with(
-        self, mover: Mover, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event
+        self,
+        mover: Mover,
+        scheduler: Scheduler,
+        catalog: Catalog,
+        lock: asyncpg.Connection,
+        stop: asyncio.Event,
     ) -> None:
         loop = asyncio.get_running_loop()
         next_health = 0.0
@@ -126,6 +134,9 @@ class Coordinator:
                 for pause in mover.pauses_ms:
                     self.metrics.move_pause.observe(pause / 1000)
                 mover.pauses_ms.clear()
+            if await scheduler.fire_due():
+                self.metrics.schedule_ticks.labels("fired").set(scheduler.fired)
+                self.metrics.schedule_ticks.labels("skipped").set(scheduler.skipped)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.move_interval)
 

@@ -43,15 +43,20 @@ async def loadgen(running: Running, *extra: str) -> tuple[dict[str, Any], float]
         running.target,
         *extra,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     before = tree_cpu([os.getpid()], exclude=[proc.pid])
-    out, _ = await proc.communicate()
+    out, err = await proc.communicate()
     after = tree_cpu([os.getpid()], exclude=[proc.pid])
-    lines = out.decode().strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the load generator for {running.name} failed (exit {proc.returncode})")
-    return json.loads(lines[-1]), after - before
+    for line in reversed(out.decode(errors="replace").splitlines()):
+        if line.startswith("{"):  # a client library may print its own lines before ours
+            summary: dict[str, Any] = json.loads(line)
+            return summary, after - before
+    raise RuntimeError(
+        f"the load generator for {running.name} failed (exit {proc.returncode}): "
+        + err.decode(errors="replace")[-2000:]
+    )
 
 
 async def ready(running: Running, timeout: float = 120.0) -> None:

@@ -158,7 +158,9 @@ def write(
         "",
         f"- closed loop: {args.clients} clients for {args.seconds:g} s "
         f"after a {args.warmup:g} s warm-up",
-        f"- open loop: {args.open_rate:g} arrivals/s for {args.seconds:g} s",
+        f"- open loop: {args.open_rate:g} arrivals/s for {args.seconds:g} s; latency from each "
+        "scheduled arrival; a workflow still unfinished 30 s after the last arrival counts as "
+        "an error (`unfinished`), so a system slower than the rate cannot hold the run.",
         "- load generator: one asyncio process (`loadtests.loadgen`) drives every system the same "
         "way. The baselines' clients (temporalio, aio-pika) are asyncio libraries that do not run "
         "well under locust's gevent, so locust is kept for Shardflow's HTTP scenarios "

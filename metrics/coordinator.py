@@ -24,6 +24,12 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.moves_done = Counter("shardflow_slot_moves_total", "Slot moves finished.", registry=r)
+        self.schedule_ticks = Gauge(
+            "shardflow_schedule_ticks",
+            "Cron ticks this coordinator handled while leading, by outcome (fired, skipped).",
+            ["outcome"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "shardflow_queue_depth",
             "Live workflows by status (ready: runnable now).",

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from metrics.router import RouterMetrics
-from router import handlers
+from router import handlers, schedules
 from router.errors import HttpError, error_response, from_exception
 from router.settings import RouterSettings
 from router.view import ClusterView
@@ -111,6 +111,10 @@ def build_app(
     r.add_post("/v1/workflows/{id}/events/{name}", handlers.send_event)
     r.add_post("/v1/workflows/{id}/cancel", handlers.cancel)
     r.add_post("/v1/workflows/{id}/retry", handlers.retry)
+    r.add_post("/v1/schedules", schedules.create)
+    r.add_get("/v1/schedules", schedules.list_all)
+    r.add_get("/v1/schedules/{name}", schedules.get)
+    r.add_delete("/v1/schedules/{name}", schedules.delete)
     r.add_get("/v1/cluster", handlers.cluster)
     r.add_post("/v1/cluster/shards", handlers.add_shard)
     r.add_post("/v1/cluster/shards/{id}/drain", handlers.drain_shard)

@@ -17,10 +17,13 @@ import aiohttp
 from shard import codec
 from shard.errors import (
     BadRequestError,
+    InvalidScheduleError,
     InvalidWorkflowIdError,
     OverloadedError,
     RequestTooLargeError,
     ResultTimeoutError,
+    ScheduleConflictError,
+    ScheduleNotFoundError,
     ShardflowError,
     ShardUnavailableError,
     UnauthorizedError,
@@ -42,6 +45,7 @@ ERRORS: dict[str, type[ShardflowError]] = {
     "too_large": RequestTooLargeError,
     "unknown_workflow": UnknownWorkflowError,
     "invalid_id": InvalidWorkflowIdError,
+    "invalid_schedule": InvalidScheduleError,
     "overloaded": OverloadedError,
     "shard_unavailable": ShardUnavailableError,
     "slot_moved": ShardUnavailableError,
@@ -198,6 +202,49 @@ class Client:
         """Run a failed workflow again from its failed step."""
         _, doc = await self._call("POST", f"/v1/workflows/{_quote(workflow_id)}/retry")
         return str(doc["status"])
+
+    # -- cron schedules --------------------------------------------------------------------
+    async def create_schedule(
+        self,
+        name: str,
+        workflow: str,
+        cron: str,
+        *,
+        input: Any = None,
+        timezone: str = "UTC",
+        overlap: str = "skip",
+    ) -> dict[str, Any]:
+        """A schedule starting ``workflow`` on every tick of ``cron`` (see ``shard.cron``)."""
+        body = {
+            "name": name,
+            "workflow": workflow,
+            "cron": cron,
+            "input": input,
+            "timezone": timezone,
+            "overlap": overlap,
+        }
+        try:
+            _, doc = await self._call("POST", "/v1/schedules", body)
+        except WorkflowConflictError as exc:
+            raise ScheduleConflictError(exc.message) from None
+        return dict(doc)
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        _, doc = await self._call("GET", "/v1/schedules")
+        return list(doc["schedules"])
+
+    async def schedule(self, name: str) -> dict[str, Any]:
+        try:
+            _, doc = await self._call("GET", f"/v1/schedules/{_quote(name)}")
+        except WorkflowNotFoundError as exc:
+            raise ScheduleNotFoundError(exc.message) from None
+        return dict(doc)
+
+    async def delete_schedule(self, name: str) -> None:
+        try:
+            await self._call("DELETE", f"/v1/schedules/{_quote(name)}")
+        except WorkflowNotFoundError as exc:
+            raise ScheduleNotFoundError(exc.message) from None
 
     async def cancel(self, workflow_id: str) -> str:
         _, doc = await self._call("POST", f"/v1/workflows/{_quote(workflow_id)}/cancel")

@@ -27,6 +27,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "too_large": 413,
     "unknown_workflow": 422,
     "invalid_id": 422,
+    "invalid_schedule": 400,
     "overloaded": 429,
     "shard_unavailable": 503,
     "slot_moved": 503,

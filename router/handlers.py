@@ -27,11 +27,11 @@ from shard.errors import (
 VIEW = web.AppKey("view", ClusterView)
 
 
-def _view(request: web.Request) -> ClusterView:
+def view_of(request: web.Request) -> ClusterView:
     return request.app[VIEW]
 
 
-async def _check_known(view: ClusterView, name: str) -> None:
+async def check_known(view: ClusterView, name: str) -> None:
     if not await view.knows(name):
         raise HttpError(
             "unknown_workflow",
@@ -53,9 +53,9 @@ def _start_doc(result: StartResult, shard: str) -> dict[str, Any]:
 
 
 async def start(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = view_of(request)
     body = rq.start_body(await rq.json_body(request))
-    await _check_known(view, body.workflow)
+    await check_known(view, body.workflow)
     req = _request(body)
 
     async def call(shard: str, _: ShardClient) -> tuple[str, StartResult]:
@@ -68,14 +68,14 @@ async def start(request: web.Request) -> web.Response:
 
 
 async def start_batch(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = view_of(request)
     items = rq.batch_body(await rq.json_body(request), view.settings.max_batch)
     out: list[dict[str, Any] | None] = [None] * len(items)
     by_shard: dict[str, list[tuple[int, StartRequest]]] = defaultdict(list)
     for i, item in enumerate(items):
         try:
             body = rq.start_body(item, f"workflows[{i}]")
-            await _check_known(view, body.workflow)
+            await check_known(view, body.workflow)
             req = _request(body)
             by_shard[view.shard_for(req.routing_key or str(req.id))].append((i, req))
         except ShardflowError as exc:
@@ -120,7 +120,7 @@ async def start_batch(request: web.Request) -> web.Response:
 
 
 async def _locate(request: web.Request) -> tuple[str, str]:
-    view = _view(request)
+    view = view_of(request)
     wid = request.match_info["id"]
     try:
         rq.check_id(wid)
@@ -134,7 +134,7 @@ async def _locate(request: web.Request) -> tuple[str, str]:
 
 async def get_workflow(request: web.Request) -> web.Response:
     wid, shard = await _locate(request)
-    doc = await _view(request).client(shard).status(wid)
+    doc = await view_of(request).client(shard).status(wid)
     doc["shard"] = shard
     for key in ("routing_key", "parent", "finished_at", "wake_at"):
         doc.pop(key, None)
@@ -142,7 +142,7 @@ async def get_workflow(request: web.Request) -> web.Response:
 
 
 async def get_result(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = view_of(request)
     timeout = rq.float_param(request, "timeout", 0.0, view.settings.max_result_wait)
     wid = request.match_info["id"]
     try:
@@ -184,7 +184,7 @@ async def send_event(request: web.Request) -> web.Response:
     async def call(_: str, client: ShardClient) -> bool:
         return await client.send_event(wid, name, payload, dedup_id=dedup)
 
-    delivered = await _view(request).on_located(wid, shard, call)
+    delivered = await view_of(request).on_located(wid, shard, call)
     return web.json_response({"id": wid, "event": name, "delivered": delivered}, status=202)
 
 
@@ -197,7 +197,7 @@ async def _status_change(
     async def call(_: str, client: ShardClient) -> str:
         return await change(client, wid)
 
-    status = await _view(request).on_located(wid, shard, call)
+    status = await view_of(request).on_located(wid, shard, call)
     return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
 
 
@@ -210,7 +210,7 @@ async def retry(request: web.Request) -> web.Response:
 
 
 async def list_workflows(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = view_of(request)
     limit = rq.int_param(request, "limit", 100, 1, 500)
     after = rq.decode_cursor(request.query.get("cursor"))
     status = rq.status_param(request)
@@ -234,7 +234,7 @@ async def list_workflows(request: web.Request) -> web.Response:
 
 
 async def cluster(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = view_of(request)
     await view.refresh()
     doc = await operations.status(view.catalog)
     ids = [s["id"] for s in doc["shards"]]
@@ -253,24 +253,24 @@ async def add_shard(request: web.Request) -> web.Response:
         or not all(isinstance(body[k], str) and body[k] for k in ("id", "dsn"))
     ):
         raise HttpError("bad_request", 'the body must be {"id": str, "dsn": str}')
-    view = _view(request)
+    view = view_of(request)
     await view.catalog.add_shard(body["id"], body["dsn"])
     await view.refresh(force=True)
     return web.json_response({"id": body["id"], "state": "active", "slots": 0}, status=201)
 
 
 async def drain_shard(request: web.Request) -> web.Response:
-    moves = await operations.drain(_view(request).catalog, request.match_info["id"])
+    moves = await operations.drain(view_of(request).catalog, request.match_info["id"])
     return web.json_response({"id": request.match_info["id"], "moves": moves}, status=202)
 
 
 async def remove_shard(request: web.Request) -> web.Response:
-    await operations.remove(_view(request).catalog, request.match_info["id"])
-    await _view(request).refresh(force=True)
+    await operations.remove(view_of(request).catalog, request.match_info["id"])
+    await view_of(request).refresh(force=True)
     return web.json_response({"id": request.match_info["id"], "removed": True})
 
 
 async def rebalance(request: web.Request) -> web.Response:
     return web.json_response(
-        {"moves": await operations.rebalance(_view(request).catalog)}, status=202
+        {"moves": await operations.rebalance(view_of(request).catalog)}, status=202
     )

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from router.errors import HttpError
+from shard.cron import ScheduleSpec
 
 STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
 
@@ -67,6 +68,30 @@ def start_body(value: Any, what: str = "the request body") -> StartBody:
         value.get("input"),
         _field(value, "id", str),
         _field(value, "routing_key", str),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleBody:
+    name: str
+    workflow: str
+    spec: ScheduleSpec
+    input: Any
+
+
+def schedule_body(value: Any) -> ScheduleBody:
+    if not isinstance(value, dict):
+        raise HttpError("bad_request", "the request body must be a JSON object")
+    _only(value, ("name", "workflow", "cron", "timezone", "overlap", "input"), "the request body")
+    return ScheduleBody(
+        _field(value, "name", str, required=True),
+        _field(value, "workflow", str, required=True),
+        ScheduleSpec(
+            _field(value, "cron", str, required=True),
+            _field(value, "timezone", str) or "UTC",
+            _field(value, "overlap", str) or "skip",
+        ),
+        value.get("input"),
     )
 
 

@@ -137,6 +137,20 @@ class EventTimeoutError(ShardflowError):
     code = "event_timeout"
 
 
+class InvalidScheduleError(ShardflowError):
+    """A cron expression, time zone or overlap policy that cannot be used."""
+
+    code = "invalid_schedule"
+
+
+class ScheduleNotFoundError(ShardflowError):
+    code = "not_found"
+
+
+class ScheduleConflictError(ShardflowError):
+    code = "conflict"
+
+
 _BY_SQLSTATE: dict[str, type[ShardflowError]] = {
     "SF001": UnknownWorkflowError,
     "SF002": InvalidWorkflowIdError,

@@ -69,6 +69,11 @@ class Executor:
         self.lock_key = secrets.randbits(62)
 
     @property
+    def kinds(self) -> list[tuple[str, str]]:
+        """The (name, version) pairs this executor has code for: all it ever claims."""
+        return [(w.name, w.version) for w in self.registry.workflows.values()]
+
+    @property
     def store(self) -> ShardStore:
         assert self.runner is not None, "executor not started"
         return self.runner.store
@@ -181,7 +186,9 @@ class Executor:
             self._wake.clear()
             started = time.perf_counter()
             try:
-                claimed = await self.store.workflow_claim_batch(self.owner, limit, s.lease_seconds)
+                claimed = await self.store.workflow_claim_batch(
+                    self.owner, limit, s.lease_seconds, self.kinds
+                )
             except Exception as exc:
                 log.warning("event=claim_failed retry_in=%.2f error=%r", delay, exc)
                 await asyncio.sleep(delay)

@@ -528,6 +528,22 @@ class Context:
         child_id = await run.start_child(run.next_seq(), name, input, id)
         return ChildHandle(run, name, child_id)
 
+    async def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of an in-place change ``change_id``.
+
+        A run that gets here for the first time takes it (and records a marker, so its
+        replays do too); a run whose history was recorded by the code before the change
+        has something else at this position, and keeps the old path: ``if await
+        ctx.patched("x"): new() else: old()``. Once no run of the old code is left, drop
+        the old branch (keep the call while runs that recorded the marker may replay).
+        """
+        run = self._run
+        name = f"ctx.patched:{change_id}"
+        rec = run.history.steps.get(run.seq)
+        if rec is not None and rec.name not in (name, COMPENSATE_MARK):
+            return False
+        return bool(await run.record_value(name, lambda: True))
+
     async def now(self) -> datetime:
         value = await self._run.record_value("ctx.now", time.time)
         return datetime.fromtimestamp(float(value), UTC)

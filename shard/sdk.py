@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from shard.cron import ScheduleSpec
 from shard.errors import SettingsError
 from shard.runtime import current_run
 
@@ -72,6 +73,7 @@ class WorkflowDef:
     version: str
     fn: WorkflowFn
     timeout: float | None = None
+    schedule: ScheduleSpec | None = None
 
     async def __call__(self, ctx: Any, input: Any) -> Any:
         return await self.fn(ctx, input)
@@ -148,7 +150,13 @@ def workflow(fn: WorkflowFn, /) -> WorkflowDef: ...
 
 @overload
 def workflow(
-    *, name: str | None = None, version: str = "1", timeout: float | None = None
+    *,
+    name: str | None = None,
+    version: str = "1",
+    timeout: float | None = None,
+    schedule: str | None = None,
+    timezone: str = "UTC",
+    overlap: str = "skip",
 ) -> Callable[[WorkflowFn], WorkflowDef]: ...
 
 
@@ -159,15 +167,26 @@ def workflow(
     name: str | None = None,
     version: str = "1",
     timeout: float | None = None,
+    schedule: str | None = None,
+    timezone: str = "UTC",
+    overlap: str = "skip",
 ) -> Any:
-    """Declare a workflow: ``async def wf(ctx, input)``, replayed from its checkpoints."""
+    """Declare a workflow: ``async def wf(ctx, input)``, replayed from its checkpoints.
+
+    ``schedule`` (a cron expression, in ``timezone``, with the ``overlap`` policy ``skip``
+    or ``allow``) also starts it on every tick, under a schedule named after it, once the
+    executors that define it registered with the cluster (``shard.cron`` says how).
+    """
     if timeout is not None and timeout <= 0:
         raise SettingsError("workflow timeout must be a positive number of seconds")
+    spec = None if schedule is None else ScheduleSpec(schedule, timezone, overlap)
 
     def wrap(f: WorkflowFn) -> WorkflowDef:
         if not inspect.iscoroutinefunction(f):
             raise SettingsError(f"workflow {f.__qualname__} must be async def")
-        return WorkflowDef(name=name or f.__name__, version=str(version), fn=f, timeout=timeout)
+        return WorkflowDef(
+            name=name or f.__name__, version=str(version), fn=f, timeout=timeout, schedule=spec
+        )
 
     return wrap(fn) if fn is not None else wrap
 

@@ -41,9 +41,17 @@ class ShardStore:
         return int(await self.pool.fetchval(query("reclaim_dead"), owner, max_attempts))
 
     async def workflow_claim_batch(
-        self, owner: str, limit: int, lease: float
+        self, owner: str, limit: int, lease: float, kinds: Sequence[tuple[str, str]]
     ) -> list[ClaimedWorkflow]:
-        rows = await self.pool.fetch(query("workflow_claim_batch"), owner, limit, lease)
+        """Claim due workflows of the (name, version) pairs in ``kinds``."""
+        rows = await self.pool.fetch(
+            query("workflow_claim_batch"),
+            owner,
+            limit,
+            lease,
+            [name for name, _ in kinds],
+            [version for _, version in kinds],
+        )
         return [ClaimedWorkflow(*row) for row in rows]
 
     async def history_for(self, claimed: Sequence[ClaimedWorkflow]) -> dict[str, History]:

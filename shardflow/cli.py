@@ -67,12 +67,17 @@ async def _executor(args: argparse.Namespace) -> int:
 
 
 async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
+    """The workflows this executor runs, and the cron schedules they declare."""
+    from coordinator import schedules
     from coordinator.catalog import Catalog
 
     catalog = await Catalog.connect(dsn, pool_size=1)
     try:
-        names = [(w.name, w.version) for w in executor.registry.workflows.values()]
-        await catalog.registry_add(shard_id, names)
+        definitions = list(executor.registry.workflows.values())
+        await catalog.registry_add(shard_id, [(w.name, w.version) for w in definitions])
+        for w in definitions:
+            if w.schedule is not None:
+                await schedules.declare(catalog, w.name, w.schedule)
     finally:
         await catalog.close()
 

@@ -111,7 +111,11 @@ class Load:
         await asyncio.gather(*(worker() for _ in range(clients)))
         return time.perf_counter() - started
 
-    async def open(self, rate: float, seconds: float) -> float:
+    async def open(self, rate: float, seconds: float, drain: float = 30.0) -> float:
+        """Arrivals at ``rate`` for ``seconds``; those unfinished ``drain`` s later are errors.
+
+        A system slower than the rate would otherwise hold the run for its whole backlog.
+        """
         tasks = []
         started = time.perf_counter()
         n = int(rate * seconds)
@@ -121,7 +125,12 @@ class Load:
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(self.one(i, at)))
-        await asyncio.gather(*tasks)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=drain)
+            for task in late:
+                task.cancel()
+                self.error("unfinished")
+            await asyncio.gather(*late, return_exceptions=True)
         return time.perf_counter() - started
 
     def summary(self, elapsed: float) -> dict[str, Any]:
@@ -144,6 +153,9 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--drain", type=float, default=30.0, help="open loop: seconds to wait for stragglers"
+    )
 
 
 async def run(driver: Driver, args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +166,7 @@ async def run(driver: Driver, args: argparse.Namespace) -> dict[str, Any]:
         if args.mode == "closed":
             elapsed = await load.closed(args.clients, args.seconds)
         else:
-            elapsed = await load.open(args.rate, args.seconds)
+            elapsed = await load.open(args.rate, args.seconds, args.drain)
     finally:
         await driver.close()
     return load.summary(elapsed)

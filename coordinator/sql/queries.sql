@@ -136,3 +136,48 @@ WHERE (source = $1 OR target = $1) AND phase IN ('done', 'rolled_back');
 -- pre-copy and the live copy always split the slot's rows at the same moment.
 UPDATE catalog.moves SET precopy_before = coalesce(precopy_before, $2) WHERE id = $1
 RETURNING precopy_before;
+
+-- name: schedule_create
+-- A schedule made through the API; NULL when the name is taken.
+INSERT INTO catalog.schedules (name, workflow, cron, timezone, overlap, input, next_tick)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+ON CONFLICT (name) DO NOTHING
+RETURNING name;
+
+-- name: schedule_declare
+-- A schedule declared in code (@workflow(schedule=...)), by every executor at start:
+-- the same expression keeps its place; a changed one starts from its next tick.
+INSERT INTO catalog.schedules (name, workflow, cron, timezone, overlap, source, next_tick)
+VALUES ($1, $1, $2, $3, $4, 'code', $5)
+ON CONFLICT (name) DO UPDATE
+SET cron = excluded.cron, timezone = excluded.timezone, overlap = excluded.overlap,
+    next_tick = CASE WHEN (schedules.cron, schedules.timezone)
+                          IS DISTINCT FROM (excluded.cron, excluded.timezone)
+                     THEN excluded.next_tick ELSE schedules.next_tick END
+WHERE schedules.source = 'code';
+
+-- name: schedule_list
+SELECT name, workflow, cron, timezone, overlap, input::text AS input, source, next_tick,
+       last_tick, last_workflow, fired, skipped, created_at
+FROM catalog.schedules ORDER BY name;
+
+-- name: schedule_get
+SELECT name, workflow, cron, timezone, overlap, input::text AS input, source, next_tick,
+       last_tick, last_workflow, fired, skipped, created_at
+FROM catalog.schedules WHERE name = $1;
+
+-- name: schedule_delete
+DELETE FROM catalog.schedules WHERE name = $1 RETURNING name;
+
+-- name: schedules_due
+SELECT name, workflow, cron, timezone, overlap, input::text AS input, next_tick,
+       last_workflow, now() AS now
+FROM catalog.schedules WHERE next_tick <= now() ORDER BY next_tick LIMIT $1;
+
+-- name: schedule_advance
+-- Move past a tick, only if nobody did already (compare-and-set on next_tick).
+UPDATE catalog.schedules
+SET next_tick = $3, last_tick = $4, last_workflow = coalesce($5, last_workflow),
+    fired = fired + (CASE WHEN $5::text IS NULL THEN 0 ELSE 1 END),
+    skipped = skipped + (CASE WHEN $5::text IS NULL THEN 1 ELSE 0 END)
+WHERE name = $1 AND next_tick = $2;

@@ -28,17 +28,21 @@ ON CONFLICT (name, version) DO UPDATE SET timeout_s = excluded.timeout_s;
 SELECT shardflow.reclaim_dead($1, $2);
 
 -- name: workflow_claim_batch
--- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds.
+-- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds, among those whose
+-- name and version the owner has code for ($4 names, $5 versions, pairwise): an instance
+-- of another version waits for an executor that has it.
 WITH picked AS (
     DELETE FROM shardflow.ready r
     WHERE r.workflow_id IN (
         SELECT q.workflow_id FROM shardflow.ready q
+        JOIN shardflow.workflows k ON k.id = q.workflow_id
         WHERE q.run_at <= now()
           AND (q.slot IN (SELECT s.slot FROM shardflow.slots s WHERE s.state = 'owned')
                OR NOT EXISTS (SELECT 1 FROM shardflow.slots))
+          AND (k.name, k.version) IN (SELECT * FROM unnest($4::text[], $5::text[]))
         ORDER BY q.run_at
         LIMIT $2
-        FOR UPDATE SKIP LOCKED)
+        FOR UPDATE OF q SKIP LOCKED)
     RETURNING r.workflow_id
 )
 UPDATE shardflow.workflows w
@@ -267,3 +271,7 @@ SELECT coalesce(max(version), 0) FROM shardflow.schema_migrations;
 -- REPEATABLE READ transaction, then slot_export in the same snapshot.)
 SELECT least(now(), (SELECT min(a.xact_start) FROM pg_stat_activity a
                      WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()));
+
+-- name: workflow_state
+-- A workflow's status alone (NULL when unknown or collected): the scheduler's overlap check.
+SELECT status FROM shardflow.workflows WHERE id = $1;

@@ -1,0 +1,170 @@
+"""Cron schedules in the catalog, and the scheduler the leading coordinator runs.
+
+``Scheduler.fire_due`` takes the schedules whose next tick has come, and for each one
+starts the tick's workflow on the shard that owns its ID (``shard.cron.workflow_id``: the
+same ID for the same tick, so a tick fired twice starts one workflow), then moves the
+schedule past the tick with a compare-and-set. A leader that dies between the two leaves
+the tick due; its successor fires it again and finds the workflow already there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from coordinator.catalog import Catalog, SlotMap, q
+from shard import cron
+from shard.client import StartRequest, start_many_on
+from shard.cron import ScheduleSpec
+from shard.errors import ScheduleConflictError, ScheduleNotFoundError, ShardflowError
+from shard.pool import create_pool
+from shard.queries import query
+from shard.slots import slot_of
+
+log = logging.getLogger("shardflow.coordinator")
+
+FINISHED = ("completed", "failed", "cancelled")
+DUE_BATCH = 100
+
+
+def _doc(row: asyncpg.Record) -> dict[str, Any]:
+    def stamp(value: datetime | None) -> str | None:
+        return None if value is None else value.astimezone(UTC).isoformat()
+
+    return {
+        "name": row["name"],
+        "workflow": row["workflow"],
+        "cron": row["cron"],
+        "timezone": row["timezone"],
+        "overlap": row["overlap"],
+        "input": None if row["input"] is None else json.loads(row["input"]),
+        "source": row["source"],
+        "next_tick": stamp(row["next_tick"]),
+        "last_tick": stamp(row["last_tick"]),
+        "last_workflow": row["last_workflow"],
+        "fired": row["fired"],
+        "skipped": row["skipped"],
+        "created_at": stamp(row["created_at"]),
+    }
+
+
+async def create(
+    catalog: Catalog, name: str, workflow: str, spec: ScheduleSpec, input_json: str | None
+) -> dict[str, Any]:
+    """A schedule made at run time; ``ScheduleConflictError`` when the name is taken."""
+    cron.check_name(name)
+    first = spec.next_after(datetime.now(UTC))
+    created = await catalog.pool.fetchval(
+        q("schedule_create"),
+        name,
+        workflow,
+        spec.cron,
+        spec.timezone,
+        spec.overlap,
+        input_json,
+        first,
+    )
+    if created is None:
+        raise ScheduleConflictError(f"a schedule named {name!r} exists; delete it first")
+    return await get(catalog, name)
+
+
+async def declare(catalog: Catalog, name: str, spec: ScheduleSpec) -> None:
+    """A schedule declared in code (``@workflow(schedule=...)``): idempotent."""
+    first = spec.next_after(datetime.now(UTC))
+    await catalog.pool.execute(
+        q("schedule_declare"), name, spec.cron, spec.timezone, spec.overlap, first
+    )
+
+
+async def list_all(catalog: Catalog) -> list[dict[str, Any]]:
+    return [_doc(r) for r in await catalog.pool.fetch(q("schedule_list"))]
+
+
+async def get(catalog: Catalog, name: str) -> dict[str, Any]:
+    row = await catalog.pool.fetchrow(q("schedule_get"), name)
+    if row is None:
+        raise ScheduleNotFoundError(f"no schedule named {name!r}")
+    return _doc(row)
+
+
+async def delete(catalog: Catalog, name: str) -> None:
+    if await catalog.pool.fetchval(q("schedule_delete"), name) is None:
+        raise ScheduleNotFoundError(f"no schedule named {name!r}")
+
+
+class Scheduler:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._pools: dict[str, asyncpg.Pool] = {}
+        self.fired = 0
+        self.skipped = 0
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+
+    async def _pool(self, slot_map: SlotMap, workflow_id: str) -> asyncpg.Pool:
+        owner = slot_map.owners[slot_of(workflow_id, slot_map.slots)]
+        dsn = slot_map.shards[owner].dsn
+        if dsn not in self._pools:
+            self._pools[dsn] = await create_pool(dsn, min_size=0, max_size=2, timeout=10)
+        return self._pools[dsn]
+
+    async def fire_due(self) -> int:
+        """Fire every due schedule once; how many ticks were handled (fired or skipped)."""
+        due = await self.catalog.pool.fetch(q("schedules_due"), DUE_BATCH)
+        if not due:
+            return 0
+        slot_map = await self.catalog.slot_map()
+        handled = 0
+        for row in due:
+            try:
+                handled += await self._fire(row, slot_map)
+            except ShardflowError as exc:  # a shard down, a slot moving: the tick stays due
+                log.warning("event=schedule_retry schedule=%s error=%s", row["name"], exc.message)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("event=schedule_retry schedule=%s error=%r", row["name"], exc)
+        return handled
+
+    async def _fire(self, row: asyncpg.Record, slot_map: SlotMap) -> int:
+        spec = ScheduleSpec(row["cron"], row["timezone"], row["overlap"])
+        tick = spec.due(row["next_tick"], row["now"])
+        if tick is None:
+            return 0
+        name = row["name"]
+        started: str | None = None
+        if spec.overlap == "allow" or not await self._still_running(slot_map, row["last_workflow"]):
+            wid = cron.workflow_id(name, tick)
+            payload = (
+                json.loads(row["input"])
+                if row["input"] is not None
+                else {"schedule": name, "scheduled_at": tick.isoformat()}
+            )
+            pool = await self._pool(slot_map, wid)
+            await start_many_on(pool, [StartRequest(row["workflow"], payload, id=wid)])
+            started = wid
+        advanced = await self.catalog.pool.execute(
+            q("schedule_advance"), name, row["next_tick"], spec.next_after(tick), tick, started
+        )
+        if advanced.endswith(" 0"):
+            return 0  # another coordinator moved it first: its workflow is ours too
+        if started is None:
+            self.skipped += 1
+            log.info("event=schedule_skipped schedule=%s tick=%s", name, tick.isoformat())
+        else:
+            self.fired += 1
+            log.info("event=schedule_fired schedule=%s workflow=%s", name, started)
+        return 1
+
+    async def _still_running(self, slot_map: SlotMap, workflow_id: str | None) -> bool:
+        if workflow_id is None:
+            return False
+        pool = await self._pool(slot_map, workflow_id)
+        status = await pool.fetchval(query("workflow_state"), workflow_id)
+        return status is not None and status not in FINISHED
