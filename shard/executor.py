@@ -63,6 +63,7 @@ class Executor:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self.runner: WorkflowRunner | None = None
+        self._foreign_kinds = False
 
     def _new_identity(self) -> None:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -72,6 +73,12 @@ class Executor:
     def kinds(self) -> list[tuple[str, str]]:
         """The (name, version) pairs this executor has code for: all it ever claims."""
         return [(w.name, w.version) for w in self.registry.workflows.values()]
+
+    async def _check_foreign_kinds(self) -> None:
+        """Claim only our own kinds once the shard knows a name or version we lack (another
+        release registered it). Until then the cheaper claim takes any due workflow."""
+        if not self._foreign_kinds:
+            self._foreign_kinds = bool(await self.store.registry_kinds() - set(self.kinds))
 
     @property
     def store(self) -> ShardStore:
@@ -109,6 +116,7 @@ class Executor:
         await store.registry_add(
             [(w.name, w.version, w.timeout) for w in self.registry.workflows.values()]
         )
+        await self._check_foreign_kinds()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
@@ -186,8 +194,10 @@ class Executor:
             self._wake.clear()
             started = time.perf_counter()
             try:
+                if self.runner is not None and self.runner.foreign_seen:
+                    self._foreign_kinds = True
                 claimed = await self.store.workflow_claim_batch(
-                    self.owner, limit, s.lease_seconds, self.kinds
+                    self.owner, limit, s.lease_seconds, self.kinds if self._foreign_kinds else None
                 )
             except Exception as exc:
                 log.warning("event=claim_failed retry_in=%.2f error=%r", delay, exc)
@@ -248,6 +258,7 @@ class Executor:
                     if not await self.store.executor_heartbeat(self.owner, s.lease_seconds):
                         await self._reattach("declared dead by a peer (lease expired)")
                     last_beat = time.monotonic()
+                await self._check_foreign_kinds()
                 reclaimed = await self.store.reclaim_dead(self.owner, s.max_recovery_attempts)
                 if reclaimed:
                     self.metrics.reclaimed.inc(reclaimed)

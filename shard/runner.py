@@ -56,6 +56,7 @@ class WorkflowRunner:
         self.registry = registry
         self.faults = faults
         self.metrics = metrics
+        self.foreign_seen = False  # claimed an instance of a version we have no code for
         self.shard = metrics.shard
 
     # -- RunServices ----------------------------------------------------------------
@@ -138,6 +139,12 @@ class WorkflowRunner:
     # -- one instance -------------------------------------------------------------------
     async def execute(self, claimed: ClaimedWorkflow, history: History) -> bool:
         """Run until the workflow finishes or suspends; False if it must be released."""
+        definition = self.registry.get(claimed.name)
+        if definition is not None and definition.version != claimed.version:
+            # Another release's instance, claimed before we learnt of that release: give
+            # it back untouched; from now on the executor claims only its own versions.
+            self.foreign_seen = True
+            return False
         run = WorkflowRun(claimed, history, self)
         run.bind()
         if claimed.next_seq == 0:

@@ -40,18 +40,25 @@ class ShardStore:
     async def reclaim_dead(self, owner: str, max_attempts: int) -> int:
         return int(await self.pool.fetchval(query("reclaim_dead"), owner, max_attempts))
 
+    async def registry_kinds(self) -> set[tuple[str, str]]:
+        """Every (name, version) registered on the shard, by any executor."""
+        return {(r["name"], r["version"]) for r in await self.pool.fetch(query("registry_kinds"))}
+
     async def workflow_claim_batch(
-        self, owner: str, limit: int, lease: float, kinds: Sequence[tuple[str, str]]
+        self, owner: str, limit: int, lease: float, kinds: Sequence[tuple[str, str]] | None
     ) -> list[ClaimedWorkflow]:
-        """Claim due workflows of the (name, version) pairs in ``kinds``."""
-        rows = await self.pool.fetch(
-            query("workflow_claim_batch"),
-            owner,
-            limit,
-            lease,
-            [name for name, _ in kinds],
-            [version for _, version in kinds],
-        )
+        """Claim due workflows: any (``kinds`` None), or only the (name, version) pairs in it."""
+        if kinds is None:
+            rows = await self.pool.fetch(query("workflow_claim_batch"), owner, limit, lease)
+        else:
+            rows = await self.pool.fetch(
+                query("workflow_claim_batch_of_kinds"),
+                owner,
+                limit,
+                lease,
+                [name for name, _ in kinds],
+                [version for _, version in kinds],
+            )
         return [ClaimedWorkflow(*row) for row in rows]
 
     async def history_for(self, claimed: Sequence[ClaimedWorkflow]) -> dict[str, History]:

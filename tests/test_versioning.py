@@ -109,3 +109,27 @@ async def test_patched_keeps_old_runs_on_the_old_path(
         "SELECT name FROM shardflow.steps WHERE workflow_id = $1 ORDER BY seq", fresh
     )
     assert "ctx.patched:new-billing" in [r["name"] for r in steps]
+
+
+async def test_an_old_executor_gives_back_a_new_version_it_claimed_before_knowing(
+    client: ShardClient, start_executor: Any
+) -> None:
+    old = await start_executor(order("1"))
+    # A new release registers version 2 (its executor not up yet): new starts take it.
+    await client.pool.execute(
+        "INSERT INTO shardflow.registry (name, version) VALUES ('order', '2')"
+    )
+    new = await client.start("order", {})
+    assert (await client.status(new))["version"] == "2"
+
+    async def given_back() -> bool:
+        return bool(old.runner.foreign_seen)
+
+    await until(given_back, timeout=30, what="the old executor to meet version 2")
+    await status_becomes(client, new, "pending")  # released untouched, not failed
+    await asyncio.sleep(0.3)
+    assert (await client.status(new))["status"] == "pending"  # and never claimed again
+    assert not await client.pool.fetchval("SELECT count(*) FROM shardflow.steps")
+    await start_executor(order("2"))
+    assert await client.send_event(new, "go", None)
+    assert await client.result(new, timeout=30) == {"ran": "2"}

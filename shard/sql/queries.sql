@@ -28,9 +28,33 @@ ON CONFLICT (name, version) DO UPDATE SET timeout_s = excluded.timeout_s;
 SELECT shardflow.reclaim_dead($1, $2);
 
 -- name: workflow_claim_batch
--- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds, among those whose
--- name and version the owner has code for ($4 names, $5 versions, pairwise): an instance
--- of another version waits for an executor that has it.
+-- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds (an executor that
+-- has code for every name and version in the shard's registry).
+WITH picked AS (
+    DELETE FROM shardflow.ready r
+    WHERE r.workflow_id IN (
+        SELECT q.workflow_id FROM shardflow.ready q
+        WHERE q.run_at <= now()
+          AND (q.slot IN (SELECT s.slot FROM shardflow.slots s WHERE s.state = 'owned')
+               OR NOT EXISTS (SELECT 1 FROM shardflow.slots))
+        ORDER BY q.run_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING r.workflow_id
+)
+UPDATE shardflow.workflows w
+SET status = 'running', lease_owner = $1, lease_epoch = w.lease_epoch + 1,
+    lease_until = now() + make_interval(secs => $3), updated_at = now(), wake_at = NULL
+FROM picked
+WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
+RETURNING w.id, w.name, w.version, w.input::text AS input, w.lease_epoch, w.attempt,
+          w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at,
+          w.routing_key, w.parent;
+
+-- name: workflow_claim_batch_of_kinds
+-- workflow_claim_batch for an executor that lacks some name or version of the registry:
+-- only the workflows whose name and version it has code for ($4 names, $5 versions,
+-- pairwise); an instance of another version waits for an executor that has it.
 WITH picked AS (
     DELETE FROM shardflow.ready r
     WHERE r.workflow_id IN (
@@ -271,6 +295,9 @@ SELECT coalesce(max(version), 0) FROM shardflow.schema_migrations;
 -- REPEATABLE READ transaction, then slot_export in the same snapshot.)
 SELECT least(now(), (SELECT min(a.xact_start) FROM pg_stat_activity a
                      WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()));
+
+-- name: registry_kinds
+SELECT name, version FROM shardflow.registry;
 
 -- name: workflow_state
 -- A workflow's status alone (NULL when unknown or collected): the scheduler's overlap check.
