@@ -15,7 +15,7 @@ import json
 import uuid
 
 from examples.bench import make_input
-from shardflow.loadgen import Driver, HttpDriver, add_load_arguments, install_uvloop, run
+from shardflow.loadgen import Driver, HttpDriver, add_load_arguments, prepare_process, run
 
 SYSTEMS = ("shardflow", "temporal", "rabbitmq")
 
@@ -62,7 +62,7 @@ def main() -> None:
     )
     add_load_arguments(parser)
     args = parser.parse_args()
-    install_uvloop()
+    prepare_process()
     print(json.dumps(asyncio.run(run(driver(args.system, args.target), args))), flush=True)
 
 

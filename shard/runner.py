@@ -26,6 +26,7 @@ from shard.faults import Faults
 from shard.model import ClaimedWorkflow, FlushResult, History, StepRow, WorkflowRecord
 from shard.queries import query
 from shard.runtime import (
+    Context,
     Fenced,
     Lost,
     Suspend,
@@ -211,16 +212,20 @@ class WorkflowRunner:
         return {"status": status, "error": codec.dumps(error, "error")}
 
     async def _call(self, run: WorkflowRun, definition: WorkflowDef) -> Any:
+        # The context is made here, not kept by the run: a run <-> context cycle per
+        # workflow left ~30,000 objects per collection to the cyclic garbage collector
+        # (pauses of 30-130 ms in the executor under load).
+        ctx = Context(run)
         deadline = run.claimed.deadline
         if deadline is None:
-            return await definition(run.ctx, codec.loads(run.claimed.input))
+            return await definition(ctx, codec.loads(run.claimed.input))
         remaining = deadline.timestamp() - time.time()
         message = f"workflow {definition.name} passed its deadline ({definition.timeout} s)"
         if remaining <= 0:
             raise WorkflowTimeoutError(message)
         try:
             async with asyncio.timeout(remaining) as scope:
-                return await definition(run.ctx, codec.loads(run.claimed.input))
+                return await definition(ctx, codec.loads(run.claimed.input))
         except TimeoutError:
             if scope.expired():
                 raise WorkflowTimeoutError(message) from None

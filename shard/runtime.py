@@ -136,7 +136,6 @@ class WorkflowRun:
         self.fatal: BaseException | None = None
         self._event_counts: dict[str, int] = {}
         self._unsaved: list[Awaitable[FlushResult]] = []
-        self.ctx = Context(self)
         # Saga state: completed steps that have a compensation (position, step, arguments,
         # result); a cancelled run replays its history and stops at the first new call.
         self.compensable: list[tuple[int, StepDef, tuple[Any, ...], dict[str, Any], Any]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -12,6 +13,10 @@ from typing import Any
 
 from shard import pool as shard_pool
 from shard.errors import ShardflowError
+
+# Collections after 50,000 net allocations (CPython's default: 700), the older generations
+# after 20 and 50 of the younger ones.
+GC_THRESHOLDS = (50_000, 20, 50)
 
 
 def _install_loop() -> None:
@@ -26,6 +31,16 @@ def _install_loop() -> None:
 def run_async(main: Coroutine[Any, Any, int]) -> int:
     _install_loop()
     return asyncio.run(main)
+
+
+def quiet_gc() -> None:
+    """For a long-lived service, once started: what start-up made (modules, settings, pools)
+    moves to a permanent generation that collections skip, and collections come rarer, so a
+    full one no longer stalls the event loop for tens of ms (seen before: the router's
+    19-29 ms, the executors' 32-72 ms, in an open loop after a burst)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def stop_event_on_signals() -> asyncio.Event:
@@ -55,6 +70,7 @@ async def _executor(args: argparse.Namespace) -> int:
         )
         print(f"metrics http://{settings.metrics_host}:{port}/metrics", flush=True)
     await executor.start()
+    quiet_gc()
     try:
         if settings.catalog is not None:
             await _register_in_catalog(settings.catalog, settings.shard, executor)
@@ -159,6 +175,7 @@ async def _router(args: argparse.Namespace) -> int:
     stop = stop_event_on_signals()
     server = RouterServer(settings)
     await server.start()
+    quiet_gc()
     print(f"router {server.url}", flush=True)
     try:
         await stop.wait()
