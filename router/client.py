@@ -143,10 +143,14 @@ class Client:
         *,
         id: str | None = None,
         routing_key: str | None = None,
+        priority: int = 0,
     ) -> dict[str, Any]:
+        """Start a workflow; ``priority``: higher is claimed first (-1000..1000)."""
         body: dict[str, Any] = {"workflow": workflow, "input": input, "id": id or uuid.uuid4().hex}
         if routing_key is not None:
             body["routing_key"] = routing_key
+        if priority:
+            body["priority"] = priority
         _, doc = await self._call("POST", "/v1/workflows", body)
         return dict(doc)
 

@@ -45,7 +45,7 @@ def _request(body: rq.StartBody) -> StartRequest:
     rq.check_id(wid)
     if body.routing_key is not None:
         rq.check_id(body.routing_key, "routing key")
-    return StartRequest(body.workflow, body.input, wid, body.routing_key)
+    return StartRequest(body.workflow, body.input, wid, body.routing_key, priority=body.priority)
 
 
 def _start_doc(result: StartResult, shard: str) -> dict[str, Any]:

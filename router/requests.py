@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from router.errors import HttpError
+from shard.client import MAX_PRIORITY
 from shard.cron import ScheduleSpec
 
 STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
@@ -57,17 +58,24 @@ class StartBody:
     input: Any
     id: str | None
     routing_key: str | None
+    priority: int = 0
 
 
 def start_body(value: Any, what: str = "the request body") -> StartBody:
     if not isinstance(value, dict):
         raise HttpError("bad_request", f"{what} must be a JSON object")
-    _only(value, ("workflow", "input", "id", "routing_key"), what)
+    _only(value, ("workflow", "input", "id", "routing_key", "priority"), what)
+    priority = _field(value, "priority", int)
+    if priority is not None and not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise HttpError(
+            "bad_request", f"field 'priority' must be from {-MAX_PRIORITY} to {MAX_PRIORITY}"
+        )
     return StartBody(
         _field(value, "workflow", str, required=True),
         value.get("input"),
         _field(value, "id", str),
         _field(value, "routing_key", str),
+        priority or 0,
     )
 
 

@@ -20,6 +20,7 @@ from shard import codec
 from shard import pool as shard_pool
 from shard.dbfaults import is_unavailable
 from shard.errors import (
+    BadRequestError,
     ResultTimeoutError,
     SerializationError,
     ShardflowError,
@@ -45,6 +46,10 @@ class StartRequest:
     routing_key: str | None = None
     timeout: float | None = None
     parent: str | None = None
+    priority: int = 0  # higher runs first, -1000..1000
+
+
+MAX_PRIORITY = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ async def start_many_on(
     conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest]
 ) -> list[StartResult]:
     """One round trip: validate, encode and start a batch on one shard (all or nothing)."""
+    for r in requests:
+        check_priority(r.priority)
     inputs = [codec.dumps(r.input, f"the input of workflow {r.workflow}") for r in requests]
     ids = [r.id if r.id is not None else uuid.uuid4().hex for r in requests]
     names = [r.workflow for r in requests]
@@ -76,6 +83,7 @@ async def start_many_on(
             [r.routing_key for r in requests],
             [r.parent for r in requests],
             [r.timeout for r in requests],
+            [r.priority for r in requests],
         )
         bad = next((i for i, row in enumerate(rows) if row["problem"] is not None), None)
         if bad is not None:
@@ -97,6 +105,17 @@ async def start_many_on(
     except Exception as exc:
         raise translate(exc) from exc
     return results
+
+
+def check_priority(priority: object) -> None:
+    if (
+        not isinstance(priority, int)
+        or isinstance(priority, bool)
+        or not -MAX_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise BadRequestError(
+            f"a priority is a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, not {priority!r}"
+        )
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -152,10 +171,14 @@ class ShardClient:
         id: str | None = None,
         routing_key: str | None = None,
         timeout: float | None = None,
+        priority: int = 0,
         conn: asyncpg.Connection | None = None,
     ) -> str:
-        """Start a workflow; idempotent by ``id`` (same input: the existing instance)."""
-        request = StartRequest(workflow_name(workflow), input, id, routing_key, timeout)
+        """Start a workflow; idempotent by ``id`` (same input: the existing instance).
+        ``priority``: higher is claimed first (-1000..1000, default 0)."""
+        request = StartRequest(
+            workflow_name(workflow), input, id, routing_key, timeout, priority=priority
+        )
         (result,) = await start_many_on(conn or self.pool, [request])
         if result.conflict:
             raise WorkflowConflictError(

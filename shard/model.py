@@ -25,6 +25,7 @@ class ClaimedWorkflow:
     created_at: datetime
     routing_key: str = ""
     parent: str | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,12 @@ class WorkflowRunner:
 
     async def start_child(self, run: WorkflowRun, workflow: str, input: Any, child_id: str) -> None:
         request = StartRequest(
-            workflow, input, child_id, run.claimed.routing_key or run.id, parent=run.id
+            workflow,
+            input,
+            child_id,
+            run.claimed.routing_key or run.id,
+            parent=run.id,
+            priority=run.claimed.priority,  # a child runs at its parent's priority
         )
         try:
             (result,) = await start_many_on(self.store.pool, [request])

@@ -48,17 +48,14 @@ class ShardStore:
         self, owner: str, limit: int, lease: float, kinds: Sequence[tuple[str, str]] | None
     ) -> list[ClaimedWorkflow]:
         """Claim due workflows: any (``kinds`` None), or only the (name, version) pairs in it."""
-        if kinds is None:
-            rows = await self.pool.fetch(query("workflow_claim_batch"), owner, limit, lease)
-        else:
-            rows = await self.pool.fetch(
-                query("workflow_claim_batch_of_kinds"),
-                owner,
-                limit,
-                lease,
-                [name for name, _ in kinds],
-                [version for _, version in kinds],
-            )
+        rows = await self.pool.fetch(
+            query("workflow_claim_batch"),
+            owner,
+            limit,
+            lease,
+            None if kinds is None else [name for name, _ in kinds],
+            None if kinds is None else [version for _, version in kinds],
+        )
         return [ClaimedWorkflow(*row) for row in rows]
 
     async def history_for(self, claimed: Sequence[ClaimedWorkflow]) -> dict[str, History]:

@@ -22,7 +22,7 @@ $$;
 -- status is NULL for an ID inserted concurrently by another transaction: re-read it.
 CREATE OR REPLACE FUNCTION shardflow.start_workflows(
     p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
-    p_parents text[], p_timeouts double precision[])
+    p_parents text[], p_timeouts double precision[], p_priorities integer[] DEFAULT NULL)
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
                problem text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
@@ -30,8 +30,9 @@ BEGIN
     RETURN QUERY
     WITH input AS (
         SELECT t.*, coalesce(t.routing_key, t.id) AS key
-        FROM unnest(p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts)
-            WITH ORDINALITY AS t(id, name, input, routing_key, parent, timeout_s, ord)
+        FROM unnest(p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts,
+                    p_priorities)
+            WITH ORDINALITY AS t(id, name, input, routing_key, parent, timeout_s, priority, ord)
     ), keyed AS (
         SELECT i.*, shardflow.slot_of(i.key, (SELECT shardflow.slot_count())) AS slot,
                r.version, coalesce(i.timeout_s, r.timeout_s) AS timeout,
@@ -59,15 +60,16 @@ BEGIN
         FROM keyed k
     ), ins AS (
         INSERT INTO shardflow.workflows AS w
-            (id, slot, routing_key, name, version, status, input, parent, deadline)
+            (id, slot, routing_key, name, version, status, input, parent, deadline, priority)
         SELECT c.id, c.slot, c.key, c.name, c.version, 'pending', c.input, c.parent,
-               now() + make_interval(secs => c.timeout)
+               now() + make_interval(secs => c.timeout), coalesce(c.priority, 0)
         FROM checked c
         WHERE NOT EXISTS (SELECT 1 FROM checked b WHERE b.issue IS NOT NULL)
         ON CONFLICT ON CONSTRAINT workflows_pkey DO NOTHING
-        RETURNING w.id, w.slot
+        RETURNING w.id, w.slot, w.priority
     ), rdy AS (
-        INSERT INTO shardflow.ready (workflow_id, slot) SELECT ins.id, ins.slot FROM ins
+        INSERT INTO shardflow.ready (workflow_id, slot, priority)
+        SELECT ins.id, ins.slot, ins.priority FROM ins
     ), ntf AS (
         SELECT pg_notify('shardflow_ready', '') WHERE EXISTS (SELECT 1 FROM ins)
     )
@@ -129,6 +131,7 @@ CREATE OR REPLACE FUNCTION shardflow.workflow_status(p_id text)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'id', w.id, 'workflow', w.name, 'version', w.version, 'status', w.status,
+        'priority', w.priority,
         'input', w.input, 'output', w.output, 'error', w.error - 'compensations',
         'attempt', w.attempt,
         'slot', w.slot, 'routing_key', w.routing_key, 'parent', w.parent,
@@ -174,7 +177,7 @@ BEGIN
         status = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN 'cancelled' ELSE w.status END,
         finished_at = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN now() END
     WHERE w.id = p_id AND w.status NOT IN ('completed', 'failed', 'cancelled')
-    RETURNING w.id, w.slot, w.status INTO r;
+    RETURNING w.id, w.slot, w.status, w.priority INTO r;
     IF NOT FOUND THEN
         SELECT w.status INTO r FROM shardflow.workflows w WHERE w.id = p_id;
         IF NOT FOUND THEN
@@ -189,7 +192,7 @@ BEGIN
         DELETE FROM shardflow.ready WHERE workflow_id = p_id;
         PERFORM pg_notify('shardflow_done', '');
     ELSIF r.status IN ('sleeping', 'waiting', 'pending') THEN
-        INSERT INTO shardflow.ready (workflow_id, slot) VALUES (r.id, r.slot)
+        INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
         ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
         PERFORM pg_notify('shardflow_ready', '');
     END IF;
@@ -207,7 +210,7 @@ DECLARE
     r record;
     cut integer;
 BEGIN
-    SELECT w.id, w.slot, w.status, w.error, w.next_seq INTO r
+    SELECT w.id, w.slot, w.status, w.error, w.next_seq, w.priority INTO r
     FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
@@ -229,7 +232,7 @@ BEGIN
         next_seq = coalesce(cut, w.next_seq), lease_owner = NULL, lease_until = NULL,
         deadline = w.deadline + (now() - w.created_at), updated_at = now()
     WHERE w.id = p_id;
-    INSERT INTO shardflow.ready (workflow_id, slot) VALUES (r.id, r.slot)
+    INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
     ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
     PERFORM pg_notify('shardflow_ready', '');
     RETURN 'pending';
@@ -244,7 +247,8 @@ RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
-    SELECT w.id, w.slot, w.status INTO r FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
+    SELECT w.id, w.slot, w.status, w.priority INTO r
+    FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
     END IF;
@@ -261,7 +265,7 @@ BEGIN
     END IF;
     UPDATE shardflow.workflows SET signal_seq = signal_seq + 1, updated_at = now() WHERE id = p_id;
     IF r.status = 'waiting' THEN
-        INSERT INTO shardflow.ready (workflow_id, slot) VALUES (r.id, r.slot)
+        INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
         ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
         PERFORM pg_notify('shardflow_ready', '');
     END IF;
@@ -302,10 +306,10 @@ BEGIN
         WHERE w.status = 'running'
           AND (w.lease_owner = ANY (v_dead)
                OR NOT EXISTS (SELECT 1 FROM shardflow.executors e WHERE e.owner = w.lease_owner))
-        RETURNING w.id, w.slot, w.status
+        RETURNING w.id, w.slot, w.status, w.priority
     ), rdy AS (
-        INSERT INTO shardflow.ready (workflow_id, slot)
-        SELECT lost.id, lost.slot FROM lost WHERE lost.status = 'pending'
+        INSERT INTO shardflow.ready (workflow_id, slot, priority)
+        SELECT lost.id, lost.slot, lost.priority FROM lost WHERE lost.status = 'pending'
         ON CONFLICT (workflow_id) DO NOTHING
     )
     SELECT count(*) INTO v_count FROM lost;
@@ -348,10 +352,10 @@ BEGIN
             status = CASE WHEN w.status = 'running' THEN 'pending' ELSE w.status END,
             updated_at = now()
         WHERE w.slot = p_slot AND w.status NOT IN ('completed', 'failed', 'cancelled')
-        RETURNING w.id, w.slot, w.status
+        RETURNING w.id, w.slot, w.status, w.priority
     ), rdy AS (
-        INSERT INTO shardflow.ready (workflow_id, slot)
-        SELECT live.id, live.slot FROM live WHERE live.status = 'pending'
+        INSERT INTO shardflow.ready (workflow_id, slot, priority)
+        SELECT live.id, live.slot, live.priority FROM live WHERE live.status = 'pending'
         ON CONFLICT (workflow_id) DO NOTHING
     )
     SELECT count(*) INTO v_count FROM live;
@@ -496,4 +500,61 @@ BEGIN
     DELETE FROM shardflow.slots WHERE slot = p_slot;
     RETURN v_rows;
 END
+$$;
+
+-- The due ready entries an executor claims next, at most p_limit, locked (SKIP LOCKED):
+-- positive priorities first (highest, then oldest), then priority 0 oldest first, then
+-- negative ones. A band is read only when those before it came short, and priority 0
+-- reads the run_at index up to now() and no further, whatever number of sleeping timers
+-- wait behind it (the other bands use the partial index of non-zero priorities).
+-- p_names/p_versions (pairwise), when given, keep only workflows of those kinds.
+CREATE OR REPLACE FUNCTION shardflow.claimable(
+    p_limit integer, p_names text[] DEFAULT NULL, p_versions text[] DEFAULT NULL)
+RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    v_all boolean := NOT EXISTS (SELECT 1 FROM shardflow.slots);
+    v_left integer := p_limit;
+    v_part text[];
+    v_lo integer;
+    v_hi integer;
+BEGIN
+    FOREACH v_lo IN ARRAY ARRAY[1, 0, -1000] LOOP
+        EXIT WHEN v_left <= 0;
+        v_hi := CASE v_lo WHEN 1 THEN 1000 WHEN 0 THEN 0 ELSE -1 END;
+        IF v_lo = 0 THEN
+            SELECT array_agg(c.workflow_id) INTO v_part FROM (
+                SELECT q.workflow_id FROM shardflow.ready q
+                WHERE q.run_at <= now() AND q.priority = 0
+                  AND (v_all OR q.slot IN (SELECT s.slot FROM shardflow.slots s
+                                           WHERE s.state = 'owned'))
+                  AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
+                ORDER BY q.run_at
+                LIMIT v_left
+                FOR UPDATE SKIP LOCKED) c;
+        ELSE
+            SELECT array_agg(c.workflow_id) INTO v_part FROM (
+                SELECT q.workflow_id FROM shardflow.ready q
+                WHERE q.run_at <= now() AND q.priority <> 0
+                  AND q.priority BETWEEN v_lo AND v_hi
+                  AND (v_all OR q.slot IN (SELECT s.slot FROM shardflow.slots s
+                                           WHERE s.state = 'owned'))
+                  AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
+                ORDER BY q.priority DESC, q.run_at
+                LIMIT v_left
+                FOR UPDATE SKIP LOCKED) c;
+        END IF;
+        IF v_part IS NOT NULL THEN
+            RETURN QUERY SELECT unnest(v_part);
+            v_left := v_left - cardinality(v_part);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Whether a workflow is of one of the (name, version) kinds given pairwise.
+CREATE OR REPLACE FUNCTION shardflow.of_kinds(p_id text, p_names text[], p_versions text[])
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM shardflow.workflows k
+        WHERE k.id = p_id AND (k.name, k.version) IN (SELECT * FROM unnest(p_names, p_versions)))
 $$;

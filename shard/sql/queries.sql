@@ -28,18 +28,13 @@ ON CONFLICT (name, version) DO UPDATE SET timeout_s = excluded.timeout_s;
 SELECT shardflow.reclaim_dead($1, $2);
 
 -- name: workflow_claim_batch
--- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds (an executor that
--- has code for every name and version in the shard's registry).
+-- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds, highest priority
+-- first, then oldest (shardflow.claimable picks them). $4/$5, names and versions pairwise,
+-- restrict the claim to the kinds the executor has code for; NULL takes any (an executor
+-- that knows every name and version in the shard's registry).
 WITH picked AS (
     DELETE FROM shardflow.ready r
-    WHERE r.workflow_id IN (
-        SELECT q.workflow_id FROM shardflow.ready q
-        WHERE q.run_at <= now()
-          AND (q.slot IN (SELECT s.slot FROM shardflow.slots s WHERE s.state = 'owned')
-               OR NOT EXISTS (SELECT 1 FROM shardflow.slots))
-        ORDER BY q.run_at
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED)
+    WHERE r.workflow_id IN (SELECT shardflow.claimable($2, $4::text[], $5::text[]))
     RETURNING r.workflow_id
 )
 UPDATE shardflow.workflows w
@@ -49,34 +44,7 @@ FROM picked
 WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
 RETURNING w.id, w.name, w.version, w.input::text AS input, w.lease_epoch, w.attempt,
           w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at,
-          w.routing_key, w.parent;
-
--- name: workflow_claim_batch_of_kinds
--- workflow_claim_batch for an executor that lacks some name or version of the registry:
--- only the workflows whose name and version it has code for ($4 names, $5 versions,
--- pairwise); an instance of another version waits for an executor that has it.
-WITH picked AS (
-    DELETE FROM shardflow.ready r
-    WHERE r.workflow_id IN (
-        SELECT q.workflow_id FROM shardflow.ready q
-        JOIN shardflow.workflows k ON k.id = q.workflow_id
-        WHERE q.run_at <= now()
-          AND (q.slot IN (SELECT s.slot FROM shardflow.slots s WHERE s.state = 'owned')
-               OR NOT EXISTS (SELECT 1 FROM shardflow.slots))
-          AND (k.name, k.version) IN (SELECT * FROM unnest($4::text[], $5::text[]))
-        ORDER BY q.run_at
-        LIMIT $2
-        FOR UPDATE OF q SKIP LOCKED)
-    RETURNING r.workflow_id
-)
-UPDATE shardflow.workflows w
-SET status = 'running', lease_owner = $1, lease_epoch = w.lease_epoch + 1,
-    lease_until = now() + make_interval(secs => $3), updated_at = now(), wake_at = NULL
-FROM picked
-WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
-RETURNING w.id, w.name, w.version, w.input::text AS input, w.lease_epoch, w.attempt,
-          w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at,
-          w.routing_key, w.parent;
+          w.routing_key, w.parent, w.priority;
 
 -- name: steps_for_workflows
 SELECT workflow_id, seq, name, status, output::text AS output, error::text AS error
@@ -118,7 +86,7 @@ WITH wf_in AS (
     FROM wf_in i
     WHERE w.id = i.id AND w.lease_epoch = i.epoch AND w.status = 'running'
     RETURNING w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
-              w.cancel_requested
+              w.cancel_requested, w.priority
 ), st AS (
     INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
     SELECT s.workflow_id, s.seq, s.name, s.status, s.output, s.error, s.attempts, s.started_at
@@ -128,9 +96,9 @@ WITH wf_in AS (
     JOIN fenced f ON f.id = s.workflow_id
     ON CONFLICT (workflow_id, seq) DO NOTHING
 ), rdy AS (
-    INSERT INTO shardflow.ready (workflow_id, slot, run_at)
+    INSERT INTO shardflow.ready (workflow_id, slot, run_at, priority)
     SELECT f.id, f.slot,
-           CASE WHEN f.signalled OR f.cancel_requested THEN now() ELSE f.run_at END
+           CASE WHEN f.signalled OR f.cancel_requested THEN now() ELSE f.run_at END, f.priority
     FROM fenced f
     WHERE f.status IN ('sleeping', 'waiting')
       AND (f.run_at IS NOT NULL OR f.signalled OR f.cancel_requested)
@@ -141,10 +109,10 @@ WITH wf_in AS (
     FROM finished_children c
     WHERE p.id = c.parent AND p.status NOT IN ('completed', 'failed', 'cancelled')
       AND NOT EXISTS (SELECT 1 FROM wf_in i WHERE i.id = c.parent)
-    RETURNING p.id, p.slot, p.status
+    RETURNING p.id, p.slot, p.status, p.priority
 ), parents_ready AS (
-    INSERT INTO shardflow.ready (workflow_id, slot)
-    SELECT p.id, p.slot FROM parents p WHERE p.status = 'waiting'
+    INSERT INTO shardflow.ready (workflow_id, slot, priority)
+    SELECT p.id, p.slot, p.priority FROM parents p WHERE p.status = 'waiting'
     ON CONFLICT (workflow_id) DO UPDATE SET run_at = now()
 ), woke AS (
     SELECT pg_notify('shardflow_ready', '')
@@ -178,9 +146,10 @@ WITH rel AS (
         lease_epoch = w.lease_epoch + 1, updated_at = now()
     FROM unnest($1::text[], $2::bigint[]) AS i(id, epoch)
     WHERE w.id = i.id AND w.lease_epoch = i.epoch AND w.status = 'running'
-    RETURNING w.id, w.slot
+    RETURNING w.id, w.slot, w.priority
 ), rdy AS (
-    INSERT INTO shardflow.ready (workflow_id, slot) SELECT rel.id, rel.slot FROM rel
+    INSERT INTO shardflow.ready (workflow_id, slot, priority)
+    SELECT rel.id, rel.slot, rel.priority FROM rel
     ON CONFLICT (workflow_id) DO NOTHING
 )
 SELECT count(*) FROM rel;
@@ -188,7 +157,7 @@ SELECT count(*) FROM rel;
 -- name: workflow_start_many
 SELECT id, slot, status, created, conflict, problem
 FROM shardflow.start_workflows($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
-                               $6::double precision[]);
+                               $6::double precision[], $7::integer[]);
 
 -- name: workflow_start_recheck
 -- Starts that raced with a concurrent insert of the same ID: read what won.

@@ -58,7 +58,8 @@ CREATE TABLE shardflow.workflows (
     updated_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
     CONSTRAINT workflows_status_check CHECK (status IN
-        ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled'))
+        ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
+    CONSTRAINT workflows_priority_check CHECK (priority BETWEEN -1000 AND 1000)
 ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.02,
         autovacuum_analyze_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);
 CREATE INDEX workflows_running_owner ON shardflow.workflows (lease_owner)
@@ -111,6 +112,8 @@ CREATE TABLE shardflow.ready (
 ) WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0);
 CREATE INDEX ready_run_at ON shardflow.ready (run_at);
+-- Non-zero priorities, claimed before (positive) or after (negative) the rest.
+CREATE INDEX ready_prioritized ON shardflow.ready (priority DESC, run_at) WHERE priority <> 0;
 
 -- The slots this shard owns, with their epochs (set by the catalog).
 -- With no rows the shard is standalone and owns every slot.
