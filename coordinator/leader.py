@@ -17,6 +17,7 @@ import asyncpg
 
 from coordinator import operations
 from coordinator.catalog import Catalog, q
+from coordinator.limits import Limiter
 from coordinator.moves import Mover, NotLeader
 from coordinator.schedules import Scheduler
 from metrics.coordinator import CoordinatorMetrics
@@ -39,6 +40,9 @@ class CoordinatorSettings(Settings):
     )
     move_interval: float = setting(
         0.2, help="seconds between looks for planned moves", minimum=0.01
+    )
+    limit_interval: float = setting(
+        1.0, help="seconds between shares of cluster-wide concurrency limits", minimum=0.05
     )
     rollback_after: float = setting(
         10.0,
@@ -101,22 +105,25 @@ class Coordinator:
     async def _lead(self, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
         mover = Mover(catalog, self.term, self.faults, self.settings.rollback_after)
         scheduler = Scheduler(catalog)
+        limiter = Limiter(catalog)
         try:
-            await self._lead_with(mover, scheduler, catalog, lock, stop)
+            await self._lead_with(mover, scheduler, limiter, catalog, lock, stop)
         finally:
             await mover.close()
             await scheduler.close()
+            await limiter.close()
 
     async def _lead_with(
         self,
         mover: Mover,
         scheduler: Scheduler,
+        limiter: Limiter,
         catalog: Catalog,
         lock: asyncpg.Connection,
         stop: asyncio.Event,
     ) -> None:
         loop = asyncio.get_running_loop()
-        next_health = 0.0
+        next_health = next_limits = 0.0
         while not stop.is_set():
             if lock.is_closed():
                 return
@@ -134,6 +141,12 @@ class Coordinator:
                 for pause in mover.pauses_ms:
                     self.metrics.move_pause.observe(pause / 1000)
                 mover.pauses_ms.clear()
+            if loop.time() >= next_limits:
+                try:
+                    await limiter.share_out()
+                except (OSError, asyncpg.PostgresError) as exc:  # a shard away: next round
+                    log.warning("event=limit_share_failed error=%r", exc)
+                next_limits = loop.time() + self.settings.limit_interval
             if await scheduler.fire_due():
                 self.metrics.schedule_ticks.labels("fired").set(scheduler.fired)
                 self.metrics.schedule_ticks.labels("skipped").set(scheduler.skipped)

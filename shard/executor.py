@@ -116,6 +116,7 @@ class Executor:
         await store.registry_add(
             [(w.name, w.version, w.timeout) for w in self.registry.workflows.values()]
         )
+        await store.limits_set(list(self.registry.workflows.values()))
         await self._check_foreign_kinds()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),

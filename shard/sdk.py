@@ -74,6 +74,8 @@ class WorkflowDef:
     fn: WorkflowFn
     timeout: float | None = None
     schedule: ScheduleSpec | None = None
+    max_running: int | None = None  # at once, across the cluster
+    max_running_per_shard: int | None = None
 
     async def __call__(self, ctx: Any, input: Any) -> Any:
         return await self.fn(ctx, input)
@@ -157,6 +159,8 @@ def workflow(
     schedule: str | None = None,
     timezone: str = "UTC",
     overlap: str = "skip",
+    max_running: int | None = None,
+    max_running_per_shard: int | None = None,
 ) -> Callable[[WorkflowFn], WorkflowDef]: ...
 
 
@@ -170,22 +174,40 @@ def workflow(
     schedule: str | None = None,
     timezone: str = "UTC",
     overlap: str = "skip",
+    max_running: int | None = None,
+    max_running_per_shard: int | None = None,
 ) -> Any:
     """Declare a workflow: ``async def wf(ctx, input)``, replayed from its checkpoints.
 
     ``schedule`` (a cron expression, in ``timezone``, with the ``overlap`` policy ``skip``
     or ``allow``) also starts it on every tick, under a schedule named after it, once the
     executors that define it registered with the cluster (``shard.cron`` says how).
+
+    ``max_running`` caps the instances running at once across the cluster (the leading
+    coordinator shares it out among the shards), ``max_running_per_shard`` on each
+    shard; the others wait in the queue without holding up other workflows.
     """
     if timeout is not None and timeout <= 0:
         raise SettingsError("workflow timeout must be a positive number of seconds")
     spec = None if schedule is None else ScheduleSpec(schedule, timezone, overlap)
+    for label, cap in (
+        ("max_running", max_running),
+        ("max_running_per_shard", max_running_per_shard),
+    ):
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise SettingsError(f"{label} must be a whole number of at least 1, not {cap!r}")
 
     def wrap(f: WorkflowFn) -> WorkflowDef:
         if not inspect.iscoroutinefunction(f):
             raise SettingsError(f"workflow {f.__qualname__} must be async def")
         return WorkflowDef(
-            name=name or f.__name__, version=str(version), fn=f, timeout=timeout, schedule=spec
+            name=name or f.__name__,
+            version=str(version),
+            fn=f,
+            timeout=timeout,
+            schedule=spec,
+            max_running=max_running,
+            max_running_per_shard=max_running_per_shard,
         )
 
     return wrap(fn) if fn is not None else wrap

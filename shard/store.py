@@ -12,6 +12,7 @@ import asyncpg
 from shard import codec
 from shard.model import ClaimedWorkflow, History, RecordedStep, WorkflowRecord
 from shard.queries import query
+from shard.sdk import WorkflowDef
 
 
 class ShardStore:
@@ -36,6 +37,18 @@ class ShardStore:
             [v for _, v, _ in names],
             [t for _, _, t in names],
         )
+
+    async def limits_set(self, definitions: Sequence[WorkflowDef]) -> None:
+        """Record the concurrency limits the code declares; drop those it no longer does."""
+        limited = [d for d in definitions if d.max_running or d.max_running_per_shard]
+        await self.pool.execute(
+            query("limits_set"),
+            [d.name for d in limited],
+            [d.max_running_per_shard for d in limited],
+            [d.max_running for d in limited],
+        )
+        free = [d.name for d in definitions if d not in limited]
+        await self.pool.execute(query("limits_clear"), free)
 
     async def reclaim_dead(self, owner: str, max_attempts: int) -> int:
         return int(await self.pool.fetchval(query("reclaim_dead"), owner, max_attempts))

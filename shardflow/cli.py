@@ -85,7 +85,7 @@ async def _executor(args: argparse.Namespace) -> int:
 async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
     """The workflows this executor runs, and the cron schedules they declare."""
     from coordinator import schedules
-    from coordinator.catalog import Catalog
+    from coordinator.catalog import Catalog, q
 
     catalog = await Catalog.connect(dsn, pool_size=1)
     try:
@@ -94,6 +94,10 @@ async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
         for w in definitions:
             if w.schedule is not None:
                 await schedules.declare(catalog, w.name, w.schedule)
+            if w.max_running is not None:
+                await catalog.pool.execute(q("limit_set"), w.name, w.max_running)
+            else:
+                await catalog.pool.execute(q("limit_clear"), w.name)
     finally:
         await catalog.close()
 

@@ -181,3 +181,13 @@ SET next_tick = $3, last_tick = $4, last_workflow = coalesce($5, last_workflow),
     fired = fired + (CASE WHEN $5::text IS NULL THEN 0 ELSE 1 END),
     skipped = skipped + (CASE WHEN $5::text IS NULL THEN 1 ELSE 0 END)
 WHERE name = $1 AND next_tick = $2;
+
+-- name: limit_set
+INSERT INTO catalog.limits (name, max_running) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running;
+
+-- name: limit_clear
+DELETE FROM catalog.limits WHERE name = $1;
+
+-- name: limit_list
+SELECT name, max_running FROM catalog.limits ORDER BY name;

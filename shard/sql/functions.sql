@@ -508,6 +508,9 @@ $$;
 -- reads the run_at index up to now() and no further, whatever number of sleeping timers
 -- wait behind it (the other bands use the partial index of non-zero priorities).
 -- p_names/p_versions (pairwise), when given, keep only workflows of those kinds.
+-- Concurrency limits (shardflow.limits), when any: claims on this shard take turns, a
+-- name with no room left is passed over (its workflows stay queued, behind none of the
+-- others), and a name with some room gets at most that many.
 CREATE OR REPLACE FUNCTION shardflow.claimable(
     p_limit integer, p_names text[] DEFAULT NULL, p_versions text[] DEFAULT NULL)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
@@ -517,9 +520,27 @@ DECLARE
     v_part text[];
     v_lo integer;
     v_hi integer;
+    -- names with a limit, the room each has left (pairwise), and those with none left
+    v_limited text[];
+    v_room integer[];
+    v_full text[];
 BEGIN
+    IF EXISTS (SELECT 1 FROM shardflow.limits) THEN
+        PERFORM 1 FROM shardflow.limits ORDER BY name FOR UPDATE;
+        SELECT array_agg(l.name ORDER BY l.name), array_agg(l.room ORDER BY l.name)
+        INTO v_limited, v_room
+        FROM (SELECT m.name,
+                     least(m.per_shard,
+                           CASE WHEN m.cluster IS NULL THEN NULL
+                                WHEN v_all THEN m.cluster ELSE coalesce(m.share, 0) END)
+                     - (SELECT count(*) FROM shardflow.workflows w
+                        WHERE w.status = 'running' AND w.name = m.name)::integer AS room
+              FROM shardflow.limits m) l
+        WHERE l.room IS NOT NULL;
+    END IF;
     FOREACH v_lo IN ARRAY ARRAY[1, 0, -1000] LOOP
         EXIT WHEN v_left <= 0;
+        SELECT array_agg(t.n) INTO v_full FROM unnest(v_limited, v_room) AS t(n, r) WHERE t.r <= 0;
         v_hi := CASE v_lo WHEN 1 THEN 1000 WHEN 0 THEN 0 ELSE -1 END;
         IF v_lo = 0 THEN
             SELECT array_agg(c.workflow_id) INTO v_part FROM (
@@ -528,6 +549,7 @@ BEGIN
                   AND (v_all OR q.slot IN (SELECT s.slot FROM shardflow.slots s
                                            WHERE s.state = 'owned'))
                   AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
+                  AND (v_full IS NULL OR NOT shardflow.named(q.workflow_id, v_full))
                 ORDER BY q.run_at
                 LIMIT v_left
                 FOR UPDATE SKIP LOCKED) c;
@@ -539,9 +561,27 @@ BEGIN
                   AND (v_all OR q.slot IN (SELECT s.slot FROM shardflow.slots s
                                            WHERE s.state = 'owned'))
                   AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
+                  AND (v_full IS NULL OR NOT shardflow.named(q.workflow_id, v_full))
                 ORDER BY q.priority DESC, q.run_at
                 LIMIT v_left
                 FOR UPDATE SKIP LOCKED) c;
+        END IF;
+        IF v_part IS NOT NULL AND v_limited IS NOT NULL THEN
+            -- At most the room left per limited name, in claim order; the rest stay queued.
+            SELECT array_agg(x.id ORDER BY x.ord) INTO v_part
+            FROM (SELECT p.id, p.ord, k.name,
+                         row_number() OVER (PARTITION BY k.name ORDER BY p.ord) AS n
+                  FROM unnest(v_part) WITH ORDINALITY AS p(id, ord)
+                  JOIN shardflow.workflows k ON k.id = p.id) x
+            LEFT JOIN unnest(v_limited, v_room) AS l(name, room) ON l.name = x.name
+            WHERE l.room IS NULL OR x.n <= l.room;
+            SELECT array_agg(l.name ORDER BY l.name),
+                   array_agg(l.room - coalesce(t.taken, 0)::integer ORDER BY l.name)
+            INTO v_limited, v_room
+            FROM unnest(v_limited, v_room) AS l(name, room)
+            LEFT JOIN (SELECT k.name, count(*) AS taken FROM unnest(v_part) AS p(id)
+                       JOIN shardflow.workflows k ON k.id = p.id GROUP BY k.name) t
+                ON t.name = l.name;
         END IF;
         IF v_part IS NOT NULL THEN
             RETURN QUERY SELECT unnest(v_part);
@@ -549,6 +589,12 @@ BEGIN
         END IF;
     END LOOP;
 END
+$$;
+
+-- Whether a workflow's name is one of p_names.
+CREATE OR REPLACE FUNCTION shardflow.named(p_id text, p_names text[])
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM shardflow.workflows k WHERE k.id = p_id AND k.name = ANY (p_names))
 $$;
 
 -- Whether a workflow is of one of the (name, version) kinds given pairwise.

@@ -24,6 +24,15 @@ INSERT INTO shardflow.registry (name, version, timeout_s)
 SELECT * FROM unnest($1::text[], $2::text[], $3::double precision[])
 ON CONFLICT (name, version) DO UPDATE SET timeout_s = excluded.timeout_s;
 
+-- name: limits_set
+-- The limits an executor's code declares (NULL: none) replace those of the same names.
+INSERT INTO shardflow.limits AS l (name, per_shard, cluster)
+SELECT * FROM unnest($1::text[], $2::integer[], $3::integer[])
+ON CONFLICT (name) DO UPDATE SET per_shard = excluded.per_shard, cluster = excluded.cluster;
+
+-- name: limits_clear
+DELETE FROM shardflow.limits WHERE name = ANY ($1::text[]);
+
 -- name: reclaim_dead
 SELECT shardflow.reclaim_dead($1, $2);
 
@@ -271,3 +280,18 @@ SELECT name, version FROM shardflow.registry;
 -- name: workflow_state
 -- A workflow's status alone (NULL when unknown or collected): the scheduler's overlap check.
 SELECT status FROM shardflow.workflows WHERE id = $1;
+
+-- name: limits_demand
+-- For the coordinator: per limited name, this shard's share, its running instances and
+-- those queued and due.
+SELECT n.name, l.share,
+       (SELECT count(*) FROM shardflow.workflows w
+        WHERE w.status = 'running' AND w.name = n.name)::integer AS running,
+       (SELECT count(*) FROM shardflow.ready q JOIN shardflow.workflows w ON w.id = q.workflow_id
+        WHERE q.run_at <= now() AND w.name = n.name)::integer AS queued
+FROM unnest($1::text[]) AS n(name)
+LEFT JOIN shardflow.limits l ON l.name = n.name;
+
+-- name: limit_share_set
+INSERT INTO shardflow.limits (name, cluster, share) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET cluster = excluded.cluster, share = excluded.share;

@@ -102,6 +102,17 @@ CREATE INDEX events_workflow ON shardflow.events (workflow_id, name, id);
 CREATE UNIQUE INDEX events_dedup ON shardflow.events (workflow_id, name, dedup_id)
     WHERE dedup_id IS NOT NULL;
 
+-- Concurrency limits per workflow name: at most per_shard instances running at once
+-- on this shard, and at most cluster across the cluster (this shard's part of it, share,
+-- is set by the leading coordinator; a standalone shard takes the whole of it).
+CREATE TABLE shardflow.limits (
+    name text PRIMARY KEY,
+    per_shard integer CONSTRAINT limits_per_shard_check CHECK (per_shard > 0),
+    cluster integer CONSTRAINT limits_cluster_check CHECK (cluster > 0),
+    share integer CONSTRAINT limits_share_check CHECK (share >= 0)
+);
+CREATE INDEX workflows_running_name ON shardflow.workflows (name) WHERE status = 'running';
+
 -- The narrow hot queue executors claim from: one row per runnable or scheduled
 -- (timer) workflow; a row is deleted by the claim that takes it.
 CREATE TABLE shardflow.ready (
