@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import asyncpg
 
 from coordinator.catalog import Catalog, CatalogError, q
 from coordinator.planner import plan
+from shard import pool as shard_pool
+from shard.queries import query
 
 
 class ClusterConflictError(CatalogError):
@@ -117,3 +122,26 @@ async def init(catalog: Catalog, slots: int, shards: dict[str, str]) -> list[str
     if not known:
         await catalog.spread()
     return added
+
+
+async def define_workflow(catalog: Catalog, name: str, definition: str) -> str:
+    """Define a SQL workflow on every shard, then register it so routers accept starts.
+    The definition is JSON text; a bad one is refused by the first shard, with its reason."""
+    try:
+        json.loads(definition)
+    except ValueError as exc:
+        raise CatalogError(f"the definition is not JSON: {exc}") from None
+    versions = set()
+    for shard in await catalog.shards():
+        conn = await shard_pool.connect(shard.dsn, timeout=10)
+        try:
+            version = str(await conn.fetchval(query("define_workflow"), name, definition))
+        except asyncpg.InvalidParameterValueError as exc:
+            raise CatalogError(f"workflow {name} refused: {exc}") from None
+        finally:
+            await conn.close()
+        await catalog.registry_add(shard.id, [(name, version)])
+        versions.add(version)
+    if not versions:
+        raise CatalogError("the cluster has no shard to define the workflow on")
+    return versions.pop()

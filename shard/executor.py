@@ -23,7 +23,7 @@ from metrics.shard import ShardMetrics
 from shard import pool as shard_pool
 from shard.committer import GroupCommitter
 from shard.dbfaults import is_unavailable
-from shard.errors import SettingsError
+from shard.errors import SettingsError, ShardflowError
 from shard.executor_settings import ExecutorSettings
 from shard.faults import Faults
 from shard.migrate import migrations
@@ -32,6 +32,7 @@ from shard.pool import create_pool
 from shard.queries import query
 from shard.runner import WorkflowRunner
 from shard.sdk import Registry
+from shard.sqlflow import make_workflow
 from shard.store import ShardStore
 
 log = logging.getLogger("shardflow.executor")
@@ -64,6 +65,7 @@ class Executor:
         self._loops: list[asyncio.Task[None]] = []
         self.runner: WorkflowRunner | None = None
         self._foreign_kinds = False
+        self._bad_sql: set[tuple[str, str]] = set()
 
     def _new_identity(self) -> None:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -72,7 +74,17 @@ class Executor:
     @property
     def kinds(self) -> list[tuple[str, str]]:
         """The (name, version) pairs this executor has code for: all it ever claims."""
-        return [(w.name, w.version) for w in self.registry.workflows.values()]
+        return list(self.registry.versions)
+
+    async def _load_sql_workflows(self) -> None:
+        """Every version of the workflows defined in SQL on the shard, not loaded yet."""
+        known = [*self.registry.versions, *self._bad_sql]
+        for name, version, definition in await self.store.sql_workflows(known):
+            try:
+                self.registry.add_version(make_workflow(name, version, definition))
+            except (KeyError, TypeError, ValueError, ShardflowError) as exc:
+                self._bad_sql.add((name, version))
+                log.warning("event=sql_workflow_invalid name=%s error=%r", name, exc)
 
     async def _check_foreign_kinds(self) -> None:
         """Claim only our own kinds once the shard knows a name or version we lack (another
@@ -117,6 +129,7 @@ class Executor:
             [(w.name, w.version, w.timeout) for w in self.registry.workflows.values()]
         )
         await store.limits_set(list(self.registry.workflows.values()))
+        await self._load_sql_workflows()
         await self._check_foreign_kinds()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
@@ -259,6 +272,7 @@ class Executor:
                     if not await self.store.executor_heartbeat(self.owner, s.lease_seconds):
                         await self._reattach("declared dead by a peer (lease expired)")
                     last_beat = time.monotonic()
+                await self._load_sql_workflows()
                 await self._check_foreign_kinds()
                 reclaimed = await self.store.reclaim_dead(self.owner, s.max_recovery_attempts)
                 if reclaimed:

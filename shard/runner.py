@@ -145,10 +145,10 @@ class WorkflowRunner:
     # -- one instance -------------------------------------------------------------------
     async def execute(self, claimed: ClaimedWorkflow, history: History) -> bool:
         """Run until the workflow finishes or suspends; False if it must be released."""
-        definition = self.registry.get(claimed.name)
-        if definition is not None and definition.version != claimed.version:
-            # Another release's instance, claimed before we learnt of that release: give
-            # it back untouched; from now on the executor claims only its own versions.
+        if self.registry.get(claimed.name, claimed.version) is None:
+            # Another release's instance (or a SQL definition not loaded yet), claimed
+            # before we learnt of it: give it back untouched; from now on the executor
+            # claims only what it has code for.
             self.foreign_seen = True
             return False
         run = WorkflowRun(claimed, history, self)
@@ -179,7 +179,7 @@ class WorkflowRunner:
 
     async def _drive(self, run: WorkflowRun) -> dict[str, Any]:
         claimed = run.claimed
-        definition = self.registry.get(claimed.name)
+        definition = self.registry.get(claimed.name, claimed.version)
         try:
             if definition is None:
                 raise UnknownWorkflowError(

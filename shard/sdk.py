@@ -215,17 +215,27 @@ def workflow(
 
 @dataclass
 class Registry:
-    """The workflows an executor can run, by name."""
+    """The workflows an executor can run: its code's, by name, and every version of the
+    workflows defined in SQL on its shard (``add_version``)."""
 
     workflows: dict[str, WorkflowDef] = field(default_factory=dict)
+    versions: dict[tuple[str, str], WorkflowDef] = field(default_factory=dict)
 
     def add(self, definition: WorkflowDef) -> None:
         existing = self.workflows.get(definition.name)
         if existing is not None and existing is not definition:
             raise SettingsError(f"workflow {definition.name} is defined twice")
         self.workflows[definition.name] = definition
+        self.versions[(definition.name, definition.version)] = definition
 
-    def get(self, name: str) -> WorkflowDef | None:
+    def add_version(self, definition: WorkflowDef) -> None:
+        """One version of a workflow that is not the code's (a SQL definition)."""
+        if definition.name not in self.workflows:
+            self.versions[(definition.name, definition.version)] = definition
+
+    def get(self, name: str, version: str | None = None) -> WorkflowDef | None:
+        if version is not None:
+            return self.versions.get((name, version))
         return self.workflows.get(name)
 
     @classmethod

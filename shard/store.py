@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Sequence
@@ -52,6 +53,13 @@ class ShardStore:
 
     async def reclaim_dead(self, owner: str, max_attempts: int) -> int:
         return int(await self.pool.fetchval(query("reclaim_dead"), owner, max_attempts))
+
+    async def sql_workflows(
+        self, known: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """SQL-defined workflows: every version of them but the ``known`` ones."""
+        rows = await self.pool.fetch(query("sql_workflows"), [f"{n} {v}" for n, v in known])
+        return [(r["name"], r["version"], json.loads(r["definition"])) for r in rows]
 
     async def registry_kinds(self) -> set[tuple[str, str]]:
         """Every (name, version) registered on the shard, by any executor."""

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -43,6 +44,11 @@ def add_cluster_parser(sub: Any, handler: Callable[..., Any]) -> None:
     which.add_parser("status", help="shards, slots, leader, moves in progress")
     which.add_parser("watch", help="follow the moves in progress (from any terminal)")
     which.add_parser("migrate", help="upgrade the catalog, then every shard, one at a time")
+    f = which.add_parser(
+        "define-workflow", help="define a workflow in SQL on every shard (JSON definition)"
+    )
+    f.add_argument("name")
+    f.add_argument("file", help='the definition, {"steps": [...]} (see docs/sql-workflows.md)')
     p.set_defaults(handler=handler)
 
 
@@ -73,6 +79,13 @@ async def run_cluster_command(args: argparse.Namespace) -> int:
             await follow(catalog, live)
         elif args.action == "migrate":
             await upgrade(catalog)
+        elif args.action == "define-workflow":
+            try:
+                definition = await asyncio.to_thread(Path(args.file).read_text)
+            except OSError as exc:
+                raise CatalogError(f"cannot read {args.file}: {exc.strerror}") from None
+            version = await operations.define_workflow(catalog, args.name, definition)
+            console.print(f"workflow {args.name} defined on every shard (version {version})")
         else:
             console.print_json(json.dumps(await operations.status(catalog)))
     finally:

@@ -295,3 +295,11 @@ LEFT JOIN shardflow.limits l ON l.name = n.name;
 -- name: limit_share_set
 INSERT INTO shardflow.limits (name, cluster, share) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO UPDATE SET cluster = excluded.cluster, share = excluded.share;
+
+-- name: sql_workflows
+-- The SQL definitions whose "name version" is not in $1 (those an executor has loaded).
+SELECT name, version, definition::text AS definition FROM shardflow.sql_workflows
+WHERE NOT (name || ' ' || version = ANY ($1::text[]));
+
+-- name: define_workflow
+SELECT shardflow.define_workflow($1, $2::jsonb);

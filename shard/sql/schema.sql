@@ -102,6 +102,16 @@ CREATE INDEX events_workflow ON shardflow.events (workflow_id, name, id);
 CREATE UNIQUE INDEX events_dedup ON shardflow.events (workflow_id, name, dedup_id)
     WHERE dedup_id IS NOT NULL;
 
+-- Workflows defined in SQL (shardflow.define_workflow): each version of a definition
+-- is kept, so an instance replays with the definition it started with.
+CREATE TABLE shardflow.sql_workflows (
+    name text NOT NULL,
+    version text NOT NULL,
+    definition jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);
+
 -- Concurrency limits per workflow name: at most per_shard instances running at once
 -- on this shard, and at most cluster across the cluster (this shard's part of it, share,
 -- is set by the leading coordinator; a standalone shard takes the whole of it).
