@@ -15,7 +15,7 @@ from coordinator.launcher import LocalPostgres, free_port
 from shard.client import ShardClient, StartRequest
 from shard.errors import ShardUnavailableError
 from tests.conftest import ExecutorProcess
-from tests.waiting import until
+from tests.waiting import status_becomes, until
 
 N = 120
 
@@ -197,3 +197,30 @@ async def test_sigterm_releases_leases_for_another_executor(
             assert await client.result(r.id, timeout=60) == 5
         assert await conn.fetchval("SELECT max(attempt) FROM shardflow.workflows") == 0
         assert await conn.fetchval("SELECT count(*) FROM shardflow.steps") == 150
+
+
+async def test_sigkill_while_workflows_sleep_and_wait_loses_neither(
+    client: ShardClient, spawn_executor: Any
+):
+    victim = spawn_executor("tests.apps.crash")
+    async with client.pool.acquire() as conn:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
+        )
+    napper = await client.start("napper", {"seconds": 2})
+    waiter = await client.start("waiter", None)
+    await status_becomes(client, napper, "sleeping")
+    await status_becomes(client, waiter, "waiting")
+    victim.signal(signal.SIGKILL)
+    await until(lambda: _exited(victim), what="the victim to die")
+    assert await client.send_event(waiter, "go", {"ok": 1})  # kept while no executor runs
+    spawn_executor("tests.apps.crash")
+    assert await client.result(napper, timeout=60) == "rested"
+    assert await client.result(waiter, timeout=60) == {"ok": 1}
+    async with client.pool.acquire() as conn:
+        for wid in (napper, waiter):
+            names = await conn.fetchval(
+                "SELECT array_agg(name ORDER BY seq) FROM shardflow.steps WHERE workflow_id = $1",
+                wid,
+            )
+            assert len(names) == len(set(names)) == 2, names  # the wait, then one step
