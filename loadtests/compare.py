@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 from loadtests import report
 from loadtests.systems import SYSTEMS, Running
-from shardflow.cpu import tree_cpu
+from shardflow.bench_cluster import loadgen_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("closed", "open")
@@ -33,29 +31,8 @@ PHASES = ("closed", "open")
 
 async def loadgen(running: Running, *extra: str) -> tuple[dict[str, Any], float]:
     """One phase in a load generator process: (its summary, CPU seconds of the system)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "loadtests.loadgen",
-        "--system",
-        running.name,
-        "--target",
-        running.target,
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    before = tree_cpu([os.getpid()], exclude=[proc.pid])
-    out, err = await proc.communicate()
-    after = tree_cpu([os.getpid()], exclude=[proc.pid])
-    for line in reversed(out.decode(errors="replace").splitlines()):
-        if line.startswith("{"):  # a client library may print its own lines before ours
-            summary: dict[str, Any] = json.loads(line)
-            return summary, after - before
-    raise RuntimeError(
-        f"the load generator for {running.name} failed (exit {proc.returncode}): "
-        + err.decode(errors="replace")[-2000:]
+    return await loadgen_process(
+        "loadtests.loadgen", "--system", running.name, "--target", running.target, *extra
     )
 
 

@@ -54,23 +54,33 @@ async def local_cluster(**settings: Any) -> AsyncIterator[DevCluster]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-async def _loadgen(url: str, *extra: str) -> tuple[dict[str, Any], float]:
-    """Run the load generator in its own process; (its summary, system CPU seconds used)."""
+async def loadgen_process(module: str, *args: str) -> tuple[dict[str, Any], float]:
+    """Run a load generator (``python -m module args``) in its own process: its summary
+    (its last JSON line) and the CPU seconds our other children (the system) used meanwhile."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shardflow.loadgen",
-        "--url",
-        url,
-        *extra,
+        module,
+        *args,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     before = tree_cpu([os.getpid()], exclude=[proc.pid])
-    out, _ = await proc.communicate()
+    out, err = await proc.communicate()
     after = tree_cpu([os.getpid()], exclude=[proc.pid])
-    summary: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return summary, after - before
+    for line in reversed(out.decode(errors="replace").splitlines()):
+        if line.startswith("{"):  # a client library may print its own lines before ours
+            summary: dict[str, Any] = json.loads(line)
+            return summary, after - before
+    raise RuntimeError(
+        f"the load generator {module} failed (exit {proc.returncode}): "
+        + err.decode(errors="replace")[-2000:]
+    )
+
+
+async def _loadgen(url: str, *extra: str) -> tuple[dict[str, Any], float]:
+    return await loadgen_process("shardflow.loadgen", "--url", url, *extra)
 
 
 async def http(args: argparse.Namespace) -> int:
