@@ -172,6 +172,10 @@ async def rebalance(args: argparse.Namespace) -> int:
             move_s = time.monotonic() - t0
             during, _ = await moving
             print(f"during the move: {during}", flush=True)
+            # The same load on the grown cluster, once every slot moved: what three shards
+            # do on this machine, to tell the cost of moving from the cost of a third shard.
+            after, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
+            print(f"after the move, 3 shards: {after}", flush=True)
             pauses = sorted(
                 float(r["pause_ms"])
                 for r in await catalog.pool.fetch(
@@ -191,14 +195,22 @@ async def rebalance(args: argparse.Namespace) -> int:
                 "steady_wf_per_s": steady["wf_per_s"],
                 "during_move_wf_per_s": during["wf_per_s"],
                 "ratio": round(ratio, 3),
+                "after_move_wf_per_s": after["wf_per_s"],
+                "ratio_to_after": round(during["wf_per_s"] / after["wf_per_s"], 3)
+                if after["wf_per_s"]
+                else 0.0,
                 "pause_p50_ms": round(percentile(pauses, 0.5), 1),
                 "pause_p99_ms": round(percentile(pauses, 0.99), 1),
                 "slots_moved": planned,
                 "move_seconds": round(move_s, 2),
-                "errors": steady["errors"] + during["errors"],
+                "errors": steady["errors"] + during["errors"] + after["errors"],
                 "lost": sum(
                     n
-                    for k, n in {**steady["error_kinds"], **during["error_kinds"]}.items()
+                    for k, n in {
+                        **steady["error_kinds"],
+                        **during["error_kinds"],
+                        **after["error_kinds"],
+                    }.items()
                     if k.startswith("result")
                 ),
                 "duplicated": counts["duplicated"],
