@@ -10,12 +10,10 @@ locust keeps Shardflow's HTTP scenarios (``loadtests/locustfile.py``).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import uuid
 
 from examples.bench import make_input
-from shardflow.loadgen import Driver, HttpDriver, add_load_arguments, prepare_process, run
+from shardflow.loadgen import Driver, HttpDriver, add_load_arguments, run_phase
 
 SYSTEMS = ("shardflow", "temporal", "rabbitmq")
 
@@ -62,8 +60,7 @@ def main() -> None:
     )
     add_load_arguments(parser)
     args = parser.parse_args()
-    prepare_process()
-    print(json.dumps(asyncio.run(run(driver(args.system, args.target), args))), flush=True)
+    run_phase(driver(args.system, args.target), args)
 
 
 if __name__ == "__main__":

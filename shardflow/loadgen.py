@@ -190,14 +190,19 @@ def install_uvloop() -> None:
         pass
 
 
+def run_phase(driver: Driver, args: argparse.Namespace) -> None:
+    """A load generator process's whole work: one phase, its summary as one JSON line."""
+    prepare_process()
+    print(json.dumps(asyncio.run(run(driver, args))), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--workflow", default="w3")
     add_load_arguments(parser)
     args = parser.parse_args()
-    prepare_process()
-    print(json.dumps(asyncio.run(run(HttpDriver(args.url, args.workflow), args))), flush=True)
+    run_phase(HttpDriver(args.url, args.workflow), args)
 
 
 if __name__ == "__main__":
