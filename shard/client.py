@@ -21,6 +21,7 @@ from shard import pool as shard_pool
 from shard.dbfaults import is_unavailable
 from shard.errors import (
     BadRequestError,
+    OverloadedError,
     ResultTimeoutError,
     SerializationError,
     ShardflowError,
@@ -50,6 +51,8 @@ class StartRequest:
 
 
 MAX_PRIORITY = 1000
+# Deadlock and serialization failure: nothing was written; the same call again succeeds.
+TRANSIENT_SQLSTATES = ("40P01", "40001")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,8 @@ def translate(exc: BaseException) -> BaseException:
     mapped = from_postgres(exc)
     if mapped is not None:
         return mapped
+    if getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        return OverloadedError(f"a concurrent change collided with this one; retry: {exc}")
     if (getattr(exc, "sqlstate", None) or "").startswith("22"):
         # A data exception: a value Postgres cannot store (e.g. a NUL character in text).
         return SerializationError(f"a value cannot be stored: {getattr(exc, 'message', exc)}")

@@ -128,3 +128,12 @@ async def test_failed_step_fails_workflow_with_its_error(client: ShardClient, st
     assert row["status"] == "failed" and row["attempts"] == 1
     assert row["error"]["type"] == "NonRetryableError"
     assert "Traceback" in row["error"]["traceback"]
+
+
+def test_a_deadlock_or_serialization_failure_is_a_retryable_error():
+    from shard.client import translate
+    from shard.errors import OverloadedError
+
+    for sqlstate in ("40P01", "40001"):
+        error = type("PgError", (Exception,), {"sqlstate": sqlstate})("collided")
+        assert isinstance(translate(error), OverloadedError)  # clients retry it (429)

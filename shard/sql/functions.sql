@@ -170,6 +170,9 @@ RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
+    -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
+    -- then updates their workflows), so a claim under way and this never deadlock.
+    PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
     PERFORM shardflow.check_slot_served(w.slot, p_id)
     FROM shardflow.workflows w WHERE w.id = p_id;
     UPDATE shardflow.workflows w
@@ -210,6 +213,9 @@ DECLARE
     r record;
     cut integer;
 BEGIN
+    -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
+    -- then updates their workflows), so a claim under way and this never deadlock.
+    PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
     SELECT w.id, w.slot, w.status, w.error, w.next_seq, w.priority INTO r
     FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -247,6 +253,9 @@ RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
+    -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
+    -- then updates their workflows), so a claim under way and this never deadlock.
+    PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
     SELECT w.id, w.slot, w.status, w.priority INTO r
     FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
     IF NOT FOUND THEN
