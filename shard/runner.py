@@ -18,7 +18,6 @@ from shard.dbfaults import is_unavailable
 from shard.errors import (
     NonDeterminismError,
     ShardUnavailableError,
-    UnknownWorkflowError,
     WorkflowConflictError,
     WorkflowTimeoutError,
 )
@@ -145,7 +144,8 @@ class WorkflowRunner:
     # -- one instance -------------------------------------------------------------------
     async def execute(self, claimed: ClaimedWorkflow, history: History) -> bool:
         """Run until the workflow finishes or suspends; False if it must be released."""
-        if self.registry.get(claimed.name, claimed.version) is None:
+        definition = self.registry.get(claimed.name, claimed.version)
+        if definition is None:
             # Another release's instance (or a SQL definition not loaded yet), claimed
             # before we learnt of it: give it back untouched; from now on the executor
             # claims only what it has code for.
@@ -156,7 +156,7 @@ class WorkflowRunner:
         if claimed.next_seq == 0:
             self.metrics.workflows_started.labels(self.shard, claimed.name).inc()
         try:
-            state = await self._drive(run)
+            state = await self._drive(run, definition)
             if run.has_unsaved and not self.committer.waiting(run.id, run.epoch):
                 # The last step's flush is under way: let it land first. A cancel that
                 # arrives now is too late: the workflow's code has finished.
@@ -177,15 +177,8 @@ class WorkflowRunner:
             )
         return True
 
-    async def _drive(self, run: WorkflowRun) -> dict[str, Any]:
-        claimed = run.claimed
-        definition = self.registry.get(claimed.name, claimed.version)
+    async def _drive(self, run: WorkflowRun, definition: WorkflowDef) -> dict[str, Any]:
         try:
-            if definition is None:
-                raise UnknownWorkflowError(
-                    f"this executor has no code for workflow {claimed.name!r} "
-                    f"(version {claimed.version}); start it with the app that defines it"
-                )
             # A cancelled run replays its history (so that its compensations are known)
             # and stops at its first new call.
             output = await self._call(run, definition)
