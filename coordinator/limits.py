@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
-
 from coordinator.catalog import Catalog, q
-from shard.pool import create_pool
+from shard.pool import ShardPools
 from shard.queries import query
 
 
@@ -69,17 +67,10 @@ def new_shares(limit: int, shards: list[Demand]) -> list[int]:
 class Limiter:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self._pools: dict[str, asyncpg.Pool] = {}
+        self._pools = ShardPools(timeout=10)
 
     async def close(self) -> None:
-        for pool in self._pools.values():
-            await pool.close()
-        self._pools.clear()
-
-    async def _pool(self, dsn: str) -> asyncpg.Pool:
-        if dsn not in self._pools:
-            self._pools[dsn] = await create_pool(dsn, min_size=0, max_size=2, timeout=10)
-        return self._pools[dsn]
+        await self._pools.close()
 
     async def share_out(self) -> int:
         """One round over every limited name; how many shares changed."""
@@ -92,7 +83,7 @@ class Limiter:
         shards = [s for s in await self.catalog.shards() if s.state != "down"]
         demand: dict[str, list[Demand]] = {n: [] for n in names}
         for shard in shards:
-            pool = await self._pool(shard.dsn)
+            pool = await self._pools.get(shard.dsn)
             for r in await pool.fetch(query("limits_demand"), names):
                 demand[r["name"]].append(
                     Demand(shard.id, r["share"] or 0, r["running"], r["queued"])
@@ -108,6 +99,6 @@ class Limiter:
                         (d.shard, name, limits[name], share)
                     )
         for shard_id, name, limit, share in lowered + raised:  # never above the limit between
-            pool = await self._pool(dsn[shard_id])
+            pool = await self._pools.get(dsn[shard_id])
             await pool.execute(query("limit_share_set"), name, limit, share)
         return len(lowered) + len(raised)

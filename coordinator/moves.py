@@ -27,7 +27,7 @@ import asyncpg
 from coordinator.catalog import Catalog, q
 from shard.dbfaults import is_unavailable
 from shard.faults import Faults
-from shard.pool import create_pool
+from shard.pool import ShardPools
 from shard.queries import query
 
 log = logging.getLogger("shardflow.moves")
@@ -62,7 +62,7 @@ class Mover:
         self.faults = faults or Faults()
         self.rollback_after = rollback_after
         self.pauses_ms: list[float] = []
-        self._pools: dict[str, asyncpg.Pool] = {}
+        self._pools = ShardPools(timeout=5)
 
     async def live_moves(self) -> list[MoveRow]:
         rows = await self.catalog.pool.fetch(q("moves_live"))
@@ -114,18 +114,10 @@ class Mover:
         return shards[shard_id]
 
     async def _pool(self, shard_id: str) -> asyncpg.Pool:
-        """A small pool per shard (moves run many short statements; connecting costs more)."""
-        dsn = await self._dsn(shard_id)
-        pool = self._pools.get(dsn)
-        if pool is None:
-            pool = await create_pool(dsn, min_size=0, max_size=2, timeout=5)
-            self._pools[dsn] = pool
-        return pool
+        return await self._pools.get(await self._dsn(shard_id))
 
     async def close(self) -> None:
-        for pool in self._pools.values():
-            await pool.close()
-        self._pools.clear()
+        await self._pools.close()
 
     async def _on(self, shard_id: str, sql: str, *args: Any) -> Any:
         return await (await self._pool(shard_id)).fetchval(sql, *args)

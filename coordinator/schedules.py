@@ -21,7 +21,7 @@ from shard import cron
 from shard.client import StartRequest, start_many_on
 from shard.cron import ScheduleSpec
 from shard.errors import ScheduleConflictError, ScheduleNotFoundError, ShardflowError
-from shard.pool import create_pool
+from shard.pool import ShardPools
 from shard.queries import query
 from shard.slots import slot_of
 
@@ -100,21 +100,16 @@ async def delete(catalog: Catalog, name: str) -> None:
 class Scheduler:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self._pools: dict[str, asyncpg.Pool] = {}
+        self._pools = ShardPools(timeout=10)
         self.fired = 0
         self.skipped = 0
 
     async def close(self) -> None:
-        for pool in self._pools.values():
-            await pool.close()
-        self._pools.clear()
+        await self._pools.close()
 
     async def _pool(self, slot_map: SlotMap, workflow_id: str) -> asyncpg.Pool:
         owner = slot_map.owners[slot_of(workflow_id, slot_map.slots)]
-        dsn = slot_map.shards[owner].dsn
-        if dsn not in self._pools:
-            self._pools[dsn] = await create_pool(dsn, min_size=0, max_size=2, timeout=10)
-        return self._pools[dsn]
+        return await self._pools.get(slot_map.shards[owner].dsn)
 
     async def fire_due(self) -> int:
         """Fire every due schedule once; how many ticks were handled (fired or skipped)."""

@@ -103,3 +103,22 @@ async def create_pool(
         connection_class=connection_class(schema_of(dsn)),
     )
     return pool
+
+
+class ShardPools:
+    """Small pools to many shards, made on first use and kept by DSN (for the control
+    plane: moves, schedules, limits run short statements, where connecting costs more)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._pools: dict[str, asyncpg.Pool] = {}
+
+    async def get(self, dsn: str) -> asyncpg.Pool:
+        if dsn not in self._pools:
+            self._pools[dsn] = await create_pool(dsn, min_size=0, max_size=2, timeout=self.timeout)
+        return self._pools[dsn]
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
