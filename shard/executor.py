@@ -76,21 +76,20 @@ class Executor:
         """The (name, version) pairs this executor has code for: all it ever claims."""
         return list(self.registry.versions)
 
-    async def _load_sql_workflows(self) -> None:
-        """Every version of the workflows defined in SQL on the shard, not loaded yet."""
-        known = [*self.registry.versions, *self._bad_sql]
-        for name, version, definition in await self.store.sql_workflows(known):
-            try:
-                self.registry.add_version(make_workflow(name, version, definition))
-            except (KeyError, TypeError, ValueError, ShardflowError) as exc:
-                self._bad_sql.add((name, version))
-                log.warning("event=sql_workflow_invalid name=%s error=%r", name, exc)
-
-    async def _check_foreign_kinds(self) -> None:
-        """Claim only our own kinds once the shard knows a name or version we lack (another
-        release registered it). Until then the cheaper claim takes any due workflow."""
-        if not self._foreign_kinds:
-            self._foreign_kinds = bool(await self.store.registry_kinds() - set(self.kinds))
+    async def _refresh_kinds(self) -> None:
+        """One look at the shard's registry: load the SQL-defined workflows (every version)
+        it names and we lack, then claim only our own kinds once it names any we still
+        lack (another release registered it). Until then the cheaper claim takes any."""
+        registered = await self.store.registry_kinds()
+        if registered - set(self.registry.versions) - self._bad_sql:
+            known = [*self.registry.versions, *self._bad_sql]
+            for name, version, definition in await self.store.sql_workflows(known):
+                try:
+                    self.registry.add_version(make_workflow(name, version, definition))
+                except (KeyError, TypeError, ValueError, ShardflowError) as exc:
+                    self._bad_sql.add((name, version))
+                    log.warning("event=sql_workflow_invalid name=%s error=%r", name, exc)
+        self._foreign_kinds = self._foreign_kinds or bool(registered - set(self.kinds))
 
     @property
     def store(self) -> ShardStore:
@@ -129,8 +128,7 @@ class Executor:
             [(w.name, w.version, w.timeout) for w in self.registry.workflows.values()]
         )
         await store.limits_set(list(self.registry.workflows.values()))
-        await self._load_sql_workflows()
-        await self._check_foreign_kinds()
+        await self._refresh_kinds()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
@@ -272,8 +270,7 @@ class Executor:
                     if not await self.store.executor_heartbeat(self.owner, s.lease_seconds):
                         await self._reattach("declared dead by a peer (lease expired)")
                     last_beat = time.monotonic()
-                await self._load_sql_workflows()
-                await self._check_foreign_kinds()
+                await self._refresh_kinds()
                 reclaimed = await self.store.reclaim_dead(self.owner, s.max_recovery_attempts)
                 if reclaimed:
                     self.metrics.reclaimed.inc(reclaimed)
