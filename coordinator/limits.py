@@ -25,10 +25,6 @@ class Demand:
     queued: int
     recorded: bool = True  # the shard has a share row for the name
 
-    @property
-    def taken(self) -> int:
-        return max(self.running, self.share)
-
 
 def fair_split(total: int, demands: list[int]) -> list[int]:
     """Water-filling: each gets at most its demand, the rest of ``total`` spread evenly."""
@@ -55,11 +51,7 @@ def new_shares(limit: int, shards: list[Demand]) -> list[int]:
     for i, (d, want) in enumerate(zip(shards, desired, strict=True)):
         if want > shares[i] and budget > 0:
             before = max(d.running, shares[i])
-            shares[i] = (
-                min(want, shares[i] + budget)
-                if shares[i] >= d.running
-                else min(want, d.running + budget)
-            )
+            shares[i] = min(want, before + budget)
             budget -= max(d.running, shares[i]) - before
     return shares
 
