@@ -20,7 +20,12 @@ from coordinator.catalog import Catalog, SlotMap, q
 from shard import cron
 from shard.client import StartRequest, start_many_on
 from shard.cron import ScheduleSpec
-from shard.errors import ScheduleConflictError, ScheduleNotFoundError, ShardflowError
+from shard.errors import (
+    InvalidScheduleError,
+    ScheduleConflictError,
+    ScheduleNotFoundError,
+    ShardflowError,
+)
 from shard.pool import ShardPools
 from shard.queries import query
 from shard.slots import slot_of
@@ -85,15 +90,23 @@ async def list_all(catalog: Catalog) -> list[dict[str, Any]]:
     return [_doc(r) for r in await catalog.pool.fetch(q("schedule_list"))]
 
 
+def _existing_name(name: str) -> str:
+    """A name looked up: one that no schedule can have (a NUL, say) is simply not found."""
+    try:
+        return cron.check_name(name)
+    except InvalidScheduleError:
+        raise ScheduleNotFoundError(f"no schedule named {name!r}") from None
+
+
 async def get(catalog: Catalog, name: str) -> dict[str, Any]:
-    row = await catalog.pool.fetchrow(q("schedule_get"), name)
+    row = await catalog.pool.fetchrow(q("schedule_get"), _existing_name(name))
     if row is None:
         raise ScheduleNotFoundError(f"no schedule named {name!r}")
     return _doc(row)
 
 
 async def delete(catalog: Catalog, name: str) -> None:
-    if await catalog.pool.fetchval(q("schedule_delete"), name) is None:
+    if await catalog.pool.fetchval(q("schedule_delete"), _existing_name(name)) is None:
         raise ScheduleNotFoundError(f"no schedule named {name!r}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -321,12 +322,28 @@ class ShardClient:
     async def _listen(self) -> asyncpg.Connection | None:
         try:
             conn = await shard_pool.connect(self._dsn)
-            await conn.add_listener("shardflow_done", lambda *_: self._notified.set())
+            await conn.add_listener("shardflow_done", self._on_done)
             return conn
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
             return None
+
+    def _on_done(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        """A completion NOTIFY: its payload lists the outcomes ([id, status, output,
+        error] each); an empty or unreadable one means 'read them back'."""
+        try:
+            outcomes = json.loads(payload) if isinstance(payload, str) and payload else None
+        except ValueError:
+            outcomes = None
+        if not isinstance(outcomes, list):
+            self._notified.set()
+            return
+        for item in outcomes:
+            wid, status, output, error = item
+            for fut in self._waiters.pop(wid, []):
+                if not fut.done():
+                    fut.set_result({"id": wid, "status": status, "output": output, "error": error})
 
     async def _check(self, ids: list[str]) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -48,6 +49,19 @@ async def test_start_many_runs_every_workflow_once(client: ShardClient, start_ex
             "GROUP BY 1, 2 HAVING count(*) > 1) d"
         )
     assert steps == 900 and dupes == 0
+
+
+async def test_waiters_get_outcomes_of_any_size(client: ShardClient, start_executor: Any):
+    """Completions reach waiters in the NOTIFY payload when they fit (about 7,000 bytes a
+    NOTIFY) and are read back when they do not: both paths, mixed in one group commit."""
+    await (await start_executor()).shutdown()  # registers the app's workflows
+    sizes = [0, 10, 3000, 6500, 7990, 20_000, 100_000] * 6
+    inputs = [{"i": i, "text": 'é"\\' * (n // 4)} for i, n in enumerate(sizes)]
+    started = await client.start_many([StartRequest("echoing", x) for x in inputs])
+    waits = [asyncio.create_task(client.result(r.id, timeout=60)) for r in started]
+    await asyncio.sleep(0.2)  # every waiter registered before any workflow runs
+    await start_executor()
+    assert await asyncio.gather(*waits) == inputs
 
 
 async def test_start_is_idempotent_by_id(client: ShardClient, start_executor: Any):

@@ -86,6 +86,11 @@ async def test_schedules_are_created_listed_read_and_deleted_over_http(cluster: 
         await client.schedule("report")
     with pytest.raises(ScheduleNotFoundError):
         await client.delete_schedule("report")
+    for impossible in ("a\x00b", "a b", "x" * 500):  # no schedule has such a name
+        with pytest.raises(ScheduleNotFoundError):
+            await client.schedule(impossible)
+        with pytest.raises(ScheduleNotFoundError):
+            await client.delete_schedule(impossible)
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ WITH wf_in AS (
     FROM wf_in i
     WHERE w.id = i.id AND w.lease_epoch = i.epoch AND w.status = 'running'
     RETURNING w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
-              w.cancel_requested, w.priority
+              w.cancel_requested, w.priority, w.output, w.error
 ), st AS (
     INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
     SELECT s.workflow_id, s.seq, s.name, s.status, s.output, s.error, s.attempts, s.started_at
@@ -126,9 +126,18 @@ WITH wf_in AS (
 ), woke AS (
     SELECT pg_notify('shardflow_ready', '')
     WHERE EXISTS (SELECT 1 FROM parents p WHERE p.status = 'waiting')
+), finished AS (
+    SELECT f.id, f.status, f.output::text AS output, f.error::text AS error,
+           sum(length(f.id) + coalesce(length(f.output::text), 0)
+               + coalesce(length(f.error::text), 0) + 40) OVER (ORDER BY f.id) / 7000 AS part
+    FROM fenced f WHERE f.status IN ('completed', 'failed', 'cancelled')
 ), done AS (
-    SELECT pg_notify('shardflow_done', '')
-    WHERE EXISTS (SELECT 1 FROM fenced WHERE status IN ('completed', 'failed', 'cancelled'))
+    -- The outcomes themselves, about 7,000 bytes per NOTIFY (a payload holds 8,000), so
+    -- that waiting routers answer without reading them back; a part that does not fit
+    -- goes as '', which tells listeners to read the outcomes of all they wait for.
+    SELECT pg_notify('shardflow_done', CASE WHEN length(p.payload) < 7900 THEN p.payload ELSE '' END)
+    FROM (SELECT json_agg(json_build_array(x.id, x.status, x.output, x.error))::text AS payload
+          FROM finished x GROUP BY x.part) p
 )
 SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) + (SELECT count(*) FROM woke)
        AS notified

@@ -57,6 +57,11 @@ async def echo(value: Any) -> Any:
     return value
 
 
+@workflow(name="echoing")
+async def echoing(ctx: Context, inp: Any) -> Any:
+    return await echo(inp)
+
+
 @workflow(name="retrying")
 async def retrying(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
     n = await flaky(inp["key"], inp["fail_times"])
