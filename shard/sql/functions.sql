@@ -51,7 +51,7 @@ BEGIN
         -- commit, and a start after the fence sees the slot 'moving': a start can never
         -- slip in after the slot's rows were exported.
         SELECT s.slot FROM shardflow.slots s
-        WHERE s.slot IN (SELECT k.slot FROM keyed k) AND s.state = 'owned'
+        WHERE s.slot = ANY (ARRAY(SELECT k.slot FROM keyed k)) AND s.state = 'owned'
         FOR SHARE
     ), checked AS (
         SELECT k.*, coalesce(k.problem, CASE WHEN EXISTS (SELECT 1 FROM shardflow.slots)
@@ -516,6 +516,9 @@ $$;
 -- negative ones. A band is read only when those before it came short, and priority 0
 -- reads the run_at index up to now() and no further, whatever number of sleeping timers
 -- wait behind it (the other bands use the partial index of non-zero priorities).
+-- Slot ownership is one index probe per candidate row (a correlated scalar subquery,
+-- which the planner does not turn into a join): hashing every owned slot per band cost
+-- more than the rest of a small claim.
 -- p_names/p_versions (pairwise), when given, keep only workflows of those kinds.
 -- Concurrency limits (shardflow.limits), when any: claims on this shard take turns, a
 -- name with no room left is passed over (its workflows stay queued, behind none of the
@@ -555,8 +558,8 @@ BEGIN
             SELECT array_agg(c.workflow_id) INTO v_part FROM (
                 SELECT q.workflow_id FROM shardflow.ready q
                 WHERE q.run_at <= now() AND q.priority = 0
-                  AND (v_all OR q.slot IN (SELECT s.slot FROM shardflow.slots s
-                                           WHERE s.state = 'owned'))
+                  AND (v_all OR (SELECT s.state FROM shardflow.slots s
+                                 WHERE s.slot = q.slot) = 'owned')
                   AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
                   AND (v_full IS NULL OR NOT shardflow.named(q.workflow_id, v_full))
                 ORDER BY q.run_at
@@ -567,8 +570,8 @@ BEGIN
                 SELECT q.workflow_id FROM shardflow.ready q
                 WHERE q.run_at <= now() AND q.priority <> 0
                   AND q.priority BETWEEN v_lo AND v_hi
-                  AND (v_all OR q.slot IN (SELECT s.slot FROM shardflow.slots s
-                                           WHERE s.state = 'owned'))
+                  AND (v_all OR (SELECT s.state FROM shardflow.slots s
+                                 WHERE s.slot = q.slot) = 'owned')
                   AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
                   AND (v_full IS NULL OR NOT shardflow.named(q.workflow_id, v_full))
                 ORDER BY q.priority DESC, q.run_at
