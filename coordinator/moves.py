@@ -63,6 +63,7 @@ class Mover:
         self.rollback_after = rollback_after
         self.pauses_ms: list[float] = []
         self._pools = ShardPools(timeout=5)
+        self._dsns: dict[str, str] = {}
 
     async def live_moves(self) -> list[MoveRow]:
         rows = await self.catalog.pool.fetch(q("moves_live"))
@@ -110,8 +111,11 @@ class Mover:
         await self.faults.point(f"move_{to}")
 
     async def _dsn(self, shard_id: str) -> str:
-        shards = {s.id: s.dsn for s in await self.catalog.shards()}
-        return shards[shard_id]
+        """The shard's DSN, read from the catalog once and again after an outage (a
+        restarted local server may come back on another port)."""
+        if shard_id not in self._dsns:
+            self._dsns = {s.id: s.dsn for s in await self.catalog.shards()}
+        return self._dsns[shard_id]
 
     async def _pool(self, shard_id: str) -> asyncpg.Pool:
         return await self._pools.get(await self._dsn(shard_id))
@@ -140,6 +144,7 @@ class Mover:
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
+                self._dsns.pop(shard_id, None)
                 await self.catalog.pool.execute(
                     q("move_note_error"), move.id, f"{what}: {shard_id} unavailable: {exc!r}"
                 )
@@ -252,6 +257,7 @@ class Mover:
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
+                self._dsns.pop(move.source, None)
                 log.warning("event=move_wait move=%d step=precopy error=%r", move.id, exc)
                 await asyncio.sleep(0.5)
 
@@ -277,6 +283,7 @@ class Mover:
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
+                self._dsns.pop(shard_id, None)
 
     async def _incoming(self, shard_id: str) -> set[int]:
         pool = await self._pool(shard_id)
