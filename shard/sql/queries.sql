@@ -41,9 +41,12 @@ SELECT shardflow.reclaim_dead($1, $2);
 -- first, then oldest (shardflow.claimable picks them). $4/$5, names and versions pairwise,
 -- restrict the claim to the kinds the executor has code for; NULL takes any (an executor
 -- that knows every name and version in the shard's registry).
+-- The picked IDs go in as an array (= ANY): the planner then probes the keys of ready and
+-- workflows for them, where the set-returning function's estimate of 1,000 rows made it
+-- hash-join against scans of both tables.
 WITH picked AS (
     DELETE FROM shardflow.ready r
-    WHERE r.workflow_id IN (SELECT shardflow.claimable($2, $4::text[], $5::text[]))
+    WHERE r.workflow_id = ANY (ARRAY(SELECT shardflow.claimable($2, $4::text[], $5::text[])))
     RETURNING r.workflow_id
 )
 UPDATE shardflow.workflows w
@@ -112,12 +115,21 @@ WITH wf_in AS (
     WHERE f.status IN ('sleeping', 'waiting')
       AND (f.run_at IS NOT NULL OR f.signalled OR f.cancel_requested)
     ON CONFLICT (workflow_id) DO UPDATE SET run_at = least(shardflow.ready.run_at, excluded.run_at)
+), parent_entries AS (
+    -- A claim locks a ready entry, then its workflow's row: lock the parents' entries
+    -- before their rows too (the scalar subquery below runs first), or a claim of a
+    -- parent and this flush can deadlock. A claim passes over a locked entry (SKIP LOCKED).
+    SELECT r.workflow_id FROM shardflow.ready r
+    WHERE r.workflow_id IN (SELECT c.parent FROM finished_children c)
+    ORDER BY r.workflow_id
+    FOR UPDATE
 ), parents AS (
     -- Parents not in this batch (in it, the fenced UPDATE above signals them).
     UPDATE shardflow.workflows p SET signal_seq = p.signal_seq + c.n, updated_at = now()
     FROM finished_children c
     WHERE p.id = c.parent AND p.status NOT IN ('completed', 'failed', 'cancelled')
       AND NOT EXISTS (SELECT 1 FROM wf_in i WHERE i.id = c.parent)
+      AND (SELECT count(*) FROM parent_entries) >= 0
     RETURNING p.id, p.slot, p.status, p.priority
 ), parents_ready AS (
     INSERT INTO shardflow.ready (workflow_id, slot, priority)
