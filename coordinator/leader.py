@@ -49,6 +49,7 @@ class CoordinatorSettings(Settings):
         help="seconds a move waits for an unreachable target before rolling back",
         minimum=0.1,
     )
+    parallel_moves: int = setting(4, help="slot moves run at once", minimum=1)
     metrics_port: int | None = setting(None, help="port of /metrics (unset: none)", minimum=0)
     metrics_host: str = setting("127.0.0.1", help="address of /metrics")
 
@@ -103,7 +104,13 @@ class Coordinator:
             await lock.close()
 
     async def _lead(self, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
-        mover = Mover(catalog, self.term, self.faults, self.settings.rollback_after)
+        mover = Mover(
+            catalog,
+            self.term,
+            self.faults,
+            self.settings.rollback_after,
+            self.settings.parallel_moves,
+        )
         scheduler = Scheduler(catalog)
         limiter = Limiter(catalog)
         try:

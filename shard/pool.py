@@ -109,13 +109,16 @@ class ShardPools:
     """Small pools to many shards, made on first use and kept by DSN (for the control
     plane: moves, schedules, limits run short statements, where connecting costs more)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, size: int = 2) -> None:
         self.timeout = timeout
+        self.size = size
         self._pools: dict[str, asyncpg.Pool] = {}
 
     async def get(self, dsn: str) -> asyncpg.Pool:
         if dsn not in self._pools:
-            self._pools[dsn] = await create_pool(dsn, min_size=0, max_size=2, timeout=self.timeout)
+            self._pools[dsn] = await create_pool(
+                dsn, min_size=0, max_size=self.size, timeout=self.timeout
+            )
         return self._pools[dsn]
 
     async def close(self) -> None:

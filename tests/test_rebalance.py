@@ -289,3 +289,46 @@ async def test_paused_executor_of_a_moving_slot_is_fenced(growing: LiveCluster):
         stop.set()
     finally:
         paused.close()
+
+
+class CountsRunningMoves(Faults):
+    """Counts moves between their first transition and 'done' (the fault points)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.peak = 0
+
+    async def point(self, name: str) -> None:
+        if name == "move_precopied":
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        elif name == "move_done":
+            self.running -= 1
+        await asyncio.sleep(0.01)  # let the other moves reach their next step
+
+
+async def test_moves_run_a_few_at_once_and_never_more(growing: LiveCluster):
+    client = await growing.add_router()
+    ids = await _start_load(client, 60, "par")
+    await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+    planned = await operations.rebalance(growing.catalog)
+    assert planned >= 6
+    term = int(
+        await growing.catalog.pool.fetchval(
+            "UPDATE catalog.leader SET term = term + 1 RETURNING term"
+        )
+    )
+    faults = CountsRunningMoves()
+    mover = Mover(growing.catalog, term, faults, parallel=3)
+    try:
+        progress: list[int] = []
+        assert await mover.run_all(progress.append) == planned
+    finally:
+        await mover.close()
+    assert faults.peak == 3 and faults.running == 0
+    assert progress == list(range(1, planned + 1))
+    assert await _moves_done(growing)
+    results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
+    assert all(r["rows"] == 1 for r in results)
+    await _check_cluster(growing, ids)
