@@ -150,7 +150,19 @@ class ClusterView:
         return await self._through_moves(call, shard_id, holder)
 
     async def locate(self, workflow_id: str, routing_key: str | None) -> str | None:
-        """The shard holding the workflow: its hashed shard first, then every other one."""
+        """The shard holding the workflow: its hashed shard first, then every other one.
+        Found nowhere, it looks again if the slot map changed meanwhile: a router whose map
+        predates a shard added and a finished move would otherwise miss a workflow that
+        moved there (its old shard has dropped it)."""
+        found = await self._locate(workflow_id, routing_key)
+        if found is None and self.map is not None:
+            before = self.map.version
+            await self.refresh()
+            if self.map.version != before:
+                found = await self._locate(workflow_id, routing_key)
+        return found
+
+    async def _locate(self, workflow_id: str, routing_key: str | None) -> str | None:
         first = self.shard_for(routing_key or workflow_id)
         if await self.client(first).locate(workflow_id) is not None:
             return first

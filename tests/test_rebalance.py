@@ -332,3 +332,30 @@ async def test_moves_run_a_few_at_once_and_never_more(growing: LiveCluster):
     results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
     assert all(r["rows"] == 1 for r in results)
     await _check_cluster(growing, ids)
+
+
+async def test_a_router_with_a_stale_map_finds_moved_workflows(growing: LiveCluster):
+    """A router that has not refreshed since before a shard was added and slots moved to
+    it still finds a moved workflow (it looks again with a fresh map before a 404)."""
+    stale = await growing.add_router(refresh_interval=3600)
+    ids = await _start_load(stale, 60, "stale")
+    assert all(r["rows"] == 1 for r in [await stale.result(w, timeout=60) for w in ids])
+    await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+    await growing.start_executor("c2", app="tests.apps.crash")
+    await operations.rebalance(growing.catalog)
+    term = int(
+        await growing.catalog.pool.fetchval(
+            "UPDATE catalog.leader SET term = term + 1 RETURNING term"
+        )
+    )
+    mover = Mover(growing.catalog, term, parallel=4)
+    try:
+        await mover.run_all()
+    finally:
+        await mover.close()
+    on_c2 = {r["id"] for r in await growing.fetch_on("c2", "SELECT id FROM shardflow.workflows")}
+    moved = [w for w in ids if w in on_c2]
+    assert moved, "some workflows moved to the new shard"
+    for wid in moved:
+        doc = await stale.status(wid)
+        assert doc["shard"] == "c2" and doc["status"] == "completed"
