@@ -164,6 +164,9 @@ async def rebalance(args: argparse.Namespace) -> int:
             )
             cluster.children.append(child)
             cluster._spawn(child)
+            # The new shard joins with its executor running, as an operator would add it:
+            # the executor's start-up is not part of the rebalance being measured.
+            await _executor_up(dsn)
             moving = asyncio.create_task(_loadgen(url, *load, "--seconds", str(args.seconds)))
             t0 = time.monotonic()
             planned = await operations.rebalance(catalog)
@@ -218,6 +221,19 @@ async def rebalance(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+async def _executor_up(dsn: str, timeout: float = 60.0) -> None:
+    """Until an executor has registered on the shard at ``dsn``."""
+    deadline = time.monotonic() + timeout
+    conn = await shard_pool.connect(dsn)
+    try:
+        while not await conn.fetchval("SELECT count(*) FROM shardflow.executors"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no executor registered on {dsn} within {timeout} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
 
 
 async def _ids_per_shard(catalog: Any) -> dict[str, int]:

@@ -195,3 +195,24 @@ def leftover_groups() -> list[Path]:
         for p in place.iterdir()
         if p.name.startswith("shardflow-scale-")
     ]
+
+
+def test_bench_http_prints_its_figures() -> None:
+    out = run_module(
+        "shardflow", "bench", "http", "--seconds", "1", "--clients", "4", "--rate", "20"
+    )
+    assert out["workload"] == "W3" and out["shards"] == 3 and out["errors"] == 0
+    assert out["closed_wf_per_s"] > 0 and out["open_rate"] == 20
+    assert out["closed_p99_ms"] >= out["closed_p50_ms"] > 0
+    assert out["open_p99_ms"] >= out["open_p50_ms"] > 0 and out["cpu_ms_per_wf"] > 0
+
+
+def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing() -> None:
+    out = run_module(
+        "shardflow", "bench", "rebalance", "--seconds", "1", "--clients", "4", "--slots", "24"
+    )
+    assert out["slots_moved"] == 8
+    assert out["lost"] == 0 and out["duplicated"] == 0 and out["errors"] == 0
+    assert out["steady_wf_per_s"] > 0 and out["during_move_wf_per_s"] > 0
+    assert out["ratio"] == round(out["during_move_wf_per_s"] / out["steady_wf_per_s"], 3)
+    assert out["pause_p99_ms"] >= out["pause_p50_ms"] > 0
