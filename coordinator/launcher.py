@@ -149,6 +149,16 @@ class PostgresServer:
         return self.process is not None and self.process.poll() is None
 
 
+def remove_data(base: Path) -> None:
+    """Delete a stopped LocalPostgres's data for good: ``base`` and, when its ``pg`` is a
+    link to a folder elsewhere (a base the Postgres account cannot reach), that folder
+    too, which deleting ``base`` alone would leave behind."""
+    link = Path(base) / "pg"
+    if link.is_symlink():
+        shutil.rmtree(link.resolve(), ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @dataclass
 class LocalPostgres:
     """A set of local servers under ``base``: ``base/<name>/`` holds each one's data."""

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coordinator.launcher import remove_data
 from coordinator.local_shard import LocalShard
 from examples.bench import make_input
 from shard import pool as shard_pool
@@ -234,7 +235,7 @@ async def _engine(args: argparse.Namespace) -> int:
         )
     finally:
         shard.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        remove_data(data)
     result = {
         "workload": "W3",
         "wf_per_s": round(stats["wf_per_s"], 1),
@@ -301,7 +302,7 @@ async def _recovery(args: argparse.Namespace) -> int:
         )
     finally:
         shard.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        remove_data(data)
     print(
         json.dumps(
             {

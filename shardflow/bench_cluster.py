@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.dev import DevCluster, DevSettings
-from coordinator.launcher import free_port
+from coordinator.launcher import free_port, remove_data
 from shard import pool as shard_pool
 from shardflow.cpu import tree_cpu
 
@@ -51,7 +50,7 @@ async def local_cluster(**settings: Any) -> AsyncIterator[DevCluster]:
         if supervisor is not None:
             await supervisor
         cluster.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        remove_data(data)
 
 
 async def loadgen_process(module: str, *args: str) -> tuple[dict[str, Any], float]:

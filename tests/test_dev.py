@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.launcher import free_port
+from coordinator.launcher import free_port, remove_data
 from router.app import openapi_document
 from tests.conftest import ROOT
 
@@ -115,6 +115,11 @@ class Dev:
             self.proc.wait(60)
         self.log.close()
 
+    def remove(self) -> None:
+        """Stop, then delete the cluster's data (outside pytest's folder too)."""
+        self.stop()
+        remove_data(self.data)
+
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
@@ -122,7 +127,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     d = Dev(data)
     d.start()
     yield d
-    d.stop()
+    d.remove()
 
 
 def test_workflows_run_and_cluster_resumes_after_sigterm_to_the_group(dev: Dev):

@@ -48,7 +48,7 @@ def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     dev = Dev(tmp_path_factory.mktemp("balanced"), "--routers", "2", "--haproxy")
     dev.start()
     yield dev
-    dev.stop()
+    dev.remove()
 
 
 def _routers(dev: Dev) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coordinator.launcher import LocalPostgres
+from coordinator.launcher import LocalPostgres, remove_data
 from tests.conftest import ROOT
 
 
@@ -42,6 +42,9 @@ async def test_reuses_its_data_directory_across_restarts(tmp_path: Path):
         conn = await asyncpg.connect(server.dsn())
         assert await conn.fetchval("SELECT v FROM kept") == 42
         await conn.close()
+    external = (base / "pg").resolve()
+    remove_data(base)
+    assert not base.exists() and not external.exists(), "data left behind"
 
 
 def test_killed_launcher_leaves_no_server(tmp_path: Path):
@@ -69,6 +72,7 @@ def test_killed_launcher_leaves_no_server(tmp_path: Path):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "postgres outlived its killed launcher"
+    remove_data(tmp_path / "orphans")
 
 
 def test_missing_binaries_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

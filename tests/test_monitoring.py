@@ -90,7 +90,7 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, str
     )
     dev.start()
     yield dev, f"http://127.0.0.1:{port}"
-    dev.stop()
+    dev.remove()
 
 
 def _query(prom: str, expr: str) -> list[object]:
