@@ -42,7 +42,7 @@ SERVER_SETTINGS = {
     "checkpoint_timeout": "15min",
     # Keep (recycle) this much WAL rather than delete it at checkpoints: a commit that
     # crosses into a new segment then reuses a file instead of zero-filling 16 MB first.
-    "min_wal_size": "512MB",
+    "min_wal_size": "256MB",
     "autovacuum_naptime": "5s",
     "autovacuum_vacuum_cost_limit": "2000",
     "log_min_messages": "warning",
