@@ -205,6 +205,7 @@ async def rebalance(args: argparse.Namespace) -> int:
                 "pause_p99_ms": round(percentile(pauses, 0.99), 1),
                 "slots_moved": planned,
                 "move_seconds": round(move_s, 2),
+                "during_per_second": during["per_second"],
                 "errors": steady["errors"] + during["errors"] + after["errors"],
                 "lost": sum(
                     n

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import time
 import uuid
 from typing import Any, Protocol
@@ -81,6 +82,8 @@ class Load:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.latencies: list[float] = []
+        self.finished_at: list[float] = []
+        self.started = time.perf_counter()
         self.errors = 0
         self.error_kinds: dict[str, int] = {}
 
@@ -93,7 +96,9 @@ class Load:
         except Exception as exc:  # any failure of the system under test is counted, not fatal
             self.error(type(exc).__name__)
             return
-        self.latencies.append(time.perf_counter() - t0)
+        now = time.perf_counter()
+        self.latencies.append(now - t0)
+        self.finished_at.append(now)
 
     def error(self, kind: str) -> None:
         self.errors += 1
@@ -107,7 +112,7 @@ class Load:
             while time.perf_counter() < deadline:
                 await self.one(next(counter), time.perf_counter())
 
-        started = time.perf_counter()
+        self.started = started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         return time.perf_counter() - started
 
@@ -117,7 +122,7 @@ class Load:
         A system slower than the rate would otherwise hold the run for its whole backlog.
         """
         tasks = []
-        started = time.perf_counter()
+        self.started = started = time.perf_counter()
         n = int(rate * seconds)
         for i in range(n):
             at = started + i / rate
@@ -145,7 +150,15 @@ class Load:
             "p95_ms": round(percentile(lat, 0.95) * 1000, 2),
             "p99_ms": round(percentile(lat, 0.99) * 1000, 2),
             "p999_ms": round(percentile(lat, 0.999) * 1000, 2),
+            "per_second": self.per_second(elapsed),
         }
+
+    def per_second(self, elapsed: float) -> list[int]:
+        """Workflows completed in each whole second of the phase (a timeline of dips)."""
+        counts = [0] * max(1, math.ceil(elapsed))
+        for at in self.finished_at:
+            counts[min(len(counts) - 1, max(0, int(at - self.started)))] += 1
+        return counts
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:

@@ -216,3 +216,4 @@ def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing() -> None:
     assert out["steady_wf_per_s"] > 0 and out["during_move_wf_per_s"] > 0
     assert out["ratio"] == round(out["during_move_wf_per_s"] / out["steady_wf_per_s"], 3)
     assert out["pause_p99_ms"] >= out["pause_p50_ms"] > 0
+    assert len(out["during_per_second"]) >= 1 and sum(out["during_per_second"]) > 0
