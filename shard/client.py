@@ -339,11 +339,18 @@ class ShardClient:
         if not isinstance(outcomes, list):
             self._notified.set()
             return
-        for item in outcomes:
-            wid, status, output, error = item
-            for fut in self._waiters.pop(wid, []):
-                if not fut.done():
-                    fut.set_result({"id": wid, "status": status, "output": output, "error": error})
+        for wid, status, output, error in outcomes:
+            self._settle(wid, {"id": wid, "status": status, "output": output, "error": error})
+
+    def _settle(self, workflow_id: str, outcome: dict[str, Any] | BaseException) -> None:
+        """Answer every waiter of a workflow with its outcome (or an error)."""
+        for fut in self._waiters.pop(workflow_id, []):
+            if fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
 
     async def _check(self, ids: list[str]) -> None:
         try:
@@ -356,13 +363,9 @@ class ShardClient:
         for row in rows:
             found.add(row["id"])
             if row["status"] in TERMINAL:
-                for fut in self._waiters.pop(row["id"], []):
-                    if not fut.done():
-                        fut.set_result(dict(row))
+                self._settle(row["id"], dict(row))
         for wid in set(ids) - found:  # not on this shard (or never started)
-            for fut in self._waiters.pop(wid, []):
-                if not fut.done():
-                    fut.set_exception(WorkflowNotFoundError(f"unknown workflow ID {wid!r}", id=wid))
+            self._settle(wid, WorkflowNotFoundError(f"unknown workflow ID {wid!r}", id=wid))
 
 
 __all__ = ["ShardClient", "ShardflowError", "StartRequest", "StartResult"]

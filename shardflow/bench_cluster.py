@@ -190,6 +190,7 @@ async def rebalance(args: argparse.Namespace) -> int:
     from shardflow.loadgen import percentile
 
     ratio = during["wf_per_s"] / steady["wf_per_s"] if steady["wf_per_s"] else 0.0
+    phases = (steady, during, after)
     print(f"{planned} slots moved in {move_s:.1f} s", flush=True)
     print(
         json.dumps(
@@ -206,14 +207,11 @@ async def rebalance(args: argparse.Namespace) -> int:
                 "slots_moved": planned,
                 "move_seconds": round(move_s, 2),
                 "during_per_second": during["per_second"],
-                "errors": steady["errors"] + during["errors"] + after["errors"],
+                "errors": sum(phase["errors"] for phase in phases),
                 "lost": sum(
                     n
-                    for k, n in {
-                        **steady["error_kinds"],
-                        **during["error_kinds"],
-                        **after["error_kinds"],
-                    }.items()
+                    for phase in phases
+                    for k, n in phase["error_kinds"].items()
                     if k.startswith("result")
                 ),
                 "duplicated": counts["duplicated"],

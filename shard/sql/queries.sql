@@ -139,10 +139,10 @@ WITH wf_in AS (
     SELECT pg_notify('shardflow_ready', '')
     WHERE EXISTS (SELECT 1 FROM parents p WHERE p.status = 'waiting')
 ), finished AS (
-    SELECT f.id, f.status, f.output::text AS output, f.error::text AS error,
-           sum(length(f.id) + coalesce(length(f.output::text), 0)
-               + coalesce(length(f.error::text), 0) + 40) OVER (ORDER BY f.id) / 7000 AS part
-    FROM fenced f WHERE f.status IN ('completed', 'failed', 'cancelled')
+    SELECT o.*, sum(length(o.id) + coalesce(length(o.output), 0)
+                    + coalesce(length(o.error), 0) + 40) OVER (ORDER BY o.id) / 7000 AS part
+    FROM (SELECT f.id, f.status, f.output::text AS output, f.error::text AS error
+          FROM fenced f WHERE f.status IN ('completed', 'failed', 'cancelled')) o
 ), done AS (
     -- The outcomes themselves, about 7,000 bytes per NOTIFY (a payload holds 8,000), so
     -- that waiting routers answer without reading them back; a part that does not fit
