@@ -728,7 +728,6 @@ BEGIN
     VALUES (p_name, v_version, p_definition) ON CONFLICT DO NOTHING;
     INSERT INTO shardflow.registry (name, version) VALUES (p_name, v_version)
     ON CONFLICT (name, version) DO UPDATE SET registered_at = now();
-    PERFORM pg_notify('shardflow_definitions', p_name);
     RETURN v_version;
 END
 $$;
