@@ -44,6 +44,8 @@ def _v1_dirs() -> tuple[Path, Path]:
 def _write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
+    except ProcessLookupError:
+        raise  # a pid that exited meanwhile: the caller decides (add() passes over it)
     except OSError as exc:
         raise CgroupError(f"cannot write {path}: {exc.strerror} (run as root)") from exc
 

@@ -147,6 +147,27 @@ def test_a_cpu_cap_must_be_positive() -> None:
         CpuGroup.create("shardflow-test-nothing", 0)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroup quotas need root")
+def test_a_process_that_exited_before_it_was_moved_is_passed_over() -> None:
+    """A shard's process list is read, then moved one by one: one that exits between the
+    two (a Postgres backend closing) must not fail the run (seen once in CI)."""
+    group = CpuGroup.create(f"shardflow-test-gone-{os.getpid()}", 0.5)
+    try:
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        group.add(gone.pid)
+        alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            group.add(alive.pid)
+            procs = (group.dirs[0] / "cgroup.procs").read_text().split()
+            assert str(alive.pid) in procs and str(gone.pid) not in procs
+        finally:
+            alive.kill()
+            alive.wait()
+    finally:
+        group.remove()
+
+
 async def test_locust_scenarios_report_start_to_result_and_batches() -> None:
     async with local_cluster(shards=2) as cluster:
         url = cluster.router_urls[0]
