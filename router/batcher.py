@@ -2,19 +2,16 @@
 
 Like group commit: a start goes out at once when none is in flight, and the starts
 that arrive meanwhile share the next statement (and its one NOTIFY), so load adds
-no per-start round trips and low load adds no latency. A batch-level refusal
-(unknown name, invalid ID, moved slot) is retried per start, so one bad request
-never fails another.
+no per-start round trips and low load adds no latency. The statement starts every
+start it can and answers the others with their own error (unknown name, invalid ID,
+a slot that moved), so one bad or moving start never fails or delays another.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from shard.client import ShardClient, StartRequest, StartResult, start_many_on
-from shard.errors import InvalidWorkflowIdError, SlotMovedError, UnknownWorkflowError
-
-BATCH_LEVEL = (UnknownWorkflowError, InvalidWorkflowIdError, SlotMovedError)
+from shard.client import ShardClient, StartRequest, StartResult, start_each_on
 
 
 class StartBatcher:
@@ -42,22 +39,19 @@ class StartBatcher:
 
     async def _flush(self, batch: list[tuple[StartRequest, asyncio.Future[StartResult]]]) -> None:
         try:
-            results = await start_many_on(self._client.pool, [r for r, _ in batch])
-        except BATCH_LEVEL as exc:
-            if len(batch) == 1:
-                _fail(batch[0][1], exc)
-                return
-            await asyncio.gather(*(self._flush([item]) for item in batch))
-            return
+            outcomes = await start_each_on(self._client.pool, [r for r, _ in batch])
         except Exception as exc:
             for _, fut in batch:
-                _fail(fut, exc)
+                _settle(fut, exc)
             return
-        for (_, fut), result in zip(batch, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
+        for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            _settle(fut, outcome)
 
 
-def _fail(fut: asyncio.Future[StartResult], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+def _settle(fut: asyncio.Future[StartResult], outcome: StartResult | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)

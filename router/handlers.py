@@ -16,7 +16,7 @@ from coordinator import operations
 from router import requests as rq
 from router.errors import HttpError
 from router.view import ClusterView
-from shard.client import ShardClient, StartRequest, StartResult, start_many_on
+from shard.client import ShardClient, StartRequest, StartResult, start_each_on
 from shard.errors import (
     ResultTimeoutError,
     ShardflowError,
@@ -103,17 +103,20 @@ async def start_batch(request: web.Request) -> web.Response:
 
     async def one_shard(shard: str, group: list[tuple[int, StartRequest]]) -> None:
         try:
-            results = await start_many_on(view.client(shard).pool, [r for _, r in group])
-        except SlotMovedError:
-            # A slot of this group is moving: start each one on its own, waiting it out.
-            await asyncio.gather(*(one(i, req) for i, req in group))
-            return
+            outcomes = await start_each_on(view.client(shard).pool, [r for _, r in group])
         except ShardflowError as exc:
             for i, _ in group:
                 out[i] = {"error": {"code": exc.code, "message": exc.message}}
             return
-        for (i, _), result in zip(group, results, strict=True):
-            record(i, shard, result)
+        moved = []
+        for (i, req), outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, SlotMovedError):
+                moved.append((i, req))  # started on its own, following the slot
+            elif isinstance(outcome, ShardflowError):
+                out[i] = {"error": {"code": outcome.code, "message": outcome.message}}
+            else:
+                record(i, shard, outcome)
+        await asyncio.gather(*(one(i, req) for i, req in moved))
 
     await asyncio.gather(*(one_shard(s, g) for s, g in by_shard.items()))
     return web.json_response({"results": out})

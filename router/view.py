@@ -36,6 +36,7 @@ class ClusterView:
         self._lock = asyncio.Lock()
         self._registry_read = 0.0
         self._registry_lock = asyncio.Lock()
+        self._refreshes = 0  # completed refreshes: requests that wait on one share it
 
     @classmethod
     async def open(cls, settings: RouterSettings, metrics: RouterMetrics) -> ClusterView:
@@ -52,27 +53,37 @@ class ClusterView:
             await client.close()
         await self.catalog.close()
 
-    async def refresh(self, *, force: bool = False) -> None:
+    async def refresh(self, *, force: bool = False, unless_since: int | None = None) -> None:
+        """Read the slot map again if its version changed (always with ``force``), unless
+        a refresh completed since the count ``unless_since`` was read: the requests that
+        met a moved slot at once then share one read of the catalog instead of queueing
+        one each."""
         async with self._lock:
-            version = await self.catalog.map_version()
-            if not force and self.map is not None and version == self.map.version:
-                self.registry = await self.catalog.registry()
+            if unless_since is not None and self._refreshes != unless_since:
                 return
-            new_map = await self.catalog.slot_map()
-            for shard in new_map.shards.values():
-                if shard.id not in self.clients:
-                    self.clients[shard.id] = await ShardClient.connect(
-                        shard.dsn,
-                        pool_size=self.settings.pool_size,
-                        min_size=0,
-                        connect_timeout=self.settings.connect_timeout,
-                    )
-                    self.batchers[shard.id] = StartBatcher(self.clients[shard.id])
-            self.map = new_map
+            await self._refresh(force)
+            self._refreshes += 1
+
+    async def _refresh(self, force: bool) -> None:
+        version = await self.catalog.map_version()
+        if not force and self.map is not None and version == self.map.version:
             self.registry = await self.catalog.registry()
-            self.metrics.map_version.set(new_map.version)
-            self.metrics.map_refreshes.inc()
-            log.info("event=slot_map version=%d shards=%d", new_map.version, len(new_map.shards))
+            return
+        new_map = await self.catalog.slot_map()
+        for shard in new_map.shards.values():
+            if shard.id not in self.clients:
+                self.clients[shard.id] = await ShardClient.connect(
+                    shard.dsn,
+                    pool_size=self.settings.pool_size,
+                    min_size=0,
+                    connect_timeout=self.settings.connect_timeout,
+                )
+                self.batchers[shard.id] = StartBatcher(self.clients[shard.id])
+        self.map = new_map
+        self.registry = await self.catalog.registry()
+        self.metrics.map_version.set(new_map.version)
+        self.metrics.map_refreshes.inc()
+        log.info("event=slot_map version=%d shards=%d", new_map.version, len(new_map.shards))
 
     async def _watch(self) -> None:
         while True:
@@ -117,6 +128,7 @@ class ClusterView:
         ``move_wait`` seconds."""
         shard_id, delay, waited = first, 0.005, 0.0
         while True:
+            seen = self._refreshes
             try:
                 return await call(shard_id, self.client(shard_id))
             except SlotMovedError:
@@ -126,7 +138,7 @@ class ClusterView:
                 await asyncio.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 0.2)
-                await self.refresh(force=True)
+                await self.refresh(force=True, unless_since=seen)
                 shard_id = await then(shard_id)
 
     async def on_shard(

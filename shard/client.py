@@ -22,11 +22,14 @@ from shard import pool as shard_pool
 from shard.dbfaults import is_unavailable
 from shard.errors import (
     BadRequestError,
+    InvalidWorkflowIdError,
     OverloadedError,
     ResultTimeoutError,
     SerializationError,
     ShardflowError,
     ShardUnavailableError,
+    SlotMovedError,
+    UnknownWorkflowError,
     WorkflowCancelledError,
     WorkflowConflictError,
     WorkflowFailedError,
@@ -72,7 +75,26 @@ def workflow_name(workflow: str | WorkflowDef) -> str:
 async def start_many_on(
     conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest]
 ) -> list[StartResult]:
-    """One round trip: validate, encode and start a batch on one shard (all or nothing)."""
+    """One round trip: validate, encode and start a batch on one shard (all or nothing:
+    a request with a problem raises its error and nothing is started)."""
+    outcomes = await _start(conn, requests, partial=False)
+    for outcome in outcomes:
+        if isinstance(outcome, ShardflowError):
+            raise outcome
+    return [o for o in outcomes if isinstance(o, StartResult)]
+
+
+async def start_each_on(
+    conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest]
+) -> list[StartResult | ShardflowError]:
+    """One round trip: start every request of the batch that has no problem; those that
+    have one (a slot that moved, an unknown name) come back as their error, started nowhere."""
+    return await _start(conn, requests, partial=True)
+
+
+async def _start(
+    conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest], *, partial: bool
+) -> list[StartResult | ShardflowError]:
     for r in requests:
         check_priority(r.priority)
     inputs = [codec.dumps(r.input, f"the input of workflow {r.workflow}") for r in requests]
@@ -88,14 +110,19 @@ async def start_many_on(
             [r.parent for r in requests],
             [r.timeout for r in requests],
             [r.priority for r in requests],
+            partial,
         )
-        bad = next((i for i, row in enumerate(rows) if row["problem"] is not None), None)
-        if bad is not None:
-            await conn.execute(
-                query("raise_start_problem"), ids[bad], names[bad], rows[bad]["problem"]
-            )
-        results = [StartResult(*row[:5]) for row in rows]
-        racing = [i for i, r in enumerate(results) if r.status is None]
+        results: list[StartResult | ShardflowError] = [
+            StartResult(*row[:5])
+            if row["problem"] is None
+            else start_problem(ids[i], names[i], row["problem"])
+            for i, row in enumerate(rows)
+        ]
+        if not partial and any(isinstance(r, ShardflowError) for r in results):
+            return results  # nothing was started
+        racing = [
+            i for i, r in enumerate(results) if isinstance(r, StartResult) and r.status is None
+        ]
         if racing:
             again = await conn.fetch(
                 query("workflow_start_recheck"),
@@ -109,6 +136,22 @@ async def start_many_on(
     except Exception as exc:
         raise translate(exc) from exc
     return results
+
+
+def start_problem(workflow_id: str, name: str, problem: str) -> ShardflowError:
+    """The error of a start that shardflow.start_workflows reported a problem for (the
+    same words as its SQL twin, shardflow.raise_start_problem)."""
+    if problem == "unknown_workflow":
+        return UnknownWorkflowError(
+            f"unknown workflow {name!r}: no executor of this shard has registered it"
+        )
+    if problem == "slot_moved":
+        return SlotMovedError(
+            f"the slot of workflow {workflow_id!r} is not owned by this shard (moved or "
+            "moving); refresh the slot map and retry"
+        )
+    rule = "it must be 1 to 200 characters without control characters"
+    return InvalidWorkflowIdError(f"{problem.replace('_', ' ')} of {workflow_id[:40]!r}: {rule}")
 
 
 def check_priority(priority: object) -> None:

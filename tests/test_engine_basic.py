@@ -9,6 +9,9 @@ import asyncpg
 import pytest
 
 from examples.bench import make_input
+from shard.client import StartResult, start_each_on, start_many_on
+from shard.errors import SlotMovedError
+from shard.slots import slot_of
 from shardflow import (
     InvalidWorkflowIdError,
     SerializationError,
@@ -151,3 +154,38 @@ def test_a_deadlock_or_serialization_failure_is_a_retryable_error():
     for sqlstate in ("40P01", "40001"):
         error = type("PgError", (Exception,), {"sqlstate": sqlstate})("collided")
         assert isinstance(translate(error), OverloadedError)  # clients retry it (429)
+
+
+async def test_a_coalesced_batch_starts_all_but_the_moved_slot(
+    client: ShardClient, start_executor: Any
+):
+    """A router coalesces concurrent starts into one statement: a start whose slot this
+    shard no longer owns comes back as its own SlotMovedError, and the others start (in
+    all-or-nothing mode nothing would)."""
+    await start_executor()
+    ids = [f"coalesced-{i}" for i in range(20)]
+    moved = next(i for i in ids if slot_of(i) % 2 == 1)
+    async with client.pool.acquire() as conn:  # own the even slots only
+        await conn.execute(
+            "INSERT INTO shardflow.slots (slot, epoch) "
+            "SELECT s, 1 FROM generate_series(0, 1023, 2) AS s"
+        )
+    requests = [StartRequest("w3", make_input(n), id=wid) for n, wid in enumerate(ids)]
+    outcomes = await start_each_on(client.pool, requests)
+    for wid, outcome in zip(ids, outcomes, strict=True):
+        if slot_of(wid) % 2:
+            assert isinstance(outcome, SlotMovedError) and wid[:40] in outcome.message
+        else:
+            assert isinstance(outcome, StartResult) and outcome.created and outcome.id == wid
+    started = [o.id for o in outcomes if isinstance(o, StartResult)]
+    assert 0 < len(started) < len(ids) and moved not in started
+    for wid in started:
+        assert (await client.result(wid, timeout=30))["reserved"] >= 0
+    fresh = next(f"fresh-{i}" for i in range(100) if slot_of(f"fresh-{i}") % 2 == 0)
+    with pytest.raises(SlotMovedError):
+        await start_many_on(
+            client.pool, [StartRequest("w3", {}, id=fresh), StartRequest("w3", {}, id=moved)]
+        )
+    async with client.pool.acquire() as conn:
+        found = "SELECT count(*) FROM shardflow.workflows WHERE id = ANY ($1::text[])"
+        assert await conn.fetchval(found, [fresh, moved]) == 0

@@ -22,7 +22,8 @@ $$;
 -- status is NULL for an ID inserted concurrently by another transaction: re-read it.
 CREATE OR REPLACE FUNCTION shardflow.start_workflows(
     p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
-    p_parents text[], p_timeouts double precision[], p_priorities integer[] DEFAULT NULL)
+    p_parents text[], p_timeouts double precision[], p_priorities integer[] DEFAULT NULL,
+    p_partial boolean DEFAULT false)
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
                problem text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
@@ -64,7 +65,8 @@ BEGIN
         SELECT c.id, c.slot, c.key, c.name, c.version, 'pending', c.input, c.parent,
                now() + make_interval(secs => c.timeout), coalesce(c.priority, 0)
         FROM checked c
-        WHERE NOT EXISTS (SELECT 1 FROM checked b WHERE b.issue IS NOT NULL)
+        WHERE c.issue IS NULL
+          AND (p_partial OR NOT EXISTS (SELECT 1 FROM checked b WHERE b.issue IS NOT NULL))
         ON CONFLICT ON CONSTRAINT workflows_pkey DO NOTHING
         RETURNING w.id, w.slot, w.priority
     ), rdy AS (

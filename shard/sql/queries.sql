@@ -185,9 +185,10 @@ WITH rel AS (
 SELECT count(*) FROM rel;
 
 -- name: workflow_start_many
+-- $8: partial (start the rows without a problem even when others have one).
 SELECT id, slot, status, created, conflict, problem
 FROM shardflow.start_workflows($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
-                               $6::double precision[], $7::integer[]);
+                               $6::double precision[], $7::integer[], $8::boolean);
 
 -- name: workflow_start_recheck
 -- Starts that raced with a concurrent insert of the same ID: read what won.
@@ -195,9 +196,6 @@ SELECT t.id, w.slot, w.status, false AS created,
        (w.name <> t.name OR w.input <> t.input) AS conflict, NULL::text AS problem
 FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS t(id, name, input)
 JOIN shardflow.workflows w ON w.id = t.id;
-
--- name: raise_start_problem
-SELECT shardflow.raise_start_problem($1, $2, $3);
 
 -- name: workflow_status
 SELECT shardflow.workflow_status($1)::text;
