@@ -12,10 +12,11 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,12 @@ async def local_cluster(**settings: Any) -> AsyncIterator[DevCluster]:
         remove_data(data)
 
 
-async def loadgen_process(module: str, *args: str) -> tuple[dict[str, Any], float]:
+async def loadgen_process(
+    module: str, *args: str, until: Awaitable[Any] | None = None
+) -> tuple[dict[str, Any], float]:
     """Run a load generator (``python -m module args``) in its own process: its summary
-    (its last JSON line) and the CPU seconds our other children (the system) used meanwhile."""
+    (its last JSON line) and the CPU seconds our other children (the system) used meanwhile.
+    With ``until``, the phase ends (SIGTERM) once that is done, if it has not already."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -66,7 +70,14 @@ async def loadgen_process(module: str, *args: str) -> tuple[dict[str, Any], floa
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     before = tree_cpu([os.getpid()], exclude=[proc.pid])
-    out, err = await proc.communicate()
+    talk = asyncio.ensure_future(proc.communicate())
+    if until is not None:
+        stop = asyncio.ensure_future(until)
+        await asyncio.wait([talk, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    out, err = await talk
     after = tree_cpu([os.getpid()], exclude=[proc.pid])
     for line in reversed(out.decode(errors="replace").splitlines()):
         if line.startswith("{"):  # a client library may print its own lines before ours
@@ -78,8 +89,10 @@ async def loadgen_process(module: str, *args: str) -> tuple[dict[str, Any], floa
     )
 
 
-async def _loadgen(url: str, *extra: str) -> tuple[dict[str, Any], float]:
-    return await loadgen_process("shardflow.loadgen", "--url", url, *extra)
+async def _loadgen(
+    url: str, *extra: str, until: Awaitable[Any] | None = None
+) -> tuple[dict[str, Any], float]:
+    return await loadgen_process("shardflow.loadgen", "--url", url, *extra, until=until)
 
 
 async def http(args: argparse.Namespace) -> int:
@@ -127,6 +140,11 @@ async def http(args: argparse.Namespace) -> int:
     return 0
 
 
+# bench rebalance: seconds of load before the move starts; bound of the phase around it.
+RAMP = 2.0
+MAX_PHASE = 240.0
+
+
 async def rebalance(args: argparse.Namespace) -> int:
     from coordinator import operations
     from coordinator.catalog import Catalog, ensure_database
@@ -166,12 +184,22 @@ async def rebalance(args: argparse.Namespace) -> int:
             # The new shard joins with its executor running, as an operator would add it:
             # the executor's start-up is not part of the rebalance being measured.
             await _executor_up(dsn)
-            moving = asyncio.create_task(_loadgen(url, *load, "--seconds", str(args.seconds)))
-            t0 = time.monotonic()
+            # One load phase spans the move (it ends when the move is done and it has run
+            # for --seconds); the move starts once the load is under way, and its window
+            # is cut from the phase's timeline by wall clock.
+            moved = asyncio.Event()
+            moving = asyncio.create_task(
+                _loadgen(url, *load, "--seconds", str(MAX_PHASE), until=moved.wait())
+            )
+            phase_t0 = time.time()
+            await asyncio.sleep(RAMP)
+            t0 = time.time()
             planned = await operations.rebalance(catalog)
             while (await operations.status(catalog))["moves"]:  # noqa: ASYNC110 - polls the catalog
                 await asyncio.sleep(0.1)
-            move_s = time.monotonic() - t0
+            t1 = time.time()
+            await asyncio.sleep(max(0.0, phase_t0 + args.seconds - time.time()))
+            moved.set()
             during, _ = await moving
             print(f"during the move: {during}", flush=True)
             # The same load on the grown cluster, once every slot moved: what three shards
@@ -187,21 +215,26 @@ async def rebalance(args: argparse.Namespace) -> int:
             counts = await _ids_per_shard(catalog)
         finally:
             await catalog.close()
-    from shardflow.loadgen import percentile
+    from shardflow.loadgen import percentile, rate_between
 
-    ratio = during["wf_per_s"] / steady["wf_per_s"] if steady["wf_per_s"] else 0.0
+    move_s = t1 - t0
+    in_move = rate_between(during, t0, t1)
     phases = (steady, during, after)
     print(f"{planned} slots moved in {move_s:.1f} s", flush=True)
     print(
         json.dumps(
             {
                 "steady_wf_per_s": steady["wf_per_s"],
-                "during_move_wf_per_s": during["wf_per_s"],
-                "ratio": round(ratio, 3),
+                # Completions per second between the first move's start and the last
+                # one's end, from the load phase's timeline.
+                "during_move_wf_per_s": round(in_move, 1),
+                "ratio": round(in_move / steady["wf_per_s"], 3) if steady["wf_per_s"] else 0.0,
                 "after_move_wf_per_s": after["wf_per_s"],
-                "ratio_to_after": round(during["wf_per_s"] / after["wf_per_s"], 3)
+                "ratio_to_after": round(in_move / after["wf_per_s"], 3)
                 if after["wf_per_s"]
                 else 0.0,
+                # The whole load phase around the move (it starts RAMP s before the move).
+                "phase_wf_per_s": during["wf_per_s"],
                 "pause_p50_ms": round(percentile(pauses, 0.5), 1),
                 "pause_p99_ms": round(percentile(pauses, 0.99), 1),
                 "slots_moved": planned,

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import time
 import uuid
 from typing import Any, Protocol
@@ -84,6 +85,8 @@ class Load:
         self.latencies: list[float] = []
         self.finished_at: list[float] = []
         self.started = time.perf_counter()
+        self.started_unix = time.time()
+        self.deadline = math.inf
         self.errors = 0
         self.error_kinds: dict[str, int] = {}
 
@@ -104,15 +107,24 @@ class Load:
         self.errors += 1
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
+    def _begin(self, seconds: float) -> float:
+        self.started = time.perf_counter()
+        self.started_unix = time.time()
+        self.deadline = self.started + seconds
+        return self.started
+
+    def stop(self) -> None:
+        """End the phase now (SIGTERM): no new workflow starts; those under way finish."""
+        self.deadline = time.perf_counter()
+
     async def closed(self, clients: int, seconds: float) -> float:
-        deadline = time.perf_counter() + seconds
         counter = iter(range(10**12))
 
         async def worker() -> None:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < self.deadline:
                 await self.one(next(counter), time.perf_counter())
 
-        self.started = started = time.perf_counter()
+        started = self._begin(seconds)
         await asyncio.gather(*(worker() for _ in range(clients)))
         return time.perf_counter() - started
 
@@ -122,10 +134,12 @@ class Load:
         A system slower than the rate would otherwise hold the run for its whole backlog.
         """
         tasks = []
-        self.started = started = time.perf_counter()
+        started = self._begin(seconds)
         n = int(rate * seconds)
         for i in range(n):
             at = started + i / rate
+            if at >= self.deadline:
+                break
             delay = at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -150,15 +164,32 @@ class Load:
             "p95_ms": round(percentile(lat, 0.95) * 1000, 2),
             "p99_ms": round(percentile(lat, 0.99) * 1000, 2),
             "p999_ms": round(percentile(lat, 0.999) * 1000, 2),
-            "per_second": self.per_second(elapsed),
+            "per_second": self.timeline(elapsed, 1.0),
+            # For figures over a window of the caller's (wall clock, time.time()).
+            "started_unix": round(self.started_unix, 3),
+            "per_tenth": self.timeline(elapsed, 0.1),
         }
 
-    def per_second(self, elapsed: float) -> list[int]:
-        """Workflows completed in each whole second of the phase (a timeline of dips)."""
-        counts = [0] * max(1, math.ceil(elapsed))
+    def timeline(self, elapsed: float, step: float) -> list[int]:
+        """Workflows completed in each ``step`` seconds of the phase (a timeline of dips)."""
+        counts = [0] * max(1, math.ceil(elapsed / step))
         for at in self.finished_at:
-            counts[min(len(counts) - 1, max(0, int(at - self.started)))] += 1
+            counts[min(len(counts) - 1, max(0, int((at - self.started) / step)))] += 1
         return counts
+
+
+def rate_between(summary: dict[str, Any], t0: float, t1: float) -> float:
+    """Completions per second of a phase between wall-clock times t0 and t1, from its
+    tenth-of-a-second timeline (a tenth that straddles an end counts pro rata)."""
+    if t1 <= t0:
+        return 0.0
+    total = 0.0
+    for i, n in enumerate(summary["per_tenth"]):
+        lo = summary["started_unix"] + i / 10
+        overlap = min(lo + 0.1, t1) - max(lo, t0)
+        if overlap > 0:
+            total += n * overlap / 0.1
+    return total / (t1 - t0)
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,6 +205,7 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
 async def run(driver: Driver, args: argparse.Namespace) -> dict[str, Any]:
     """One phase of load through ``driver``, as the summary dict."""
     load = Load(driver)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, load.stop)
     await driver.open()
     try:
         if args.mode == "closed":

@@ -20,6 +20,7 @@ from loadtests import compare, scale
 from loadtests.cgroups import CgroupError, CpuGroup
 from loadtests.locust_run import run_locust
 from shardflow.bench_cluster import local_cluster
+from shardflow.loadgen import rate_between
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -235,6 +236,18 @@ def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing() -> None:
     assert out["slots_moved"] == 8
     assert out["lost"] == 0 and out["duplicated"] == 0 and out["errors"] == 0
     assert out["steady_wf_per_s"] > 0 and out["during_move_wf_per_s"] > 0
-    assert out["ratio"] == round(out["during_move_wf_per_s"] / out["steady_wf_per_s"], 3)
+    ratio = out["during_move_wf_per_s"] / out["steady_wf_per_s"]
+    assert out["ratio"] == pytest.approx(ratio, abs=0.002)
+    # the move window lies inside the load phase (which SIGTERM ended once it was over)
+    assert out["phase_wf_per_s"] > 0 and 0 < out["move_seconds"] < 240
     assert out["pause_p99_ms"] >= out["pause_p50_ms"] > 0
     assert len(out["during_per_second"]) >= 1 and sum(out["during_per_second"]) > 0
+
+
+def test_rate_between_cuts_a_window_out_of_a_timeline() -> None:
+    summary = {"started_unix": 100.0, "per_tenth": [10] * 10 + [0] * 10}
+    assert rate_between(summary, 100.0, 101.0) == pytest.approx(100.0)
+    assert rate_between(summary, 100.5, 101.5) == pytest.approx(50.0)
+    assert rate_between(summary, 100.05, 100.15) == pytest.approx(100.0)  # pro rata
+    assert rate_between(summary, 103.0, 104.0) == 0.0
+    assert rate_between(summary, 101.0, 101.0) == 0.0
