@@ -144,6 +144,10 @@ async def get_workflow(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
+# Shards a result wait follows a workflow across (each hop: its slot moved meanwhile).
+MAX_HOPS = 8
+
+
 async def get_result(request: web.Request) -> web.Response:
     view = view_of(request)
     timeout = rq.float_param(request, "timeout", 0.0, view.settings.max_result_wait)
@@ -153,15 +157,25 @@ async def get_result(request: web.Request) -> web.Response:
     except HttpError:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid[:40]!r}") from None
     shard = view.shard_for(request.query.get("routing_key") or wid)
-    try:
-        try:  # the hot path: wait on the hashed shard without looking the ID up first
-            outcome = await view.client(shard).wait(wid, timeout)
+    deadline = asyncio.get_running_loop().time() + timeout
+    hops = 0
+    while True:
+        # The hot path waits on the hashed shard without looking the ID up first. A
+        # workflow found nowhere there is looked for on every shard; one whose slot moves
+        # away while it is waited for is followed to its new shard (the old one drops it).
+        try:
+            outcome = await view.client(shard).wait(
+                wid, max(0.0, deadline - asyncio.get_running_loop().time())
+            )
+            break
+        except ResultTimeoutError:
+            status = await view.client(shard).locate(wid)
+            return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
         except WorkflowNotFoundError:
+            hops += 1
+            if hops > MAX_HOPS:
+                raise
             wid, shard = await _locate(request)
-            outcome = await view.client(shard).wait(wid, timeout)
-    except ResultTimeoutError:
-        status = await view.client(shard).locate(wid)
-        return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
     return web.json_response(
         {
             "id": wid,

@@ -509,6 +509,11 @@ BEGIN
         GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
     END LOOP;
     DELETE FROM shardflow.slots WHERE slot = p_slot;
+    -- Routers waiting here for a workflow of the slot read its outcome back, find it gone
+    -- and follow it to the slot's new shard (at once, not at their next periodic check).
+    IF cardinality(v_ids) > 0 THEN
+        PERFORM pg_notify('shardflow_done', '');
+    END IF;
     RETURN v_rows;
 END
 $$;
