@@ -50,6 +50,12 @@ class CoordinatorSettings(Settings):
         minimum=0.1,
     )
     parallel_moves: int = setting(4, help="slot moves run at once", minimum=1)
+    move_rows_per_s: float = setting(
+        2000.0,
+        help="rows copied per second by all moves together, so that moving slots leaves "
+        "the shards' disks to the workflows (0: no limit)",
+        minimum=0,
+    )
     metrics_port: int | None = setting(None, help="port of /metrics (unset: none)", minimum=0)
     metrics_host: str = setting("127.0.0.1", help="address of /metrics")
 
@@ -110,6 +116,7 @@ class Coordinator:
             self.faults,
             self.settings.rollback_after,
             self.settings.parallel_moves,
+            self.settings.move_rows_per_s,
         )
         scheduler = Scheduler(catalog)
         limiter = Limiter(catalog)

@@ -1,10 +1,15 @@
-"""Planner properties: an even spread, by the fewest moves, never onto inactive shards."""
+"""Planner properties: an even spread, by the fewest moves, never onto inactive shards;
+and the moves' shared budget of rows per second."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coordinator import moves
 from coordinator.planner import PlanError, plan
 
 shards = st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=64)
@@ -46,3 +51,29 @@ def test_no_active_shard_is_an_error():
         assert "no active shard" in str(exc)
     else:
         raise AssertionError("expected PlanError")
+
+
+def test_row_rate_charges_every_move_from_one_budget(monkeypatch: pytest.MonkeyPatch):
+    """Moves under way share one budget of rows per second: each waits until its rows
+    are paid for, queued behind those copied before it; 0 (or nothing copied) never waits.
+    A fake clock: no wall-clock time is measured."""
+    now = [100.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(round(seconds, 6))
+
+    monkeypatch.setattr(moves.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(moves.asyncio, "sleep", sleep)
+
+    async def scenario() -> None:
+        rate = moves.RowRate(1000)
+        await rate.spend(500)  # 0.5 s of budget
+        await rate.spend(1500)  # another move at the same moment: behind the first
+        now[0] += 10  # a long quiet spell: the budget does not pile up credit
+        await rate.spend(100)
+        await rate.spend(-1)  # an import applied before (-1 rows) costs nothing
+        await moves.RowRate(0).spend(10**6)
+
+    asyncio.run(scenario())
+    assert waits == [0.5, 2.0, 0.1]
