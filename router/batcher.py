@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shard.client import ShardClient, StartRequest, StartResult, start_each_on
+from shard.client import ShardClient, StartRequest, StartResult, settle, start_each_on
 
 
 class StartBatcher:
@@ -42,16 +42,7 @@ class StartBatcher:
             outcomes = await start_each_on(self._client.pool, [r for r, _ in batch])
         except Exception as exc:
             for _, fut in batch:
-                _settle(fut, exc)
+                settle(fut, exc)
             return
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
-            _settle(fut, outcome)
-
-
-def _settle(fut: asyncio.Future[StartResult], outcome: StartResult | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
+            settle(fut, outcome)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -41,6 +41,7 @@ from shard.queries import query
 from shard.sdk import WorkflowDef
 
 TERMINAL = ("completed", "failed", "cancelled")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,16 @@ def start_problem(workflow_id: str, name: str, problem: str) -> ShardflowError:
         )
     rule = "it must be 1 to 200 characters without control characters"
     return InvalidWorkflowIdError(f"{problem.replace('_', ' ')} of {workflow_id[:40]!r}: {rule}")
+
+
+def settle(fut: asyncio.Future[T], outcome: T | BaseException) -> None:
+    """Answer a future with a value or an error, unless it has its answer already."""
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 def check_priority(priority: object) -> None:
@@ -388,12 +399,7 @@ class ShardClient:
     def _settle(self, workflow_id: str, outcome: dict[str, Any] | BaseException) -> None:
         """Answer every waiter of a workflow with its outcome (or an error)."""
         for fut in self._waiters.pop(workflow_id, []):
-            if fut.done():
-                continue
-            if isinstance(outcome, BaseException):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
+            settle(fut, outcome)
 
     async def _check(self, ids: list[str]) -> None:
         try:
