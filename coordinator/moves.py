@@ -288,15 +288,16 @@ class Mover:
 
     async def _precopy_export(self, move: MoveRow) -> tuple[datetime, str]:
         """Finished rows of the slot, cut at a horizon no still-open transaction predates
-        (a workflow finishing concurrently goes to the live copy instead)."""
+        (a workflow finishing concurrently goes to the live copy instead). The horizon is
+        read before the export's snapshot is taken, never in it (see slot_precopy_horizon)."""
         while True:
             try:
                 async with (await self._pool(move.source)).acquire() as conn:
+                    horizon = await conn.fetchval(query("slot_precopy_horizon"))
+                    before = await self.catalog.pool.fetchval(
+                        q("move_set_horizon"), move.id, horizon
+                    )
                     async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        horizon = await conn.fetchval(query("slot_precopy_horizon"))
-                        before = await self.catalog.pool.fetchval(
-                            q("move_set_horizon"), move.id, horizon
-                        )
                         data = await conn.fetchval(query("slot_export"), move.slot, before, True)
                     return before, data
             except Exception as exc:

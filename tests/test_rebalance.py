@@ -4,6 +4,7 @@ repeating nothing; moves resume after the coordinator dies at each phase."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -359,3 +360,35 @@ async def test_a_router_with_a_stale_map_finds_moved_workflows(growing: LiveClus
     for wid in moved:
         doc = await stale.status(wid)
         assert doc["shard"] == "c2" and doc["status"] == "completed"
+
+
+async def test_precopy_and_live_copy_split_a_slot_at_the_horizon(dsn: str):
+    """A workflow that finishes in a transaction still open when the pre-copy's horizon is
+    read is not in the pre-copy (its snapshot cannot see it) but is in the live copy: the
+    two exports of a slot never both miss a row. The horizon is read in its own statement
+    before the pre-copy's snapshot, as the mover does."""
+    from shard import pool as shard_pool
+    from shard.queries import query
+
+    conns = [await shard_pool.connect(dsn) for _ in range(2)]
+    flusher, mover = conns
+    try:
+        await flusher.execute("INSERT INTO shardflow.registry (name, version) VALUES ('w', '1')")
+        await flusher.execute("SELECT shardflow.start_workflow('w', '{}'::jsonb, 'late')")
+        slot = await flusher.fetchval("SELECT slot FROM shardflow.workflows WHERE id = 'late'")
+        finishing = flusher.transaction()
+        await finishing.start()
+        await flusher.execute(
+            "UPDATE shardflow.workflows SET status = 'completed', finished_at = now() "
+            "WHERE id = 'late'"
+        )
+        horizon = await mover.fetchval(query("slot_precopy_horizon"))
+        async with mover.transaction(isolation="repeatable_read", readonly=True):
+            precopy = json.loads(await mover.fetchval(query("slot_export"), slot, horizon, True))
+            await finishing.commit()  # commits after the pre-copy's snapshot
+        live = json.loads(await mover.fetchval(query("slot_export"), slot, horizon, False))
+        assert [w["id"] for w in precopy["workflows"]] == []
+        assert [(w["id"], w["status"]) for w in live["workflows"]] == [("late", "completed")]
+    finally:
+        for conn in conns:
+            await conn.close()

@@ -287,9 +287,13 @@ SELECT slot FROM shardflow.slots WHERE state = 'incoming';
 SELECT coalesce(max(version), 0) FROM shardflow.schema_migrations;
 
 -- name: slot_precopy_horizon
--- Finished workflows whose finished_at is before this moment were committed before the
--- current snapshot: no transaction that is still open started earlier. (Run first in a
--- REPEATABLE READ transaction, then slot_export in the same snapshot.)
+-- A moment before which every transaction that is still open started. Read it in its own
+-- statement, then take the export's snapshot (REPEATABLE READ): a workflow finished
+-- before the horizon was then committed before that snapshot, so the pre-copy sees it,
+-- and one that commits after the snapshot finished (began) after the horizon, so the
+-- live copy takes it. Read inside the export's transaction instead, a flush committing
+-- between that snapshot and this read would be in neither copy (it is gone from
+-- pg_stat_activity, but not visible to the snapshot).
 SELECT least(now(), (SELECT min(a.xact_start) FROM pg_stat_activity a
                      WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()));
 
