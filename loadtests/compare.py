@@ -23,7 +23,7 @@ from typing import Any
 
 from loadtests import report
 from loadtests.systems import SYSTEMS, Running
-from shardflow.bench_cluster import loadgen_process
+from shardflow.bench_cluster import brief, loadgen_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("closed", "open")
@@ -82,12 +82,12 @@ async def measure(name: str, args: argparse.Namespace, rows: list[dict[str, Any]
             running, "--mode", "closed", *clients, "--seconds", str(args.seconds)
         )
         rows.append(row(name, "closed", closed, cpu, args))
-        print(f"[{name}] closed loop: {closed}", flush=True)
+        print(f"[{name}] closed loop: {brief(closed)}", flush=True)
         opened, cpu = await loadgen(
             running, "--mode", "open", "--rate", str(args.open_rate), "--seconds", str(args.seconds)
         )
         rows.append(row(name, "open", opened, cpu, args))
-        print(f"[{name}] open loop: {opened}", flush=True)
+        print(f"[{name}] open loop: {brief(opened)}", flush=True)
     return running
 
 

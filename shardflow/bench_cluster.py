@@ -89,6 +89,11 @@ async def loadgen_process(
     )
 
 
+def brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """A load phase's summary for people: without its 100 ms timeline."""
+    return {k: v for k, v in summary.items() if k not in ("per_tenth", "started_unix")}
+
+
 async def _loadgen(
     url: str, *extra: str, until: Awaitable[Any] | None = None
 ) -> tuple[dict[str, Any], float]:
@@ -107,11 +112,11 @@ async def http(args: argparse.Namespace) -> int:
         closed, closed_cpu = await _loadgen(
             url, "--mode", "closed", "--clients", str(args.clients), "--seconds", str(args.seconds)
         )
-        print(f"closed loop ({args.clients} clients): {closed}", flush=True)
+        print(f"closed loop ({args.clients} clients): {brief(closed)}", flush=True)
         opened, open_cpu = await _loadgen(
             url, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
         )
-        print(f"open loop ({args.rate:g}/s): {opened}", flush=True)
+        print(f"open loop ({args.rate:g}/s): {brief(opened)}", flush=True)
     cpu_ms = 1000 * closed_cpu / closed["completed"] if closed["completed"] else None
     print(
         f"CPU of all Shardflow processes (router, executors, Postgres) in the closed loop: "
@@ -155,7 +160,7 @@ async def rebalance(args: argparse.Namespace) -> int:
         load = ["--mode", "closed", "--clients", str(args.clients)]
         await _loadgen(url, *load, "--seconds", "3")
         steady, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
-        print(f"steady on 2 shards: {steady}", flush=True)
+        print(f"steady on 2 shards: {brief(steady)}", flush=True)
         (server,) = cluster.pg.start("shard2")
         dsn = server.dsn(DATABASE)
         await ensure_database(server.dsn(), DATABASE)
@@ -201,11 +206,11 @@ async def rebalance(args: argparse.Namespace) -> int:
             await asyncio.sleep(max(0.0, phase_t0 + args.seconds - time.time()))
             moved.set()
             during, _ = await moving
-            print(f"during the move: {during}", flush=True)
+            print(f"during the move: {brief(during)}", flush=True)
             # The same load on the grown cluster, once every slot moved: what three shards
             # do on this machine, to tell the cost of moving from the cost of a third shard.
             after, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
-            print(f"after the move, 3 shards: {after}", flush=True)
+            print(f"after the move, 3 shards: {brief(after)}", flush=True)
             pauses = sorted(
                 float(r["pause_ms"])
                 for r in await catalog.pool.fetch(
