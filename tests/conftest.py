@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -90,7 +91,7 @@ async def create_database(server: PostgresServer, template: str = TEMPLATE) -> s
 async def dsn(pg: PostgresServer) -> AsyncIterator[str]:
     url = await create_database(pg)
     yield url
-    name = url.rsplit("/", 1)[1]
+    name = urlsplit(url).path.lstrip("/")
     conn = await asyncpg.connect(pg.dsn())
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

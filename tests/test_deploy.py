@@ -196,7 +196,8 @@ def test_healthcheck_command_probes_healthz():
 async def test_cluster_init_is_idempotent_and_refuses_a_changed_slot_count(pg: PostgresServer):
     catalog_dsn = await create_database(pg, "template0")
     a = await create_database(pg, "template0")
-    b = await create_database(pg, "template0") + "?sslmode=prefer"  # TLS if offered
+    b = await create_database(pg, "template0")
+    b += ("&" if "?" in b else "?") + "sslmode=prefer"  # TLS if offered
 
     async def init(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
