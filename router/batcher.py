@@ -4,14 +4,19 @@ Like group commit: a start goes out at once when none is in flight, and the star
 that arrive meanwhile share the next statement (and its one NOTIFY), so load adds
 no per-start round trips and low load adds no latency. The statement starts every
 start it can and answers the others with their own error (unknown name, invalid ID,
-a slot that moved), so one bad or moving start never fails or delays another.
+a slot that moved), so one bad or moving start never fails or delays another. The
+workflows it creates are expected by the shard's result waiters: a wait for one of
+them needs no read-back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import replace
 
-from shard.client import ShardClient, StartRequest, StartResult, settle, start_each_on
+from shard.client import ShardClient, StartRequest, StartResult, start_each_on
+from shard.waiters import settle
 
 
 class StartBatcher:
@@ -38,11 +43,21 @@ class StartBatcher:
             self._task = None
 
     async def _flush(self, batch: list[tuple[StartRequest, asyncio.Future[StartResult]]]) -> None:
+        requests = [r if r.id is not None else replace(r, id=uuid.uuid4().hex) for r, _ in batch]
+        ids = [str(r.id) for r in requests]
+        results = self._client.results
+        results.expect(ids)  # before the start, so no completion comes first
         try:
-            outcomes = await start_each_on(self._client.pool, [r for r, _ in batch])
+            outcomes = await start_each_on(self._client.pool, requests)
         except Exception as exc:
+            results.forget(ids)
             for _, fut in batch:
                 settle(fut, exc)
             return
+        results.forget(
+            wid
+            for wid, o in zip(ids, outcomes, strict=True)
+            if not (isinstance(o, StartResult) and o.created)
+        )
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
             settle(fut, outcome)

@@ -6,25 +6,20 @@ shard, so application data and the workflow start commit together (or neither).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from shard import codec
-from shard import pool as shard_pool
 from shard.dbfaults import is_unavailable
 from shard.errors import (
     BadRequestError,
     InvalidWorkflowIdError,
     OverloadedError,
-    ResultTimeoutError,
     SerializationError,
     ShardflowError,
     ShardUnavailableError,
@@ -39,9 +34,7 @@ from shard.errors import (
 from shard.pool import create_pool
 from shard.queries import query
 from shard.sdk import WorkflowDef
-
-TERMINAL = ("completed", "failed", "cancelled")
-T = TypeVar("T")
+from shard.waiters import ResultWaiters
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +148,6 @@ def start_problem(workflow_id: str, name: str, problem: str) -> ShardflowError:
     return InvalidWorkflowIdError(f"{problem.replace('_', ' ')} of {workflow_id[:40]!r}: {rule}")
 
 
-def settle(fut: asyncio.Future[T], outcome: T | BaseException) -> None:
-    """Answer a future with a value or an error, unless it has its answer already."""
-    if fut.done():
-        return
-    if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
-
-
 def check_priority(priority: object) -> None:
     if (
         not isinstance(priority, int)
@@ -194,9 +177,7 @@ class ShardClient:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self.pool = pool
         self._dsn = dsn
-        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self._watch_task: asyncio.Task[None] | None = None
-        self._notified = asyncio.Event()
+        self.results = ResultWaiters(pool, dsn)
 
     @classmethod
     async def connect(
@@ -212,9 +193,7 @@ class ShardClient:
         return cls(pool, dsn)
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+        await self.results.close()
         await self.pool.close()
 
     async def __aenter__(self) -> ShardClient:
@@ -336,85 +315,7 @@ class ShardClient:
 
     async def wait(self, workflow_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the workflow to finish; its {id, status, output, error} (JSON text)."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(workflow_id, []).append(fut)
-        self._ensure_watcher()
-        self._notified.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            raise ResultTimeoutError(
-                f"workflow {workflow_id} did not finish within {timeout} s", id=workflow_id
-            ) from None
-        finally:
-            waiters = self._waiters.get(workflow_id, [])
-            if fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._waiters[workflow_id]
-
-    def _ensure_watcher(self) -> None:
-        if self._watch_task is None or self._watch_task.done():
-            self._watch_task = asyncio.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        """One LISTEN connection and one batched query per wake-up serve every waiter."""
-        conn: asyncpg.Connection | None = None
-        try:
-            while True:
-                if conn is None or conn.is_closed():
-                    conn = await self._listen()
-                self._notified.clear()
-                if self._waiters:
-                    await self._check(list(self._waiters))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._notified.wait(), 1.0)
-        finally:
-            if conn is not None:
-                await conn.close()
-
-    async def _listen(self) -> asyncpg.Connection | None:
-        try:
-            conn = await shard_pool.connect(self._dsn)
-            await conn.add_listener("shardflow_done", self._on_done)
-            return conn
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            return None
-
-    def _on_done(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        """A completion NOTIFY: its payload lists the outcomes ([id, status, output,
-        error] each); an empty or unreadable one means 'read them back'."""
-        try:
-            outcomes = json.loads(payload) if isinstance(payload, str) and payload else None
-        except ValueError:
-            outcomes = None
-        if not isinstance(outcomes, list):
-            self._notified.set()
-            return
-        for wid, status, output, error in outcomes:
-            self._settle(wid, {"id": wid, "status": status, "output": output, "error": error})
-
-    def _settle(self, workflow_id: str, outcome: dict[str, Any] | BaseException) -> None:
-        """Answer every waiter of a workflow with its outcome (or an error)."""
-        for fut in self._waiters.pop(workflow_id, []):
-            settle(fut, outcome)
-
-    async def _check(self, ids: list[str]) -> None:
-        try:
-            rows = await self.pool.fetch(query("workflow_outcomes"), ids)
-        except Exception as exc:
-            if is_unavailable(exc):
-                return
-            raise
-        found = set()
-        for row in rows:
-            found.add(row["id"])
-            if row["status"] in TERMINAL:
-                self._settle(row["id"], dict(row))
-        for wid in set(ids) - found:  # not on this shard (or never started)
-            self._settle(wid, WorkflowNotFoundError(f"unknown workflow ID {wid!r}", id=wid))
+        return await self.results.wait(workflow_id, timeout)
 
 
 __all__ = ["ShardClient", "ShardflowError", "StartRequest", "StartResult"]

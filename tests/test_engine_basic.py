@@ -189,3 +189,39 @@ async def test_a_coalesced_batch_starts_all_but_the_moved_slot(
     async with client.pool.acquire() as conn:
         found = "SELECT count(*) FROM shardflow.workflows WHERE id = ANY ($1::text[])"
         assert await conn.fetchval(found, [fresh, moved]) == 0
+
+
+async def test_a_router_waits_for_what_it_started_without_reading_back(
+    client: ShardClient, dsn: str, start_executor: Any
+):
+    """Workflows a router's batcher created while its listener was up are expected: a wait
+    for one reads nothing back, whether it comes before the completion or after it (the
+    outcome heard meanwhile is kept). A workflow started elsewhere is read back once."""
+    from router.batcher import StartBatcher
+
+    await start_executor()
+    results = client.results
+    await until_listening(results)
+    batcher = StartBatcher(client)
+    early = await asyncio.gather(
+        *(batcher.start(StartRequest("w3", make_input(i))) for i in range(20))
+    )
+    reads = results.reads
+    outcomes = await asyncio.gather(*(client.wait(r.id, 30) for r in early))
+    assert [o["status"] for o in outcomes] == ["completed"] * 20
+    late = await batcher.start(StartRequest("w3", make_input(99)))
+    async with await ShardClient.connect(dsn) as other:  # another router: its own waiters
+        await other.result(late.id, timeout=30)  # it finished (read back there, not here)
+    assert (await client.wait(late.id, 30))["status"] == "completed"
+    assert results.reads == reads  # neither the early waits nor the late one read back
+    elsewhere = await client.start("w3", make_input(100))  # not through the batcher
+    assert (await client.wait(elsewhere, 30))["status"] == "completed"
+    assert results.reads > reads
+
+
+async def until_listening(results: Any) -> None:
+    for _ in range(500):
+        if results.listener() is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the result waiters never listened")
