@@ -48,25 +48,24 @@ class ResultWaiters:
         self._task: asyncio.Task[None] | None = None
         self._notified = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
-        self._connects = 0  # LISTEN connections made so far: a new one may have missed some
         # Started here while listening: ID -> (when, its outcome once it arrived, or None).
         self._expected: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.reads = 0  # outcome read-backs (one query each)
 
-    def listener(self) -> int | None:
-        """The current LISTEN connection's number, or None when there is none (yet: the
-        watcher starts, so that later starts can be expected)."""
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (when not, the watcher starts, so that
+        later starts can be expected)."""
         if self._conn is None or self._conn.is_closed():
             self._ensure_watcher()
-            return None
-        return self._connects
+            return False
+        return True
 
     def expect(self, ids: Iterable[str]) -> None:
         """Workflows about to be created here: if the listener is up, their completions
         will be heard (a new connection forgets every expectation). Call it before
         sending their start, so that no completion can come first, then ``forget`` the
         ones the start did not create."""
-        if self.listener() is None:
+        if not self.listening():
             return
         now = time.monotonic()
         for wid in ids:
@@ -135,7 +134,6 @@ class ResultWaiters:
             if not is_unavailable(exc):
                 raise
             return None
-        self._connects += 1
         return conn
 
     def _forget(self, before: float) -> None:

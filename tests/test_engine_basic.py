@@ -221,7 +221,7 @@ async def test_a_router_waits_for_what_it_started_without_reading_back(
 
 async def until_listening(results: Any) -> None:
     for _ in range(500):
-        if results.listener() is not None:
+        if results.listening():
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the result waiters never listened")
