@@ -6,6 +6,7 @@ import json
 import os
 import socket
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -14,6 +15,47 @@ from shard import codec
 from shard.model import ClaimedWorkflow, History, RecordedStep, WorkflowRecord
 from shard.queries import query
 from shard.sdk import WorkflowDef
+
+_flush_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _unix(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def flush_payload(records: Sequence[WorkflowRecord]) -> str:
+    """The one JSON parameter of ``checkpoint_flush``: the records with their step rows.
+
+    Outputs and errors are already JSON text and go in as strings (the query casts them);
+    times go as Unix seconds."""
+    return _flush_encoder.encode(
+        [
+            {
+                "id": r.id,
+                "epoch": r.epoch,
+                "status": r.status,
+                "output": r.output,
+                "error": r.error,
+                "run_at": _unix(r.run_at),
+                "next_seq": r.next_seq,
+                "seen_signal": r.seen_signal,
+                "parent": r.parent,
+                "steps": [
+                    {
+                        "seq": s.seq,
+                        "name": s.name,
+                        "status": s.status,
+                        "output": s.output,
+                        "error": s.error,
+                        "attempts": s.attempts,
+                        "started_at": _unix(s.started_at),
+                    }
+                    for s in r.steps
+                ],
+            }
+            for r in records
+        ]
+    )
 
 
 class ShardStore:
@@ -97,27 +139,7 @@ class ShardStore:
 
     async def checkpoint_flush(self, records: Sequence[WorkflowRecord]) -> dict[str, bool]:
         """Group-commit ``records``; returns {applied workflow ID: cancel requested}."""
-        steps = [(r.id, s) for r in records for s in r.steps]
-        args: list[list[Any]] = [
-            [r.id for r in records],
-            [r.epoch for r in records],
-            [r.status for r in records],
-            [r.output for r in records],
-            [r.error for r in records],
-            [r.run_at for r in records],
-            [r.next_seq for r in records],
-            [r.seen_signal for r in records],
-            [wid for wid, _ in steps],
-            [s.seq for _, s in steps],
-            [s.name for _, s in steps],
-            [s.status for _, s in steps],
-            [s.output for _, s in steps],
-            [s.error for _, s in steps],
-            [s.attempts for _, s in steps],
-            [s.started_at for _, s in steps],
-            [r.parent for r in records],
-        ]
-        rows = await self.pool.fetch(query("checkpoint_flush"), *args)
+        rows = await self.pool.fetch(query("checkpoint_flush"), flush_payload(records))
         return {row["id"]: row["cancel_requested"] for row in rows}
 
     async def workflow_release_many(self, items: Sequence[tuple[str, int]]) -> int:
