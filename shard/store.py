@@ -19,15 +19,15 @@ from shard.sdk import WorkflowDef
 _flush_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def _unix(moment: datetime | None) -> float | None:
-    return None if moment is None else moment.timestamp()
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def flush_payload(records: Sequence[WorkflowRecord]) -> str:
     """The one JSON parameter of ``checkpoint_flush``: the records with their step rows.
 
     Outputs and errors are already JSON text and go in as strings (the query casts them);
-    times go as Unix seconds."""
+    times go in ISO 8601 with their offset, exact to the microsecond."""
     return _flush_encoder.encode(
         [
             {
@@ -36,7 +36,7 @@ def flush_payload(records: Sequence[WorkflowRecord]) -> str:
                 "status": r.status,
                 "output": r.output,
                 "error": r.error,
-                "run_at": _unix(r.run_at),
+                "run_at": _iso(r.run_at),
                 "next_seq": r.next_seq,
                 "seen_signal": r.seen_signal,
                 "parent": r.parent,
@@ -48,7 +48,7 @@ def flush_payload(records: Sequence[WorkflowRecord]) -> str:
                         "output": s.output,
                         "error": s.error,
                         "attempts": s.attempts,
-                        "started_at": _unix(s.started_at),
+                        "started_at": _iso(s.started_at),
                     }
                     for s in r.steps
                 ],

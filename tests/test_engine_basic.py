@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -11,7 +13,9 @@ import pytest
 from examples.bench import make_input
 from shard.client import StartResult, start_each_on, start_many_on
 from shard.errors import SlotMovedError
+from shard.model import StepRow, WorkflowRecord
 from shard.slots import slot_of
+from shard.store import ShardStore
 from shardflow import (
     InvalidWorkflowIdError,
     SerializationError,
@@ -225,3 +229,30 @@ async def until_listening(results: Any) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the result waiters never listened")
+
+
+async def test_a_checkpoint_flush_writes_exactly_what_it_was_given(client: ShardClient):
+    """The flush's one JSON parameter: times to the microsecond, JSON text with quotes
+    and non-ASCII characters, a sleep back on the ready queue, a stale epoch ignored."""
+    store = ShardStore(client.pool)
+    await store.registry_add([("w3", "1", None)])
+    wid = await client.start("w3", make_input(7))
+    (claimed,) = await store.workflow_claim_batch("t-owner", 10, 30.0, None)
+    started = datetime(2026, 11, 26, 1, 2, 3, 456789, tzinfo=UTC)
+    wake = datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    output = '{"note": "d\\u00e9j\\u00e0 \\"vu\\"", "café": [1, 2.5, null]}'
+    step = StepRow(0, "reserve", "completed", output, None, 2, started)
+    stale = WorkflowRecord(wid, claimed.epoch - 1, 1, 0, status="completed", output="1")
+    assert await store.checkpoint_flush([stale]) == {}
+    record = WorkflowRecord(wid, claimed.epoch, 1, 0, status="sleeping", run_at=wake, steps=[step])
+    assert await store.checkpoint_flush([record]) == {wid: False}
+    async with client.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT w.status, w.wake_at, r.run_at, s.started_at, s.output::text AS output, "
+            "s.attempts FROM shardflow.workflows w JOIN shardflow.ready r ON r.workflow_id = w.id "
+            "JOIN shardflow.steps s ON s.workflow_id = w.id WHERE w.id = $1",
+            wid,
+        )
+    assert row["status"] == "sleeping" and row["wake_at"] == wake and row["run_at"] == wake
+    assert row["started_at"] == started and row["attempts"] == 2
+    assert json.loads(row["output"]) == json.loads(output)

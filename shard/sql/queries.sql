@@ -74,14 +74,14 @@ ORDER BY workflow_id, id;
 -- lists them. Suspended workflows go back to the ready queue at their timer, or
 -- at once when an event or a cancel arrived since the executor last looked.
 -- $1 is one JSON array of the workflows' records, each with its new step rows (outputs
--- and errors as JSON text, times as Unix seconds): one parameter encodes in a fraction
+-- and errors as JSON text, times in ISO 8601): one parameter encodes in a fraction
 -- of the time 17 arrays took the driver, element by element.
 WITH wf_in AS (
     SELECT t.id, t.epoch, t.status AS new_status, t.output::jsonb AS output,
-           t.error::jsonb AS error, to_timestamp(t.run_at) AS run_at, t.next_seq,
+           t.error::jsonb AS error, t.run_at, t.next_seq,
            t.seen_signal, t.parent, t.steps
     FROM json_to_recordset($1::json) AS t(id text, epoch bigint, status text, output text,
-        error text, run_at float8, next_seq integer, seen_signal integer, parent text,
+        error text, run_at timestamptz, next_seq integer, seen_signal integer, parent text,
         steps json)
 ), finished_children AS (
     -- Children finishing now signal their parent (woken if it waits for them).
@@ -108,10 +108,10 @@ WITH wf_in AS (
 ), st AS (
     INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
     SELECT i.id, s.seq, s.name, s.status, s.output::jsonb, s.error::jsonb, s.attempts,
-           to_timestamp(s.started_at)
+           s.started_at
     FROM wf_in i
     CROSS JOIN LATERAL json_to_recordset(i.steps) AS s(seq integer, name text, status text,
-        output text, error text, attempts integer, started_at float8)
+        output text, error text, attempts integer, started_at timestamptz)
     JOIN fenced f ON f.id = i.id
     ON CONFLICT (workflow_id, seq) DO NOTHING
 ), rdy AS (
