@@ -65,15 +65,22 @@ class ShardMetrics:
             ["shard", "workflow"],
             registry=r,
         )
+        self.claims = Counter(
+            "shardflow_claims_total",
+            "Claims made, by how: alone (a statement of their own) or with_flush (riding a "
+            "checkpoint flush, one statement and one commit for both).",
+            ["how"],
+            registry=r,
+        )
         self.claim_batch_size = Histogram(
             "shardflow_claim_batch_size",
-            "Workflows claimed per claim statement.",
+            "Workflows claimed per claim.",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.claim_seconds = Histogram(
             "shardflow_claim_duration_seconds",
-            "Latency of one claim statement.",
+            "Latency of one claim (with a flush: from the request to the flush's end).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

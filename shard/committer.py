@@ -3,6 +3,12 @@
 A submit joins the pending batch; a flush starts at once when none is in flight
 (so low load adds no latency) and whatever arrives meanwhile goes in the next
 one, like Postgres's own group commit. One flush is one statement.
+
+The executor's claims go through here too: while a flush is in flight, a claim rides
+the next one (one statement and one commit for both, where a busy executor otherwise
+sent a claim of its own for every batch of starts); when none is, or the next flush
+holds a record whose write could touch the rows a claim takes (a child finishing, which
+signals its parent; a suspension, which queues a ready entry), the claim goes alone.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ import time
 from metrics.shard import ShardMetrics
 from shard.errors import ShardUnavailableError
 from shard.faults import Faults
-from shard.model import FlushResult, WorkflowRecord
+from shard.model import ClaimedWorkflow, ClaimRequest, FlushResult, WorkflowRecord
 from shard.store import ShardStore
 
 log = logging.getLogger("shardflow.committer")
+
+SUSPENDED = ("sleeping", "waiting")
+_TURNS = 3
+_Claim = tuple[ClaimRequest, "asyncio.Future[list[ClaimedWorkflow] | None]"]
 
 
 class GroupCommitter:
@@ -30,6 +40,7 @@ class GroupCommitter:
         self._max_batch = max_batch
         self._pending: dict[str, WorkflowRecord] = {}
         self._task: asyncio.Task[None] | None = None
+        self._claim: _Claim | None = None
 
     def enqueue(self, record: WorkflowRecord) -> asyncio.Future[FlushResult]:
         """Add to the next flush (merged with the workflow's record already waiting there)."""
@@ -53,6 +64,21 @@ class GroupCommitter:
     async def submit(self, record: WorkflowRecord) -> FlushResult:
         return await asyncio.shield(self.enqueue(record))
 
+    async def claim(self, request: ClaimRequest) -> list[ClaimedWorkflow]:
+        """Claim with the next flush when one is in flight (its workflows' next records
+        make the next flush), else on its own at once. One claim at a time (the
+        executor's claim loop makes them)."""
+        if self._task is not None and self._claim is None:
+            future: asyncio.Future[list[ClaimedWorkflow] | None]
+            future = asyncio.get_running_loop().create_future()
+            self._claim = (request, future)
+            claimed = await asyncio.shield(future)
+            if claimed is not None:
+                self._metrics.claims.labels("with_flush").inc()
+                return claimed
+        self._metrics.claims.labels("alone").inc()
+        return await self._store.workflow_claim_batch(request)
+
     async def drain(self) -> None:
         """Wait until everything submitted so far is flushed."""
         while self._task is not None:
@@ -66,24 +92,41 @@ class GroupCommitter:
                 else:
                     keys = list(self._pending)[: self._max_batch]
                     batch = {k: self._pending.pop(k) for k in keys}
-                await self._flush(list(batch.values()))
+                claim, self._claim = self._claim, None
+                await self._flush(list(batch.values()), claim)
+                if self._claim is not None and not self._pending:
+                    # A claim waits for the next flush: let the workflows this one released
+                    # run to their next records (their wake-ups take two turns of the loop).
+                    for _ in range(_TURNS):
+                        await asyncio.sleep(0)
         finally:
             self._task = None
+            claim, self._claim = self._claim, None
+            _settle(claim, None)  # no flush to ride: the claim goes alone
 
-    async def _flush(self, batch: list[WorkflowRecord]) -> None:
+    async def _flush(self, batch: list[WorkflowRecord], claim: _Claim | None) -> None:
+        if claim is not None and not all(
+            r.parent is None and r.status not in SUSPENDED for r in batch
+        ):
+            _settle(claim, None)
+            claim = None
         started = time.perf_counter()
         try:
             await self._faults.point("before_checkpoint_commit")
-            applied = await self._store.checkpoint_flush(batch)
+            applied, claimed = await self._store.checkpoint_flush(
+                batch, None if claim is None else claim[0]
+            )
             await self._faults.point("after_checkpoint_commit")
         except Exception as exc:
             log.warning("event=flush_failed records=%d error=%r", len(batch), exc)
+            failure = ShardUnavailableError(f"checkpoint write failed: {exc}")
             for record in batch:
                 if record.future is not None and not record.future.done():
-                    record.future.set_exception(
-                        ShardUnavailableError(f"checkpoint write failed: {exc}")
-                    )
+                    record.future.set_exception(failure)
+            if claim is not None and not claim[1].done():
+                claim[1].set_exception(failure)
             return
+        _settle(claim, claimed)
         self._metrics.checkpoint_batch_size.observe(len(batch))
         self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         fenced = 0
@@ -96,3 +139,9 @@ class GroupCommitter:
                 record.future.set_result(FlushResult(cancel is not None, bool(cancel)))
         if fenced:
             self._metrics.fenced_writes.inc(fenced)
+
+
+def _settle(claim: _Claim | None, claimed: list[ClaimedWorkflow] | None) -> None:
+    """Answer a claim that waited for a flush: what it claimed, or None to go alone."""
+    if claim is not None and not claim[1].done():
+        claim[1].set_result(claimed)

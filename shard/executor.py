@@ -27,7 +27,7 @@ from shard.errors import SettingsError, ShardflowError
 from shard.executor_settings import ExecutorSettings
 from shard.faults import Faults
 from shard.migrate import migrations
-from shard.model import ClaimedWorkflow, History
+from shard.model import ClaimedWorkflow, ClaimRequest, History
 from shard.pool import create_pool
 from shard.queries import query
 from shard.runner import WorkflowRunner
@@ -208,9 +208,16 @@ class Executor:
             try:
                 if self.runner is not None and self.runner.foreign_seen:
                     self._foreign_kinds = True
-                claimed = await self.store.workflow_claim_batch(
-                    self.owner, limit, s.lease_seconds, self.kinds if self._foreign_kinds else None
+                request = ClaimRequest(
+                    self.owner,
+                    limit,
+                    s.lease_seconds,
+                    tuple(self.kinds) if self._foreign_kinds else None,
                 )
+                if self.runner is not None:
+                    claimed = await self.runner.committer.claim(request)
+                else:
+                    claimed = await self.store.workflow_claim_batch(request)
             except Exception as exc:
                 log.warning("event=claim_failed retry_in=%.2f error=%r", delay, exc)
                 await asyncio.sleep(delay)

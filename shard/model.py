@@ -29,6 +29,25 @@ class ClaimedWorkflow:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What an executor asks of a claim: up to ``limit`` workflows leased to ``owner`` for
+    ``lease`` seconds, of the (name, version) ``kinds`` it has code for (None: any)."""
+
+    owner: str
+    limit: int
+    lease: float
+    kinds: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def names(self) -> list[str] | None:
+        return None if self.kinds is None else [name for name, _ in self.kinds]
+
+    @property
+    def versions(self) -> list[str] | None:
+        return None if self.kinds is None else [version for _, version in self.kinds]
+
+
+@dataclass(frozen=True, slots=True)
 class RecordedStep:
     seq: int
     name: str

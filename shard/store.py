@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from shard import codec
-from shard.model import ClaimedWorkflow, History, RecordedStep, WorkflowRecord
+from shard.model import ClaimedWorkflow, ClaimRequest, History, RecordedStep, WorkflowRecord
 from shard.queries import query
 from shard.sdk import WorkflowDef
 
@@ -21,6 +21,13 @@ _flush_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+_NO_CLAIM: tuple[Any, ...] = ("", 0, 0.0, None, None)
+
+
+def _claim_args(claim: ClaimRequest) -> tuple[Any, ...]:
+    return (claim.owner, claim.limit, claim.lease, claim.names, claim.versions)
 
 
 def flush_payload(records: Sequence[WorkflowRecord]) -> str:
@@ -107,18 +114,9 @@ class ShardStore:
         """Every (name, version) registered on the shard, by any executor."""
         return {(r["name"], r["version"]) for r in await self.pool.fetch(query("registry_kinds"))}
 
-    async def workflow_claim_batch(
-        self, owner: str, limit: int, lease: float, kinds: Sequence[tuple[str, str]] | None
-    ) -> list[ClaimedWorkflow]:
-        """Claim due workflows: any (``kinds`` None), or only the (name, version) pairs in it."""
-        rows = await self.pool.fetch(
-            query("workflow_claim_batch"),
-            owner,
-            limit,
-            lease,
-            None if kinds is None else [name for name, _ in kinds],
-            None if kinds is None else [version for _, version in kinds],
-        )
+    async def workflow_claim_batch(self, request: ClaimRequest) -> list[ClaimedWorkflow]:
+        """Claim due workflows: any kind (``request.kinds`` None), or only those in it."""
+        rows = await self.pool.fetch(query("workflow_claim_batch"), *_claim_args(request))
         return [ClaimedWorkflow(*row) for row in rows]
 
     async def history_for(self, claimed: Sequence[ClaimedWorkflow]) -> dict[str, History]:
@@ -137,10 +135,39 @@ class ShardStore:
                 events.setdefault(row["name"], []).append(codec.loads(row["payload"]))
         return histories
 
-    async def checkpoint_flush(self, records: Sequence[WorkflowRecord]) -> dict[str, bool]:
-        """Group-commit ``records``; returns {applied workflow ID: cancel requested}."""
-        rows = await self.pool.fetch(query("checkpoint_flush"), flush_payload(records))
-        return {row["id"]: row["cancel_requested"] for row in rows}
+    async def checkpoint_flush(
+        self, records: Sequence[WorkflowRecord], claim: ClaimRequest | None = None
+    ) -> tuple[dict[str, bool], list[ClaimedWorkflow]]:
+        """Group-commit ``records`` and, with them, ``claim``: {applied workflow ID: cancel
+        requested} and the workflows claimed. The caller keeps out of a flush that claims
+        any record with a parent or a suspension (see the query)."""
+        rows = await self.pool.fetch(
+            query("checkpoint_flush"),
+            flush_payload(records),
+            *(_NO_CLAIM if claim is None else _claim_args(claim)),
+        )
+        applied = {row["id"]: row["cancel_requested"] for row in rows if not row["claimed"]}
+        claimed = [
+            ClaimedWorkflow(
+                row["id"],
+                row["name"],
+                row["version"],
+                row["input"],
+                row["lease_epoch"],
+                row["attempt"],
+                row["next_seq"],
+                row["signal_seq"],
+                row["cancel_requested"],
+                row["deadline"],
+                row["created_at"],
+                row["routing_key"],
+                row["parent"],
+                row["priority"],
+            )
+            for row in rows
+            if row["claimed"]
+        ]
+        return applied, claimed
 
     async def workflow_release_many(self, items: Sequence[tuple[str, int]]) -> int:
         return int(

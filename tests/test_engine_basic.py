@@ -11,9 +11,12 @@ import asyncpg
 import pytest
 
 from examples.bench import make_input
+from metrics.shard import ShardMetrics
 from shard.client import StartResult, start_each_on, start_many_on
+from shard.committer import GroupCommitter
 from shard.errors import SlotMovedError
-from shard.model import StepRow, WorkflowRecord
+from shard.faults import Faults
+from shard.model import ClaimRequest, StepRow, WorkflowRecord
 from shard.slots import slot_of
 from shard.store import ShardStore
 from shardflow import (
@@ -237,15 +240,15 @@ async def test_a_checkpoint_flush_writes_exactly_what_it_was_given(client: Shard
     store = ShardStore(client.pool)
     await store.registry_add([("w3", "1", None)])
     wid = await client.start("w3", make_input(7))
-    (claimed,) = await store.workflow_claim_batch("t-owner", 10, 30.0, None)
+    (claimed,) = await store.workflow_claim_batch(ClaimRequest("t-owner", 10, 30.0))
     started = datetime(2026, 11, 26, 1, 2, 3, 456789, tzinfo=UTC)
     wake = datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     output = '{"note": "d\\u00e9j\\u00e0 \\"vu\\"", "café": [1, 2.5, null]}'
     step = StepRow(0, "reserve", "completed", output, None, 2, started)
     stale = WorkflowRecord(wid, claimed.epoch - 1, 1, 0, status="completed", output="1")
-    assert await store.checkpoint_flush([stale]) == {}
+    assert await store.checkpoint_flush([stale]) == ({}, [])
     record = WorkflowRecord(wid, claimed.epoch, 1, 0, status="sleeping", run_at=wake, steps=[step])
-    assert await store.checkpoint_flush([record]) == {wid: False}
+    assert await store.checkpoint_flush([record]) == ({wid: False}, [])
     async with client.pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT w.status, w.wake_at, r.run_at, s.started_at, s.output::text AS output, "
@@ -256,3 +259,38 @@ async def test_a_checkpoint_flush_writes_exactly_what_it_was_given(client: Shard
     assert row["status"] == "sleeping" and row["wake_at"] == wake and row["run_at"] == wake
     assert row["started_at"] == started and row["attempts"] == 2
     assert json.loads(row["output"]) == json.loads(output)
+
+
+async def test_a_claim_rides_the_flush_in_flight_and_goes_alone_otherwise(client: ShardClient):
+    """One statement for a flush and the executor's next claim, when a flush is under way
+    and holds no record whose write could touch what a claim takes."""
+    store = ShardStore(client.pool)
+    await store.registry_add([("w3", "1", None)])
+    metrics = ShardMetrics()
+    committer = GroupCommitter(store, Faults(), metrics)
+
+    def claims(how: str) -> float:
+        return metrics.claims.labels(how)._value.get()
+
+    ids = [await client.start("w3", make_input(i)) for i in range(4)]
+    (first,) = await committer.claim(ClaimRequest("t-owner", 1, 30.0))  # idle: alone
+    assert first.id == ids[0] and claims("alone") == 1
+    step = StepRow(0, "reserve", "completed", '{"reserved": 0}', None, 1, None)
+    flushed = committer.enqueue(WorkflowRecord(first.id, first.epoch, 1, 0, steps=[step]))
+    rode = await committer.claim(ClaimRequest("t-owner", 2, 30.0))
+    assert [c.id for c in rode] == ids[1:3] and claims("with_flush") == 1
+    assert (await flushed).applied
+    # A suspension in the flush: the claim waits for it, then goes alone.
+    sleep = WorkflowRecord(
+        rode[0].id, rode[0].epoch, 0, 0, status="sleeping", run_at=datetime(2030, 1, 1, tzinfo=UTC)
+    )
+    suspended = committer.enqueue(sleep)
+    (last,) = await committer.claim(ClaimRequest("t-owner", 5, 30.0))
+    assert last.id == ids[3] and claims("alone") == 2 and claims("with_flush") == 1
+    assert (await suspended).applied
+    async with client.pool.acquire() as conn:
+        steps = await conn.fetchval("SELECT count(*) FROM shardflow.steps")
+        leased = await conn.fetchval(
+            "SELECT count(*) FROM shardflow.workflows WHERE lease_owner = 't-owner'"
+        )
+    assert steps == 1 and leased == 3  # the sleeping one has no lease

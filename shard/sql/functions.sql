@@ -518,6 +518,43 @@ BEGIN
 END
 $$;
 
+-- Claim up to p_limit due workflows for p_owner with a lease of p_lease seconds, highest
+-- priority first, then oldest (claimable picks them). p_names/p_versions, pairwise,
+-- restrict the claim to the kinds the executor has code for; NULL takes any (an executor
+-- that knows every name and version in the shard's registry). p_limit 0 claims nothing
+-- and reads nothing (a checkpoint flush calls this with 0 when no claim rides it).
+-- The picked IDs go in as an array (= ANY): the planner then probes the keys of ready and
+-- workflows for them, where the set-returning function's estimate of 1,000 rows made it
+-- hash-join against scans of both tables.
+CREATE OR REPLACE FUNCTION shardflow.claim_workflows(
+    p_owner text, p_limit integer, p_lease double precision,
+    p_names text[] DEFAULT NULL, p_versions text[] DEFAULT NULL)
+RETURNS TABLE (id text, name text, version text, input text, lease_epoch bigint,
+               attempt integer, next_seq integer, signal_seq integer,
+               cancel_requested boolean, deadline timestamptz, created_at timestamptz,
+               routing_key text, parent text, priority integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_limit <= 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        DELETE FROM shardflow.ready r
+        WHERE r.workflow_id = ANY (ARRAY(SELECT shardflow.claimable(p_limit, p_names, p_versions)))
+        RETURNING r.workflow_id
+    )
+    UPDATE shardflow.workflows w
+    SET status = 'running', lease_owner = p_owner, lease_epoch = w.lease_epoch + 1,
+        lease_until = now() + make_interval(secs => p_lease), updated_at = now(), wake_at = NULL
+    FROM picked
+    WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
+    RETURNING w.id, w.name, w.version, w.input::text, w.lease_epoch, w.attempt,
+              w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at,
+              w.routing_key, w.parent, w.priority;
+END
+$$;
+
 -- The due ready entries an executor claims next, at most p_limit, locked (SKIP LOCKED):
 -- positive priorities first (highest, then oldest), then priority 0 oldest first, then
 -- negative ones. A band is read only when those before it came short, and priority 0

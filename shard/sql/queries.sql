@@ -37,26 +37,8 @@ DELETE FROM shardflow.limits WHERE name = ANY ($1::text[]);
 SELECT shardflow.reclaim_dead($1, $2);
 
 -- name: workflow_claim_batch
--- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds, highest priority
--- first, then oldest (shardflow.claimable picks them). $4/$5, names and versions pairwise,
--- restrict the claim to the kinds the executor has code for; NULL takes any (an executor
--- that knows every name and version in the shard's registry).
--- The picked IDs go in as an array (= ANY): the planner then probes the keys of ready and
--- workflows for them, where the set-returning function's estimate of 1,000 rows made it
--- hash-join against scans of both tables.
-WITH picked AS (
-    DELETE FROM shardflow.ready r
-    WHERE r.workflow_id = ANY (ARRAY(SELECT shardflow.claimable($2, $4::text[], $5::text[])))
-    RETURNING r.workflow_id
-)
-UPDATE shardflow.workflows w
-SET status = 'running', lease_owner = $1, lease_epoch = w.lease_epoch + 1,
-    lease_until = now() + make_interval(secs => $3), updated_at = now(), wake_at = NULL
-FROM picked
-WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
-RETURNING w.id, w.name, w.version, w.input::text AS input, w.lease_epoch, w.attempt,
-          w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at,
-          w.routing_key, w.parent, w.priority;
+-- Claim up to $2 due workflows for owner $1 with a lease of $3 seconds ($4/$5: the kinds).
+SELECT * FROM shardflow.claim_workflows($1, $2, $3, $4::text[], $5::text[]);
 
 -- name: steps_for_workflows
 SELECT workflow_id, seq, name, status, output::text AS output, error::text AS error
@@ -70,9 +52,12 @@ ORDER BY workflow_id, id;
 
 -- name: checkpoint_flush
 -- Group commit: the new state of many workflows and their step rows in one
--- statement. Only rows whose lease epoch still matches are written; the result
--- lists them. Suspended workflows go back to the ready queue at their timer, or
--- at once when an event or a cancel arrived since the executor last looked.
+-- statement, and with it, when $3 > 0, the executor's next claim ($2 owner, $3 limit,
+-- $4 lease seconds, $5/$6 kinds): one statement and one commit instead of two. Only
+-- rows whose lease epoch still matches are written; the result lists them (claimed
+-- false) and the claimed workflows (claimed true). Suspended workflows go back to the
+-- ready queue at their timer, or at once when an event or a cancel arrived since the
+-- executor last looked.
 -- $1 is one JSON array of the workflows' records, each with its new step rows (outputs
 -- and errors as JSON text, times in ISO 8601): one parameter encodes in a fraction
 -- of the time 17 arrays took the driver, element by element.
@@ -157,10 +142,24 @@ WITH wf_in AS (
     SELECT pg_notify('shardflow_done', CASE WHEN length(p.payload) < 7900 THEN p.payload ELSE '' END)
     FROM (SELECT json_agg(json_build_array(x.id, x.status, x.output, x.error))::text AS payload
           FROM finished x GROUP BY x.part) p
+), claimed AS (
+    -- The executor's next claim when it rides this flush ($3 > 0): the rows it leases are
+    -- pending, sleeping or waiting ones, never the running ones this flush writes, and the
+    -- caller sends no record here that could touch them (a parent or a suspension).
+    SELECT * FROM shardflow.claim_workflows($2, $3, $4, $5::text[], $6::text[])
 )
-SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) + (SELECT count(*) FROM woke)
-       AS notified
-FROM fenced f;
+SELECT false AS claimed, f.id, f.cancel_requested,
+       (SELECT count(*) FROM done) + (SELECT count(*) FROM woke) AS notified,
+       NULL AS name, NULL AS version, NULL AS input, NULL::bigint AS lease_epoch,
+       NULL::integer AS attempt, NULL::integer AS next_seq, NULL::integer AS signal_seq,
+       NULL::timestamptz AS deadline, NULL::timestamptz AS created_at, NULL AS routing_key,
+       NULL AS parent, NULL::integer AS priority
+FROM fenced f
+UNION ALL
+SELECT true, c.id, c.cancel_requested, NULL, c.name, c.version, c.input, c.lease_epoch,
+       c.attempt, c.next_seq, c.signal_seq, c.deadline, c.created_at, c.routing_key,
+       c.parent, c.priority
+FROM claimed c;
 
 -- name: workflow_lock_for_step
 -- Fence a transactional step: lock the workflow row under the lease epoch.
