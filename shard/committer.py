@@ -41,6 +41,9 @@ class GroupCommitter:
         self._pending: dict[str, WorkflowRecord] = {}
         self._task: asyncio.Task[None] | None = None
         self._claim: _Claim | None = None
+        # Workflows a claim took for a caller that was cancelled while it waited for its
+        # flush (the executor stopping): the executor gives them back.
+        self.orphans: list[ClaimedWorkflow] = []
 
     def enqueue(self, record: WorkflowRecord) -> asyncio.Future[FlushResult]:
         """Add to the next flush (merged with the workflow's record already waiting there)."""
@@ -72,12 +75,20 @@ class GroupCommitter:
             future: asyncio.Future[list[ClaimedWorkflow] | None]
             future = asyncio.get_running_loop().create_future()
             self._claim = (request, future)
-            claimed = await asyncio.shield(future)
+            try:
+                claimed = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                future.add_done_callback(self._orphaned)
+                raise
             if claimed is not None:
                 self._metrics.claims.labels("with_flush").inc()
                 return claimed
         self._metrics.claims.labels("alone").inc()
         return await self._store.workflow_claim_batch(request)
+
+    def _orphaned(self, future: asyncio.Future[list[ClaimedWorkflow] | None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.orphans.extend(future.result() or [])
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is flushed."""

@@ -182,6 +182,7 @@ class Executor:
         if self.runner is not None:
             try:
                 await self.runner.committer.drain()
+                self._release.extend((c.id, c.epoch) for c in self.runner.committer.orphans)
                 await self._release_lost()
                 await self.store.executor_unregister(self.owner)
             except Exception as exc:

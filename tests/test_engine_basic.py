@@ -294,3 +294,23 @@ async def test_a_claim_rides_the_flush_in_flight_and_goes_alone_otherwise(client
             "SELECT count(*) FROM shardflow.workflows WHERE lease_owner = 't-owner'"
         )
     assert steps == 1 and leased == 3  # the sleeping one has no lease
+
+
+async def test_a_claim_cancelled_while_it_waits_for_a_flush_leaves_its_workflows_to_release(
+    client: ShardClient,
+):
+    store = ShardStore(client.pool)
+    await store.registry_add([("w3", "1", None)])
+    committer = GroupCommitter(store, Faults(), ShardMetrics())
+    ids = [await client.start("w3", make_input(i)) for i in range(3)]
+    running = await committer.claim(ClaimRequest("t-owner", 2, 30.0))
+    committer.enqueue(WorkflowRecord(running[0].id, running[0].epoch, 0, 0))
+    await asyncio.sleep(0)  # that flush is under way; the next one will hold this record:
+    committer.enqueue(WorkflowRecord(running[1].id, running[1].epoch, 0, 0))
+    waiting = asyncio.create_task(committer.claim(ClaimRequest("t-owner", 5, 30.0)))
+    await asyncio.sleep(0)  # the claim registers to ride it
+    waiting.cancel()
+    await committer.drain()
+    assert [c.id for c in committer.orphans] == ids[2:]
+    released = await store.workflow_release_many([(c.id, c.epoch) for c in committer.orphans])
+    assert released == 1
