@@ -22,6 +22,7 @@ from shard.errors import ShardUnavailableError
 from shard.faults import Faults
 from shard.model import ClaimedWorkflow, ClaimRequest, FlushResult, WorkflowRecord
 from shard.store import ShardStore
+from shard.waiters import settle
 
 log = logging.getLogger("shardflow.committer")
 
@@ -112,14 +113,15 @@ class GroupCommitter:
                         await asyncio.sleep(0)
         finally:
             self._task = None
-            claim, self._claim = self._claim, None
-            _settle(claim, None)  # no flush to ride: the claim goes alone
+            if self._claim is not None:
+                settle(self._claim[1], None)  # no flush to ride: the claim goes alone
+                self._claim = None
 
     async def _flush(self, batch: list[WorkflowRecord], claim: _Claim | None) -> None:
         if claim is not None and not all(
             r.parent is None and r.status not in SUSPENDED for r in batch
         ):
-            _settle(claim, None)
+            settle(claim[1], None)  # the claim goes alone
             claim = None
         started = time.perf_counter()
         try:
@@ -130,14 +132,13 @@ class GroupCommitter:
             await self._faults.point("after_checkpoint_commit")
         except Exception as exc:
             log.warning("event=flush_failed records=%d error=%r", len(batch), exc)
-            failure = ShardUnavailableError(f"checkpoint write failed: {exc}")
-            for record in batch:
-                if record.future is not None and not record.future.done():
-                    record.future.set_exception(failure)
-            if claim is not None and not claim[1].done():
-                claim[1].set_exception(failure)
+            futures = [r.future for r in batch] + ([] if claim is None else [claim[1]])
+            for future in futures:
+                if future is not None:
+                    settle(future, ShardUnavailableError(f"checkpoint write failed: {exc}"))
             return
-        _settle(claim, claimed)
+        if claim is not None:
+            settle(claim[1], claimed)
         self._metrics.checkpoint_batch_size.observe(len(batch))
         self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         fenced = 0
@@ -146,13 +147,7 @@ class GroupCommitter:
             if cancel is None:
                 fenced += 1
                 log.warning("event=fenced_write workflow=%s epoch=%d", record.id, record.epoch)
-            if record.future is not None and not record.future.done():
-                record.future.set_result(FlushResult(cancel is not None, bool(cancel)))
+            if record.future is not None:
+                settle(record.future, FlushResult(cancel is not None, bool(cancel)))
         if fenced:
             self._metrics.fenced_writes.inc(fenced)
-
-
-def _settle(claim: _Claim | None, claimed: list[ClaimedWorkflow] | None) -> None:
-    """Answer a claim that waited for a flush: what it claimed, or None to go alone."""
-    if claim is not None and not claim[1].done():
-        claim[1].set_result(claimed)

@@ -195,6 +195,7 @@ class Executor:
 
     # -- claiming ---------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
+        assert self.runner is not None  # made before the loops start
         s = self.settings
         delay = 0.05
         while not self._stopping:
@@ -207,7 +208,7 @@ class Executor:
             self._wake.clear()
             started = time.perf_counter()
             try:
-                if self.runner is not None and self.runner.foreign_seen:
+                if self.runner.foreign_seen:
                     self._foreign_kinds = True
                 request = ClaimRequest(
                     self.owner,
@@ -215,10 +216,7 @@ class Executor:
                     s.lease_seconds,
                     tuple(self.kinds) if self._foreign_kinds else None,
                 )
-                if self.runner is not None:
-                    claimed = await self.runner.committer.claim(request)
-                else:
-                    claimed = await self.store.workflow_claim_batch(request)
+                claimed = await self.runner.committer.claim(request)
             except Exception as exc:
                 log.warning("event=claim_failed retry_in=%.2f error=%r", delay, exc)
                 await asyncio.sleep(delay)

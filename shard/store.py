@@ -147,26 +147,7 @@ class ShardStore:
             *(_NO_CLAIM if claim is None else _claim_args(claim)),
         )
         applied = {row["id"]: row["cancel_requested"] for row in rows if not row["claimed"]}
-        claimed = [
-            ClaimedWorkflow(
-                row["id"],
-                row["name"],
-                row["version"],
-                row["input"],
-                row["lease_epoch"],
-                row["attempt"],
-                row["next_seq"],
-                row["signal_seq"],
-                row["cancel_requested"],
-                row["deadline"],
-                row["created_at"],
-                row["routing_key"],
-                row["parent"],
-                row["priority"],
-            )
-            for row in rows
-            if row["claimed"]
-        ]
+        claimed = [ClaimedWorkflow(*row[1:-1]) for row in rows if row["claimed"]]
         return applied, claimed
 
     async def workflow_release_many(self, items: Sequence[tuple[str, int]]) -> int:

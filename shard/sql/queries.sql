@@ -55,7 +55,7 @@ ORDER BY workflow_id, id;
 -- statement, and with it, when $3 > 0, the executor's next claim ($2 owner, $3 limit,
 -- $4 lease seconds, $5/$6 kinds): one statement and one commit instead of two. Only
 -- rows whose lease epoch still matches are written; the result lists them (claimed
--- false) and the claimed workflows (claimed true). Suspended workflows go back to the
+-- false) and the claimed workflows (claimed true, the columns of ClaimedWorkflow). Suspended workflows go back to the
 -- ready queue at their timer, or at once when an event or a cancel arrived since the
 -- executor last looked.
 -- $1 is one JSON array of the workflows' records, each with its new step rows (outputs
@@ -148,18 +148,17 @@ WITH wf_in AS (
     -- caller sends no record here that could touch them (a parent or a suspension).
     SELECT * FROM shardflow.claim_workflows($2, $3, $4, $5::text[], $6::text[])
 )
-SELECT false AS claimed, f.id, f.cancel_requested,
-       (SELECT count(*) FROM done) + (SELECT count(*) FROM woke) AS notified,
-       NULL AS name, NULL AS version, NULL AS input, NULL::bigint AS lease_epoch,
-       NULL::integer AS attempt, NULL::integer AS next_seq, NULL::integer AS signal_seq,
-       NULL::timestamptz AS deadline, NULL::timestamptz AS created_at, NULL AS routing_key,
-       NULL AS parent, NULL::integer AS priority
+-- Both parts have the columns of claim_workflows (a flushed row only its id and
+-- cancel_requested) between claimed and notified.
+SELECT false AS claimed, f.id, NULL AS name, NULL AS version, NULL AS input,
+       NULL::bigint AS lease_epoch, NULL::integer AS attempt, NULL::integer AS next_seq,
+       NULL::integer AS signal_seq, f.cancel_requested, NULL::timestamptz AS deadline,
+       NULL::timestamptz AS created_at, NULL AS routing_key, NULL AS parent,
+       NULL::integer AS priority,
+       (SELECT count(*) FROM done) + (SELECT count(*) FROM woke) AS notified
 FROM fenced f
 UNION ALL
-SELECT true, c.id, c.cancel_requested, NULL, c.name, c.version, c.input, c.lease_epoch,
-       c.attempt, c.next_seq, c.signal_seq, c.deadline, c.created_at, c.routing_key,
-       c.parent, c.priority
-FROM claimed c;
+SELECT true, c.*, NULL FROM claimed c;
 
 -- name: workflow_lock_for_step
 -- Fence a transactional step: lock the workflow row under the lease epoch.
