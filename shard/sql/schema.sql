@@ -1,7 +1,8 @@
 -- Shardflow shard schema: the state of every workflow owned by this shard.
 -- This file is the reference; shard/sql/migrations/*.sql must produce exactly it
--- (checked by tests/test_migrations.py). Hot tables get a low fillfactor and
--- aggressive autovacuum so their many updates stay HOT and bloat stays small.
+-- (checked by tests/test_schema.py). Hot tables get a low fillfactor and
+-- aggressive autovacuum so their many updates stay HOT and bloat stays small, and
+-- a rare analyze (their queries probe keys; see migration 0010).
 
 CREATE SCHEMA IF NOT EXISTS shardflow;
 
@@ -61,7 +62,8 @@ CREATE TABLE shardflow.workflows (
         ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
     CONSTRAINT workflows_priority_check CHECK (priority BETWEEN -1000 AND 1000)
 ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.02,
-        autovacuum_analyze_scale_factor = 0.05, autovacuum_vacuum_cost_delay = 0);
+        autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_threshold = 100000,
+        autovacuum_analyze_scale_factor = 1.0);
 CREATE INDEX workflows_running_owner ON shardflow.workflows (lease_owner)
     WHERE status = 'running';
 CREATE INDEX workflows_finished_at ON shardflow.workflows (finished_at)
@@ -86,7 +88,8 @@ CREATE TABLE shardflow.steps (
     finished_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (workflow_id, seq),
     CONSTRAINT steps_status_check CHECK (status IN ('completed', 'failed'))
-) WITH (autovacuum_vacuum_scale_factor = 0.05);
+) WITH (autovacuum_vacuum_scale_factor = 0.05, autovacuum_analyze_threshold = 100000,
+        autovacuum_analyze_scale_factor = 1.0);
 
 -- Events sent to workflows (human in the loop); the k-th wait for a name
 -- consumes the k-th event of that name. dedup_id delivers an event once.
@@ -131,7 +134,8 @@ CREATE TABLE shardflow.ready (
     priority integer NOT NULL DEFAULT 0,
     run_at timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.01,
-        autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0);
+        autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0,
+        autovacuum_analyze_threshold = 100000, autovacuum_analyze_scale_factor = 1.0);
 CREATE INDEX ready_run_at ON shardflow.ready (run_at);
 -- Non-zero priorities, claimed before (positive) or after (negative) the rest.
 CREATE INDEX ready_prioritized ON shardflow.ready (priority DESC, run_at) WHERE priority <> 0;
