@@ -17,8 +17,9 @@ from shard.committer import GroupCommitter
 from shard.errors import SlotMovedError
 from shard.faults import Faults
 from shard.model import ClaimRequest, StepRow, WorkflowRecord
+from shard.queries import query
 from shard.slots import slot_of
-from shard.store import ShardStore
+from shard.store import ShardStore, flush_payload
 from shardflow import (
     InvalidWorkflowIdError,
     SerializationError,
@@ -259,6 +260,30 @@ async def test_a_checkpoint_flush_writes_exactly_what_it_was_given(client: Shard
     assert row["status"] == "sleeping" and row["wake_at"] == wake and row["run_at"] == wake
     assert row["started_at"] == started and row["attempts"] == 2
     assert json.loads(row["output"]) == json.loads(output)
+
+
+async def test_a_checkpoint_flush_finds_its_workflows_by_key(client: ShardClient):
+    """The flush probes the primary key for the workflows it writes; it never reads the
+    partial indexes of running workflows, whose dead entries pile up between vacuums
+    (statistics saying few are running once made the planner pick them)."""
+    store = ShardStore(client.pool)
+    await store.registry_add([("w3", "1", None)])
+    await client.start_many([StartRequest("w3", make_input(i)) for i in range(400)])
+    claimed = await store.workflow_claim_batch(ClaimRequest("t-owner", 400, 30.0))
+    done = [WorkflowRecord(c.id, c.epoch, 1, 0, status="completed", output="1") for c in claimed]
+    await store.checkpoint_flush(done[5:])
+    records = [WorkflowRecord(c.id, c.epoch, 1, 0) for c in claimed[:5]]
+    async with client.pool.acquire() as conn:
+        await conn.execute("ANALYZE shardflow.workflows")
+        rows = await conn.fetch(
+            "EXPLAIN (COSTS OFF) " + query("checkpoint_flush"),
+            flush_payload(records),
+            *("", 0, 0.0, None, None),  # no claim rides
+        )
+    plan = "\n".join(row[0] for row in rows)
+    assert "workflows_pkey" in plan
+    assert "workflows_running" not in plan, plan
+    assert (await store.checkpoint_flush(records))[0] == {c.id: False for c in claimed[:5]}
 
 
 async def test_a_claim_rides_the_flush_in_flight_and_goes_alone_otherwise(client: ShardClient):
