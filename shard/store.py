@@ -65,6 +65,13 @@ def flush_payload(records: Sequence[WorkflowRecord]) -> str:
     )
 
 
+def flush_args(
+    records: Sequence[WorkflowRecord], claim: ClaimRequest | None = None
+) -> tuple[Any, ...]:
+    """The parameters of ``checkpoint_flush``: the records and the claim riding it, if any."""
+    return (flush_payload(records), *(_NO_CLAIM if claim is None else _claim_args(claim)))
+
+
 class ShardStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -141,11 +148,7 @@ class ShardStore:
         """Group-commit ``records`` and, with them, ``claim``: {applied workflow ID: cancel
         requested} and the workflows claimed. The caller keeps out of a flush that claims
         any record with a parent or a suspension (see the query)."""
-        rows = await self.pool.fetch(
-            query("checkpoint_flush"),
-            flush_payload(records),
-            *(_NO_CLAIM if claim is None else _claim_args(claim)),
-        )
+        rows = await self.pool.fetch(query("checkpoint_flush"), *flush_args(records, claim))
         applied = {row["id"]: row["cancel_requested"] for row in rows if not row["claimed"]}
         claimed = [ClaimedWorkflow(*row[1:-1]) for row in rows if row["claimed"]]
         return applied, claimed

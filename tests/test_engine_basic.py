@@ -19,7 +19,7 @@ from shard.faults import Faults
 from shard.model import ClaimRequest, StepRow, WorkflowRecord
 from shard.queries import query
 from shard.slots import slot_of
-from shard.store import ShardStore, flush_payload
+from shard.store import ShardStore, flush_args
 from shardflow import (
     InvalidWorkflowIdError,
     SerializationError,
@@ -276,9 +276,7 @@ async def test_a_checkpoint_flush_finds_its_workflows_by_key(client: ShardClient
     async with client.pool.acquire() as conn:
         await conn.execute("ANALYZE shardflow.workflows")
         rows = await conn.fetch(
-            "EXPLAIN (COSTS OFF) " + query("checkpoint_flush"),
-            flush_payload(records),
-            *("", 0, 0.0, None, None),  # no claim rides
+            "EXPLAIN (COSTS OFF) " + query("checkpoint_flush"), *flush_args(records)
         )
     plan = "\n".join(row[0] for row in rows)
     assert "workflows_pkey" in plan

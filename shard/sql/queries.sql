@@ -55,9 +55,9 @@ ORDER BY workflow_id, id;
 -- statement, and with it, when $3 > 0, the executor's next claim ($2 owner, $3 limit,
 -- $4 lease seconds, $5/$6 kinds): one statement and one commit instead of two. Only
 -- rows whose lease epoch still matches are written; the result lists them (claimed
--- false) and the claimed workflows (claimed true, the columns of ClaimedWorkflow). Suspended workflows go back to the
--- ready queue at their timer, or at once when an event or a cancel arrived since the
--- executor last looked.
+-- false) and the claimed workflows (claimed true, the columns of ClaimedWorkflow).
+-- Suspended workflows go back to the ready queue at their timer, or at once when an
+-- event or a cancel arrived since the executor last looked.
 -- $1 is one JSON array of the workflows' records, each with its new step rows (outputs
 -- and errors as JSON text, times in ISO 8601): one parameter encodes in a fraction
 -- of the time 17 arrays took the driver, element by element.
