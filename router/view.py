@@ -166,11 +166,13 @@ class ClusterView:
         Found nowhere, it looks again if the slot map changed meanwhile: a router whose map
         predates a shard added and a finished move would otherwise miss a workflow that
         moved there (its old shard has dropped it)."""
+        # The version this lookup searched: a refresh by another request while it ran
+        # must not pass for "nothing changed".
+        searched = None if self.map is None else self.map.version
         found = await self._locate(workflow_id, routing_key)
         if found is None and self.map is not None:
-            before = self.map.version
             await self.refresh()
-            if self.map.version != before:
+            if self.map.version != searched:
                 found = await self._locate(workflow_id, routing_key)
         return found
 
