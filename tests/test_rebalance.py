@@ -9,19 +9,23 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import pytest
 
 from coordinator import operations
 from coordinator.catalog import CatalogError
+from coordinator.launcher import PostgresServer
 from coordinator.leader import Coordinator, CoordinatorSettings
 from coordinator.moves import Mover
 from router.client import Client
+from shard.client import ShardClient
+from shard.errors import WorkflowFailedError
 from shard.faults import Faults
 from tests.background import RUNNING
 from tests.cluster_fixtures import SHARDS, SLOTS, LiveCluster
-from tests.conftest import ROOT
+from tests.conftest import ROOT, create_database
 from tests.waiting import until
 
 
@@ -392,3 +396,50 @@ async def test_precopy_and_live_copy_split_a_slot_at_the_horizon(dsn: str):
     finally:
         for conn in conns:
             await conn.close()
+
+
+async def test_a_workflow_retried_after_the_precopy_moves_in_its_new_state(
+    dsn: str, pg: PostgresServer, client: ShardClient, start_executor: Any
+):
+    """The pre-copy takes a failed workflow (finished before the horizon); it is then
+    retried on the source, which still serves the slot, and completes. The live copy
+    carries its new state, and the target must keep that one, not the pre-copied failure
+    (it kept the first copy of every row, so the retry was lost in the move). The mover's
+    own statements, in its order, on two real databases."""
+    from shard import pool as shard_pool
+    from shard.queries import query
+
+    await start_executor()
+    wid = await client.start("retry_me", {"key": uuid.uuid4().hex, "fail_times": 4})
+    with pytest.raises(WorkflowFailedError):
+        await client.result(wid, timeout=30)
+    target_dsn = await create_database(pg)
+    source, target = await shard_pool.connect(dsn), await shard_pool.connect(target_dsn)
+    try:
+        slot = await source.fetchval("SELECT slot FROM shardflow.workflows WHERE id = $1", wid)
+        await source.execute("INSERT INTO shardflow.slots (slot, epoch) VALUES ($1, 1)", slot)
+        horizon = await source.fetchval(query("slot_precopy_horizon"))
+        async with source.transaction(isolation="repeatable_read", readonly=True):
+            precopy = await source.fetchval(query("slot_export"), slot, horizon, True)
+        assert await target.fetchval(query("slot_import"), 1, "precopy", slot, 0, precopy) == 3
+
+        assert await client.retry(wid) == "pending"  # the source still serves the slot
+        assert await client.result(wid, timeout=30) == {"first": "first", "attempts": 5}
+        await source.execute(query("slot_fence"), slot, 2)
+        live = await source.fetchval(query("slot_export"), slot, horizon, False)
+        await target.fetchval(query("slot_import"), 1, "live", slot, 2, live)
+
+        moved = await target.fetch("SELECT * FROM shardflow.workflows WHERE id = $1", wid)
+        assert [
+            (w["status"], w["output"] and json.loads(w["output"]), w["error"]) for w in moved
+        ] == [("completed", {"first": "first", "attempts": 5}, None)]
+        steps = await target.fetch(
+            "SELECT name, status FROM shardflow.steps WHERE workflow_id = $1 ORDER BY seq", wid
+        )
+        assert [(s["name"], s["status"]) for s in steps] == [
+            ("echo", "completed"),
+            ("flaky", "completed"),
+        ]
+    finally:
+        await source.close()
+        await target.close()

@@ -414,19 +414,32 @@ END
 $$;
 
 -- Slot moves, target side: apply one exported batch in one transaction, once per
--- (move, phase); the 'live' phase also makes the slot 'incoming' at the move's epoch.
+-- (move, phase); the 'live' phase replaces the pre-copied rows of the workflows it
+-- carries and makes the slot 'incoming' at the move's epoch.
 CREATE OR REPLACE FUNCTION shardflow.import_slot(p_move bigint, p_phase text, p_slot integer,
                                                  p_epoch bigint, p_data jsonb)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_rows bigint := 0;
     v_n bigint;
+    v_ids text[];
     r record;
 BEGIN
     INSERT INTO shardflow.moves_in (move_id, phase, slot) VALUES (p_move, p_phase, p_slot)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN -1;  -- applied before: never twice
+    END IF;
+    IF p_phase = 'live' THEN
+        -- The live copy is the source's final state. A workflow in it may also have come
+        -- with the pre-copy (finished then, retried since on the source, which still
+        -- served the slot): its earlier copy and that copy's rows give way to this one.
+        SELECT coalesce(array_agg(w.id), '{}') INTO v_ids
+        FROM jsonb_to_recordset(p_data -> 'workflows') AS w(id text);
+        DELETE FROM shardflow.steps WHERE workflow_id = ANY (v_ids);
+        DELETE FROM shardflow.events WHERE workflow_id = ANY (v_ids);
+        DELETE FROM shardflow.ready WHERE workflow_id = ANY (v_ids);
+        DELETE FROM shardflow.workflows WHERE id = ANY (v_ids);
     END IF;
     -- JSON null and SQL NULL meet in jsonb_populate_recordset: an input of JSON null
     -- comes back as SQL NULL, hence the coalesce (outputs read the same either way).
