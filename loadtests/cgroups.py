@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,16 +91,22 @@ class CpuGroup:
     def throttled(self) -> int:
         return int(_stat(self.dirs[0] / "cpu.stat", "nr_throttled"))
 
-    def remove(self) -> None:
-        """Move what is left to the root group, then delete the group."""
+    def remove(self, attempts: int = 100) -> None:
+        """Move what is left to the root group, then delete the group. A process of the
+        group can fork between the two (a Postgres server still starting a backend as it
+        stops), and the group is then busy: move and delete again, a few times."""
         for folder in self.dirs:
             top = _v2_root() or folder.parent
-            with contextlib.suppress(OSError):
-                for pid in (folder / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(OSError):
-                        (top / "cgroup.procs").write_text(pid)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+            for _ in range(attempts):
+                with contextlib.suppress(OSError):
+                    for pid in (folder / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(OSError):
+                            (top / "cgroup.procs").write_text(pid)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                if not folder.exists():
+                    break
+                time.sleep(0.02)
 
 
 def _mkdir(folder: Path) -> None:
