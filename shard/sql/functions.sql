@@ -180,7 +180,7 @@ BEGIN
     UPDATE shardflow.workflows w
     SET cancel_requested = true, signal_seq = w.signal_seq + 1, updated_at = now(),
         status = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN 'cancelled' ELSE w.status END,
-        finished_at = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN now() END
+        finished_at = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN clock_timestamp() END
     WHERE w.id = p_id AND w.status NOT IN ('completed', 'failed', 'cancelled')
     RETURNING w.id, w.slot, w.status, w.priority INTO r;
     IF NOT FOUND THEN
@@ -313,7 +313,7 @@ BEGIN
                 'message', format('the workflow was recovered from a lost executor %s times '
                                   '(limit %s); it is failed instead of looping', w.attempt + 1, p_max_attempts))
                 ELSE w.error END,
-            finished_at = CASE WHEN w.attempt + 1 > p_max_attempts THEN now() END
+            finished_at = CASE WHEN w.attempt + 1 > p_max_attempts THEN clock_timestamp() END
         WHERE w.status = 'running'
           AND (w.lease_owner = ANY (v_dead)
                OR NOT EXISTS (SELECT 1 FROM shardflow.executors e WHERE e.owner = w.lease_owner))

@@ -84,7 +84,10 @@ WITH wf_in AS (
         wake_at = i.run_at,
         lease_owner = CASE WHEN i.new_status = 'running' THEN w.lease_owner END,
         lease_until = CASE WHEN i.new_status = 'running' THEN w.lease_until END,
-        finished_at = CASE WHEN i.new_status IN ('completed', 'failed', 'cancelled') THEN now() END,
+        -- clock_timestamp(), not now(): the slot-move pre-copy horizon must never pass
+        -- for this transaction's finish while it is still open (slot_precopy_horizon).
+        finished_at = CASE WHEN i.new_status IN ('completed', 'failed', 'cancelled')
+                           THEN clock_timestamp() END,
         updated_at = now()
     FROM wf_in i
     -- Probe the flushed IDs' keys (= ANY): with a bare w.status = 'running' the planner
@@ -304,7 +307,10 @@ SELECT coalesce(max(version), 0) FROM shardflow.schema_migrations;
 -- and one that commits after the snapshot finished (began) after the horizon, so the
 -- live copy takes it. Read inside the export's transaction instead, a flush committing
 -- between that snapshot and this read would be in neither copy (it is gone from
--- pg_stat_activity, but not visible to the snapshot).
+-- pg_stat_activity, but not visible to the snapshot). Finishing writes stamp finished_at
+-- with clock_timestamp(): a transaction's now() is taken a moment before
+-- pg_stat_activity shows it, so a horizon read in that moment could pass over a flush
+-- whose now() it postdates; the clock at the flush's UPDATE is always later.
 SELECT least(now(), (SELECT min(a.xact_start) FROM pg_stat_activity a
                      WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()));
 
