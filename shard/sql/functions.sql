@@ -413,6 +413,23 @@ BEGIN
 END
 $$;
 
+-- Delete workflows by ID with the rows that hang off them (steps, events, ready entries);
+-- returns the workflows deleted. A slot's drop and the live copy's replacement of
+-- pre-copied workflows both go through it, so they delete the same rows.
+CREATE OR REPLACE FUNCTION shardflow.delete_workflows(p_ids text[])
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_rows bigint;
+BEGIN
+    DELETE FROM shardflow.steps WHERE workflow_id = ANY (p_ids);
+    DELETE FROM shardflow.events WHERE workflow_id = ANY (p_ids);
+    DELETE FROM shardflow.ready WHERE workflow_id = ANY (p_ids);
+    DELETE FROM shardflow.workflows WHERE id = ANY (p_ids);
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END
+$$;
+
 -- Slot moves, target side: apply one exported batch in one transaction, once per
 -- (move, phase); the 'live' phase replaces the pre-copied rows of the workflows it
 -- carries and makes the slot 'incoming' at the move's epoch.
@@ -422,7 +439,6 @@ RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_rows bigint := 0;
     v_n bigint;
-    v_ids text[];
     r record;
 BEGIN
     INSERT INTO shardflow.moves_in (move_id, phase, slot) VALUES (p_move, p_phase, p_slot)
@@ -434,12 +450,8 @@ BEGIN
         -- The live copy is the source's final state. A workflow in it may also have come
         -- with the pre-copy (finished then, retried since on the source, which still
         -- served the slot): its earlier copy and that copy's rows give way to this one.
-        SELECT coalesce(array_agg(w.id), '{}') INTO v_ids
-        FROM jsonb_to_recordset(p_data -> 'workflows') AS w(id text);
-        DELETE FROM shardflow.steps WHERE workflow_id = ANY (v_ids);
-        DELETE FROM shardflow.events WHERE workflow_id = ANY (v_ids);
-        DELETE FROM shardflow.ready WHERE workflow_id = ANY (v_ids);
-        DELETE FROM shardflow.workflows WHERE id = ANY (v_ids);
+        PERFORM shardflow.delete_workflows(ARRAY(
+            SELECT w.id FROM jsonb_to_recordset(p_data -> 'workflows') AS w(id text)));
     END IF;
     -- JSON null and SQL NULL meet in jsonb_populate_recordset: an input of JSON null
     -- comes back as SQL NULL, hence the coalesce (outputs read the same either way).
@@ -511,11 +523,10 @@ DECLARE
     r record;
 BEGIN
     SELECT coalesce(array_agg(id), '{}') INTO v_ids FROM shardflow.workflows WHERE slot = p_slot;
-    DELETE FROM shardflow.steps WHERE workflow_id = ANY (v_ids);
-    DELETE FROM shardflow.events WHERE workflow_id = ANY (v_ids);
-    DELETE FROM shardflow.ready WHERE workflow_id = ANY (v_ids) OR slot = p_slot;
-    DELETE FROM shardflow.workflows WHERE slot = p_slot;
-    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    -- No workflow of the slot is inserted here any more (fenced on a source, only
+    -- incoming on the target of a rolled-back move): its IDs now are all there are.
+    v_rows := shardflow.delete_workflows(v_ids);
+    DELETE FROM shardflow.ready WHERE slot = p_slot;  -- entries whose workflow is gone
     FOR r IN SELECT table_name, slot_column FROM shardflow.colocated LOOP
         EXECUTE format('DELETE FROM %s WHERE %I = $1', r.table_name::regclass, r.slot_column)
             USING p_slot;
