@@ -34,6 +34,7 @@ from shard.errors import (
     WorkflowFinishedError,
     WorkflowNotFoundError,
 )
+from shard.model import TERMINAL
 
 ERRORS: dict[str, type[ShardflowError]] = {
     "bad_request": BadRequestError,
@@ -144,15 +145,42 @@ class Client:
         id: str | None = None,
         routing_key: str | None = None,
         priority: int = 0,
+        wait: float | None = None,
     ) -> dict[str, Any]:
-        """Start a workflow; ``priority``: higher is claimed first (-1000..1000)."""
+        """Start a workflow; ``priority``: higher is claimed first (-1000..1000). With
+        ``wait`` (seconds), the same request waits for the outcome: the answer is then the
+        result document (status, output, error) if the workflow finished in time."""
         body: dict[str, Any] = {"workflow": workflow, "input": input, "id": id or uuid.uuid4().hex}
         if routing_key is not None:
             body["routing_key"] = routing_key
         if priority:
             body["priority"] = priority
-        _, doc = await self._call("POST", "/v1/workflows", body)
+        params = None if wait is None else {"wait": str(wait)}
+        _, doc = await self._call("POST", "/v1/workflows", body, params=params)
         return dict(doc)
+
+    async def run(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        id: str | None = None,
+        routing_key: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Any:
+        """Start a workflow and return its output (raising as :meth:`result` does): one
+        request when it finishes within the router's wait, long polls after that."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        wait = 30.0 if timeout is None else min(30.0, timeout)
+        doc = await self.start(
+            workflow, input, id=id, routing_key=routing_key, priority=priority, wait=wait
+        )
+        if doc["status"] not in TERMINAL:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            doc = await self.wait(doc["id"], left)
+        return _output(doc)
 
     async def start_many(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Start a batch; items are start bodies ({workflow, input, id?, routing_key?})."""
@@ -181,15 +209,7 @@ class Client:
                 )
 
     async def result(self, workflow_id: str, timeout: float | None = None) -> Any:
-        doc = await self.wait(workflow_id, timeout)
-        error = doc.get("error") or {}
-        if doc["status"] == "failed":
-            raise WorkflowFailedError(
-                f"workflow {workflow_id} failed: {error.get('type')}: {error.get('message')}", error
-            )
-        if doc["status"] == "cancelled":
-            raise WorkflowCancelledError(f"workflow {workflow_id} was cancelled", error)
-        return doc["output"]
+        return _output(await self.wait(workflow_id, timeout))
 
     async def send_event(
         self, workflow_id: str, name: str, payload: Any = None, *, dedup_id: str | None = None
@@ -274,6 +294,18 @@ class Client:
         return dict(doc)
 
 
+def _output(doc: dict[str, Any]) -> Any:
+    """A finished workflow's output from its result document; its failure as an error."""
+    error = doc.get("error") or {}
+    if doc["status"] == "failed":
+        raise WorkflowFailedError(
+            f"workflow {doc['id']} failed: {error.get('type')}: {error.get('message')}", error
+        )
+    if doc["status"] == "cancelled":
+        raise WorkflowCancelledError(f"workflow {doc['id']} was cancelled", error)
+    return doc["output"]
+
+
 def _quote(part: str) -> str:
     from urllib.parse import quote
 
@@ -292,6 +324,9 @@ class SyncClient:
 
     def start(self, workflow: str, input: Any = None, **kw: Any) -> dict[str, Any]:
         return dict(self._run(self._client.start(workflow, input, **kw)))
+
+    def run(self, workflow: str, input: Any = None, **kw: Any) -> Any:
+        return self._run(self._client.run(workflow, input, **kw))
 
     def status(self, workflow_id: str) -> dict[str, Any]:
         return dict(self._run(self._client.status(workflow_id)))

@@ -54,6 +54,7 @@ def _start_doc(result: StartResult, shard: str) -> dict[str, Any]:
 
 async def start(request: web.Request) -> web.Response:
     view = view_of(request)
+    wait = rq.float_param(request, "wait", 0.0, view.settings.max_result_wait)
     body = rq.start_body(await rq.json_body(request))
     await check_known(view, body.workflow)
     req = _request(body)
@@ -64,7 +65,12 @@ async def start(request: web.Request) -> web.Response:
     shard, result = await view.on_shard(req.routing_key or str(req.id), call)
     if result.conflict:
         raise HttpError("conflict", f"workflow {result.id!r} exists with another name or input")
-    return web.json_response(_start_doc(result, shard), status=201 if result.created else 200)
+    doc = _start_doc(result, shard)
+    if wait > 0:
+        # Start and wait in one request (?wait=s): the result document when the workflow
+        # finishes in time, else the start's answer (then follow it with GET .../result).
+        doc = await _outcome(request, result.id, shard, wait, req.routing_key) or doc
+    return web.json_response(doc, status=201 if result.created else 200)
 
 
 async def start_batch(request: web.Request) -> web.Response:
@@ -122,14 +128,17 @@ async def start_batch(request: web.Request) -> web.Response:
     return web.json_response({"results": out})
 
 
-async def _locate(request: web.Request) -> tuple[str, str]:
+async def _locate(
+    request: web.Request, wid: str | None = None, routing_key: str | None = None
+) -> tuple[str, str]:
+    """The workflow named in the path (or ``wid``) and the shard holding it."""
     view = view_of(request)
-    wid = request.match_info["id"]
+    wid = request.match_info["id"] if wid is None else wid
     try:
         rq.check_id(wid)
     except HttpError:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid[:40]!r}") from None
-    shard = await view.locate(wid, request.query.get("routing_key"))
+    shard = await view.locate(wid, routing_key or request.query.get("routing_key"))
     if shard is None:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid!r}")
     return wid, shard
@@ -156,7 +165,20 @@ async def get_result(request: web.Request) -> web.Response:
         rq.check_id(wid)
     except HttpError:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid[:40]!r}") from None
-    shard = view.shard_for(request.query.get("routing_key") or wid)
+    routing_key = request.query.get("routing_key")
+    shard = view.shard_for(routing_key or wid)
+    doc = await _outcome(request, wid, shard, timeout, routing_key)
+    if doc is None:
+        status = await view.client(shard).locate(wid)
+        return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
+    return web.json_response(doc)
+
+
+async def _outcome(
+    request: web.Request, wid: str, shard: str, timeout: float, routing_key: str | None
+) -> dict[str, Any] | None:
+    """The workflow's result document once it finishes within ``timeout`` s, else None."""
+    view = view_of(request)
     deadline = asyncio.get_running_loop().time() + timeout
     hops = 0
     while True:
@@ -169,22 +191,19 @@ async def get_result(request: web.Request) -> web.Response:
             )
             break
         except ResultTimeoutError:
-            status = await view.client(shard).locate(wid)
-            return web.json_response({"id": wid, "status": status, "shard": shard}, status=202)
+            return None
         except WorkflowNotFoundError:
             hops += 1
             if hops > MAX_HOPS:
                 raise
-            wid, shard = await _locate(request)
-    return web.json_response(
-        {
-            "id": wid,
-            "status": outcome["status"],
-            "shard": shard,
-            "output": _json(outcome["output"]),
-            "error": _json(outcome["error"]),
-        }
-    )
+            wid, shard = await _locate(request, wid, routing_key)
+    return {
+        "id": wid,
+        "status": outcome["status"],
+        "shard": shard,
+        "output": _json(outcome["output"]),
+        "error": _json(outcome["error"]),
+    }
 
 
 def _json(text: str | None) -> Any:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from examples.bench import make_input
+from shard.model import TERMINAL
 
 
 class LoadError(Exception):
@@ -40,11 +41,14 @@ class Driver(Protocol):
 
 
 class HttpDriver:
-    """Shardflow through the router: POST a W3 workflow, then long-poll its result."""
+    """Shardflow through the router: POST a W3 workflow with ``?wait=``, which answers with
+    its outcome; long-poll its result if it has not finished by then. ``separate_result``:
+    the start alone, then the long poll (two requests per workflow)."""
 
-    def __init__(self, url: str, workflow: str = "w3") -> None:
+    def __init__(self, url: str, workflow: str = "w3", separate_result: bool = False) -> None:
         self.url = url.rstrip("/")
         self.workflow = workflow
+        self.start_params = {} if separate_result else {"wait": "30"}
         self.session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -57,10 +61,14 @@ class HttpDriver:
     async def one(self, i: int) -> None:
         assert self.session is not None
         body = {"workflow": self.workflow, "input": make_input(i), "id": uuid.uuid4().hex}
-        async with self.session.post(self.url + "/v1/workflows", json=body) as resp:
-            await resp.read()
+        async with self.session.post(
+            self.url + "/v1/workflows", json=body, params=self.start_params
+        ) as resp:
+            doc = await resp.json()
             if resp.status not in (200, 201):
                 raise LoadError(f"start {resp.status}")
+        if doc["status"] in TERMINAL:
+            return
         while True:
             async with self.session.get(
                 f"{self.url}/v1/workflows/{body['id']}/result", params={"timeout": "30"}
@@ -245,9 +253,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--workflow", default="w3")
+    parser.add_argument(
+        "--separate-result",
+        action="store_true",
+        help="start, then long-poll the result (two requests), instead of a start with ?wait=",
+    )
     add_load_arguments(parser)
     args = parser.parse_args()
-    run_phase(HttpDriver(args.url, args.workflow), args)
+    run_phase(HttpDriver(args.url, args.workflow, args.separate_result), args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from shard.errors import (
     ShardUnavailableError,
     UnknownWorkflowError,
     WorkflowConflictError,
+    WorkflowFailedError,
     WorkflowNotFoundError,
 )
 from tests.cluster_fixtures import SHARDS, LiveCluster
@@ -108,6 +109,8 @@ async def _raw(url: str, method: str, path: str, **kw: Any) -> tuple[int, Any, d
         ("POST", "/v1/workflows", {"json": {"workflow": "w3", "id": ""}}, 422, "invalid_id"),
         ("POST", "/v1/workflows", {"json": {"workflow": "w3", "id": "x" * 201}}, 422, "invalid_id"),
         ("POST", "/v1/workflows", {"json": {"workflow": "nope"}}, 422, "unknown_workflow"),
+        ("POST", "/v1/workflows?wait=soon", {"json": {"workflow": "w3"}}, 400, "bad_request"),
+        ("POST", "/v1/workflows?wait=-1", {"json": {"workflow": "w3"}}, 400, "bad_request"),
         (
             "POST",
             "/v1/workflows",
@@ -167,6 +170,40 @@ async def test_events_and_cancel_over_http(cluster: LiveCluster):
     sleeper = await client.start("long_sleep", None)
     assert await client.cancel(sleeper["id"]) in ("pending", "running", "sleeping", "cancelled")
     assert (await client.wait(sleeper["id"], timeout=30))["status"] == "cancelled"
+
+
+async def test_a_start_can_wait_for_the_outcome(cluster: LiveCluster):
+    client = await cluster.add_router()
+    url = cluster.routers[0].url
+    body = {"workflow": "echoing", "input": {"n": 1}, "id": "start-and-wait"}
+    status, doc, _ = await _raw(url, "POST", "/v1/workflows?wait=30", json=body)
+    assert status == 201, doc
+    assert (doc["id"], doc["status"], doc["output"], doc["error"]) == (
+        "start-and-wait",
+        "completed",
+        {"n": 1},
+        None,
+    )
+    assert doc["shard"] == cluster.shard_of("start-and-wait")
+    # An identical repeat answers with the outcome too; a plain start only starts.
+    status, again, _ = await _raw(url, "POST", "/v1/workflows?wait=5", json=body)
+    assert (status, again) == (200, doc)
+    status, plain, _ = await _raw(url, "POST", "/v1/workflows", json=body)
+    assert status == 200 and "output" not in plain
+    # Not finished within the wait: the start's answer; the result follows it as usual.
+    status, waiting, _ = await _raw(
+        url, "POST", "/v1/workflows?wait=0.3", json={"workflow": "approval", "input": {}}
+    )
+    assert status == 201 and waiting["status"] not in ("completed", "failed", "cancelled")
+    assert "output" not in waiting
+    assert await client.send_event(waiting["id"], "approved", 5)
+    assert await client.result(waiting["id"], timeout=30) == {"payload": 5, "second": None}
+    # The client's run: start and result in one call, failures raised.
+    assert await client.run("echoing", [1, 2], timeout=30) == [1, 2]
+    with pytest.raises(WorkflowFailedError):
+        await client.run("failing", None, timeout=30)
+    waited = await asyncio.gather(*(client.run("w3", make_input(i)) for i in range(30)))
+    assert all(w["notified"] for w in waited)
 
 
 async def test_result_long_poll_answers_202_when_not_done(cluster: LiveCluster):
