@@ -72,6 +72,13 @@ class ShardMetrics:
             ["how"],
             registry=r,
         )
+        self.handoffs = Counter(
+            "shardflow_handoffs_total",
+            "Workflows handed to this executor at their start (no claim), by outcome: taken, "
+            "or released to the queue (the executor was full, stopping or without the code).",
+            ["outcome"],
+            registry=r,
+        )
         self.claim_batch_size = Histogram(
             "shardflow_claim_batch_size",
             "Workflows claimed per claim.",

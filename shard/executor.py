@@ -4,17 +4,24 @@ Liveness: a session advisory lock (``lock_key``) held on a dedicated connection,
 so peers know at once when this process is gone, plus a lease renewed by the
 heartbeat for when it is alive but stalled. Every write is fenced on the lease
 epoch, so a late write after either is rejected, never applied.
+
+Hand-off: while it has room, an executor keeps ``handoff_until`` a moment ahead in its
+row, and a start leases new workflows of its kinds to it directly and names them in a
+NOTIFY on the executor's own channel (shardflow.start_workflows): the workflow runs
+without a claim's round trip and commit. One it cannot take goes back to the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
 import socket
 import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -37,6 +44,11 @@ from shard.store import ShardStore
 
 log = logging.getLogger("shardflow.executor")
 GC_LOCK_KEY = 7358201947
+# Hand-offs: renewed every HANDOFF_RENEW s for HANDOFF_AHEAD s (a stalled executor stops
+# getting them within that), while fewer than HANDOFF_ROOM of its concurrency are in use.
+HANDOFF_RENEW = 0.5
+HANDOFF_AHEAD = 2.0
+HANDOFF_ROOM = 0.75
 
 
 class Executor:
@@ -66,6 +78,8 @@ class Executor:
         self.runner: WorkflowRunner | None = None
         self._foreign_kinds = False
         self._bad_sql: set[tuple[str, str]] = set()
+        self._handoff_at: float | None = None  # when hand-offs were last renewed (None: off)
+        self._handoff_tasks: set[asyncio.Task[None]] = set()
 
     def _new_identity(self) -> None:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -129,6 +143,7 @@ class Executor:
         )
         await store.limits_set(list(self.registry.workflows.values()))
         await self._refresh_kinds()
+        await self._offer_handoffs()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
@@ -160,10 +175,52 @@ class Executor:
         await conn.execute(query("executor_lock"), self.lock_key)
         await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
         await conn.add_listener("shardflow_ready", self._on_notify)
+        await conn.add_listener(f"shardflow_handoff_{self.lock_key}", self._on_handoff)
         self._lock_conn = conn
+        self._handoff_at = None
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
+
+    def _on_handoff(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        """Workflows a start leased to us (the columns of a claim, as a JSON array each)."""
+        taken: list[ClaimedWorkflow] = []
+        for item in json.loads(str(payload)):
+            c = ClaimedWorkflow(
+                item[0], item[1], item[2], item[3], int(item[4]), 0, 0, 0, False,
+                None if item[5] is None else datetime.fromisoformat(item[5]),
+                datetime.fromisoformat(item[6]), item[7] or "", item[8], int(item[9]),
+            )  # fmt: skip
+            if c.id in self._inflight:
+                continue
+            if (
+                self._stopping
+                or len(self._inflight) + len(taken) >= self.settings.concurrency
+                or (c.name, c.version) not in self.registry.versions
+            ):
+                self.metrics.handoffs.labels("released").inc()
+                self._release.append((c.id, c.epoch))
+                continue
+            self.metrics.handoffs.labels("taken").inc()
+            taken.append(c)
+        if taken:
+            task = asyncio.create_task(self._launch(taken))
+            self._handoff_tasks.add(task)
+            task.add_done_callback(self._handoff_tasks.discard)
+
+    async def _offer_handoffs(self) -> None:
+        """Keep our row open to hand-offs while we have room; close it when we have none."""
+        s = self.settings
+        now = time.monotonic()
+        room = not self._stopping and len(self._inflight) < s.concurrency * HANDOFF_ROOM
+        if s.handoff and room:
+            if self._handoff_at is None or now - self._handoff_at >= HANDOFF_RENEW:
+                kinds = [f"{name}@{version}" for name, version in self.kinds]
+                await self.store.executor_handoff(self.owner, kinds, HANDOFF_AHEAD)
+                self._handoff_at = now
+        elif self._handoff_at is not None:
+            self._handoff_at = None
+            await self.store.executor_handoff(self.owner, [], 0)
 
     async def shutdown(self) -> None:
         """Stop claiming, let running workflows finish up to the grace period, release the rest."""
@@ -173,6 +230,10 @@ class Executor:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.runner is not None:
+            with contextlib.suppress(Exception):  # no more hand-offs (any still coming: released)
+                await self._offer_handoffs()
+        await asyncio.gather(*self._handoff_tasks, return_exceptions=True)
         running = [task for task, _ in self._inflight.values()]
         if running:
             await asyncio.wait(running, timeout=self.settings.shutdown_grace)
@@ -277,6 +338,7 @@ class Executor:
                         await self._reattach("declared dead by a peer (lease expired)")
                     last_beat = time.monotonic()
                 await self._refresh_kinds()
+                await self._offer_handoffs()
                 reclaimed = await self.store.reclaim_dead(self.owner, s.max_recovery_attempts)
                 if reclaimed:
                     self.metrics.reclaimed.inc(reclaimed)

@@ -38,6 +38,11 @@ class ExecutorSettings(Settings):
         help="lease of a stalled-but-alive executor; a dead one is detected at once",
         minimum=0.5,
     )
+    handoff: bool = setting(
+        True,
+        help="take workflows handed off at their start (leased by the start itself, no claim "
+        "round trip) while this executor has room and no backlog queues",
+    )
     poll_interval: float = setting(
         0.1, help="fallback poll when no NOTIFY arrives (seconds)", minimum=0.005
     )

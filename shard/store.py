@@ -84,6 +84,9 @@ class ShardStore:
     async def executor_heartbeat(self, owner: str, lease: float) -> bool:
         return await self.pool.fetchval(query("executor_heartbeat"), owner, lease) is not None
 
+    async def executor_handoff(self, owner: str, kinds: Sequence[str], seconds: float) -> None:
+        await self.pool.execute(query("executor_handoff"), owner, list(kinds), seconds)
+
     async def executor_unregister(self, owner: str) -> None:
         await self.pool.execute(query("executor_unregister"), owner)
 

@@ -263,7 +263,10 @@ async def test_down_shard_is_503_and_its_workflows_finish_later(
         with pytest.raises(ShardUnavailableError):
             await client.status(before[0])
         other = next(f"k{i}" for i in range(1000) if cluster.shard_of(f"k{i}") != victim)
-        assert (await client.start("w3", make_input(2), id=other))["status"] == "pending"
+        assert (await client.start("w3", make_input(2), id=other))["status"] in (
+            "pending",
+            "running",
+        )
     finally:
         pg_cluster.restart_one(victim)
     for wid in before:

@@ -59,24 +59,56 @@ BEGIN
             AND k.slot NOT IN (SELECT o.slot FROM owned o)
             THEN 'slot_moved' END) AS issue
         FROM keyed k
+    ), takers AS (
+        -- Executors taking hand-offs now; none while due workflows queue (a backlog is
+        -- claimed in order) and none for a name with concurrency limits (claims count them).
+        SELECT e.owner, e.lock_key, e.kinds, e.lease_until FROM shardflow.executors e
+        WHERE e.handoff_until > now()
+          AND NOT EXISTS (SELECT 1 FROM shardflow.ready q WHERE q.run_at <= now())
+    ), placed AS (
+        SELECT c.*, t.owner, t.lock_key, t.lease_until
+        FROM checked c
+        LEFT JOIN LATERAL (
+            SELECT t.owner, t.lock_key, t.lease_until FROM takers t
+            WHERE (c.name || '@' || c.version) = ANY (t.kinds)
+              AND octet_length(c.input::text) <= 2000
+              AND NOT EXISTS (SELECT 1 FROM shardflow.limits l WHERE l.name = c.name)
+            ORDER BY random() LIMIT 1) t ON c.issue IS NULL
     ), ins AS (
         INSERT INTO shardflow.workflows AS w
-            (id, slot, routing_key, name, version, status, input, parent, deadline, priority)
-        SELECT c.id, c.slot, c.key, c.name, c.version, 'pending', c.input, c.parent,
-               now() + make_interval(secs => c.timeout), coalesce(c.priority, 0)
-        FROM checked c
+            (id, slot, routing_key, name, version, status, input, parent, deadline, priority,
+             lease_owner, lease_epoch, lease_until)
+        SELECT c.id, c.slot, c.key, c.name, c.version,
+               CASE WHEN c.owner IS NULL THEN 'pending' ELSE 'running' END, c.input, c.parent,
+               now() + make_interval(secs => c.timeout), coalesce(c.priority, 0),
+               c.owner, CASE WHEN c.owner IS NULL THEN 0 ELSE 1 END, c.lease_until
+        FROM placed c
         WHERE c.issue IS NULL
           AND (p_partial OR NOT EXISTS (SELECT 1 FROM checked b WHERE b.issue IS NOT NULL))
         ON CONFLICT ON CONSTRAINT workflows_pkey DO NOTHING
-        RETURNING w.id, w.slot, w.priority
+        RETURNING w.id, w.slot, w.priority, w.status, w.lease_owner
     ), rdy AS (
         INSERT INTO shardflow.ready (workflow_id, slot, priority)
-        SELECT ins.id, ins.slot, ins.priority FROM ins
+        SELECT ins.id, ins.slot, ins.priority FROM ins WHERE ins.status = 'pending'
     ), ntf AS (
-        SELECT pg_notify('shardflow_ready', '') WHERE EXISTS (SELECT 1 FROM ins)
+        SELECT pg_notify('shardflow_ready', '')
+        WHERE EXISTS (SELECT 1 FROM ins WHERE ins.status = 'pending')
+    ), handed AS (
+        -- Each taker is told of its workflows on its own channel, with what a claim would
+        -- return (the columns of ClaimedWorkflow), in payloads under 8,000 bytes.
+        SELECT p.lock_key, p.item,
+               sum(length(p.item)) OVER (PARTITION BY p.lock_key ORDER BY p.id) / 7000 AS part
+        FROM (SELECT DISTINCT ON (c.id) c.lock_key, c.id,
+                     json_build_array(c.id, c.name, c.version, c.input::text, 1,
+                                      now() + make_interval(secs => c.timeout), now(),
+                                      c.key, c.parent, coalesce(c.priority, 0))::text AS item
+              FROM placed c JOIN ins ON ins.id = c.id AND ins.lease_owner = c.owner
+              ORDER BY c.id, c.ord) p
+    ), handoff AS (
+        SELECT pg_notify('shardflow_handoff_' || h.lock_key, '[' || string_agg(h.item, ',') || ']')
+        FROM handed h GROUP BY h.lock_key, h.part
     )
-    SELECT c.id, c.slot,
-           CASE WHEN ins.id IS NOT NULL THEN 'pending' ELSE w.status END,
+    SELECT c.id, c.slot, coalesce(ins.status, w.status),
            ins.id IS NOT NULL AND c.ord = min(c.ord) OVER (PARTITION BY c.id),
            coalesce(ins.id IS NULL AND (w.name <> c.name OR w.input <> c.input), false),
            c.issue
@@ -84,6 +116,7 @@ BEGIN
     LEFT JOIN ins ON ins.id = c.id
     LEFT JOIN shardflow.workflows w ON w.id = c.id AND ins.id IS NULL
     CROSS JOIN (SELECT count(*) FROM ntf) AS n
+    CROSS JOIN (SELECT count(*) FROM handoff) AS h
     ORDER BY c.ord;
 END
 $$;

@@ -13,6 +13,13 @@ UPDATE shardflow.executors SET lease_until = now() + make_interval(secs => $2)
 WHERE owner = $1
 RETURNING owner;
 
+-- name: executor_handoff
+-- Take hand-offs at start ($3 > 0: for the next $3 seconds, of kinds $2) or stop ($3 = 0).
+UPDATE shardflow.executors
+SET kinds = $2::text[],
+    handoff_until = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END
+WHERE owner = $1;
+
 -- name: executor_unregister
 DELETE FROM shardflow.executors WHERE owner = $1;
 

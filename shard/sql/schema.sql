@@ -24,13 +24,17 @@ CREATE TABLE shardflow.registry (
 
 -- Live executors: liveness is one advisory lock (lock_key) held by the executor's
 -- connection, plus a lease renewed by its heartbeat for a stalled but alive process.
+-- kinds (name@version) and handoff_until: an executor that takes workflows handed off
+-- at their start (shardflow.start_workflows), while handoff_until is ahead.
 CREATE TABLE shardflow.executors (
     owner text PRIMARY KEY,
     lock_key bigint NOT NULL,
     lease_until timestamptz NOT NULL,
     host text NOT NULL DEFAULT '',
     pid integer NOT NULL DEFAULT 0,
-    started_at timestamptz NOT NULL DEFAULT now()
+    started_at timestamptz NOT NULL DEFAULT now(),
+    kinds text[],
+    handoff_until timestamptz
 );
 
 -- One row per workflow instance (the wide row; never scanned by the claim loop).

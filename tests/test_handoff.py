@@ -1,0 +1,142 @@
+"""Hand-off at start: a start leases a new workflow to an executor with room and tells it by
+NOTIFY, so the workflow runs without a claim; whatever it cannot take goes back to the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from examples.bench import make_input
+from shard.client import ShardClient
+from shard.store import ShardStore
+
+OPEN = """INSERT INTO shardflow.executors (owner, lock_key, lease_until, kinds, handoff_until)
+VALUES ($1, $2, now() + interval '1 minute', $3::text[], now() + interval '1 minute')"""
+
+
+async def _status(client: ShardClient, wid: str) -> dict[str, Any]:
+    async with client.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT status, lease_owner, lease_epoch,"
+            " EXISTS (SELECT 1 FROM shardflow.ready r WHERE r.workflow_id = w.id) AS queued"
+            " FROM shardflow.workflows w WHERE id = $1",
+            wid,
+        )
+    return dict(row)
+
+
+async def test_a_start_leases_to_an_open_executor_and_names_the_workflow_on_its_channel(
+    client: ShardClient, dsn: str
+):
+    """The start function alone, with a stand-in executor row and its channel."""
+    await ShardStore(client.pool).registry_add([("w3", "1", 30.0), ("echoing", "1", None)])
+    listener = await asyncpg.connect(dsn)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("shardflow_handoff_42", lambda *a: got.put_nowait(a[3]))
+    try:
+        async with client.pool.acquire() as conn:
+            await conn.execute(OPEN, "stand-in", 42, ["w3@1"])
+        wid = await client.start("w3", make_input(7), id="handed")
+        assert await _status(client, wid) == {
+            "status": "running",
+            "lease_owner": "stand-in",
+            "lease_epoch": 1,
+            "queued": False,
+        }
+        (item,) = json.loads(await asyncio.wait_for(got.get(), 10))
+        assert item[:3] == ["handed", "w3", "1"] and item[4] == 1
+        assert json.loads(item[3]) == make_input(7)
+        assert datetime.fromisoformat(item[5]) > datetime.fromisoformat(item[6])  # deadline
+        assert item[7:] == ["handed", None, 0]
+        # A kind the executor lacks is queued for a claim.
+        echo = await client.start("echoing", 1)
+        assert (await _status(client, echo))["status"] == "pending"
+        # So is everything while due workflows queue: a backlog is claimed in its order.
+        late = await client.start("w3", make_input(8))
+        assert (await _status(client, late))["status"] == "pending"
+        async with client.pool.acquire() as conn:
+            await conn.execute("DELETE FROM shardflow.ready")
+            # Names with concurrency limits go through the claims, which count them.
+            await conn.execute("INSERT INTO shardflow.limits (name, per_shard) VALUES ('w3', 5)")
+            limited = await client.start("w3", make_input(9))
+            assert (await _status(client, limited))["status"] == "pending"
+            await conn.execute("DELETE FROM shardflow.ready")
+            await conn.execute("DELETE FROM shardflow.limits")
+            # A closed executor (handoff_until passed or unset) takes none.
+            await conn.execute("UPDATE shardflow.executors SET handoff_until = NULL")
+        closed = await client.start("w3", make_input(10))
+        assert (await _status(client, closed))["status"] == "pending"
+        assert got.empty()
+    finally:
+        await listener.close()
+
+
+async def test_a_batch_of_starts_is_handed_off_in_payloads_under_the_notify_limit(
+    client: ShardClient, dsn: str
+):
+    await ShardStore(client.pool).registry_add([("echoing", "1", None)])
+    listener = await asyncpg.connect(dsn)
+    got: list[str] = []
+    await listener.add_listener("shardflow_handoff_7", lambda *a: got.append(a[3]))
+    try:
+        async with client.pool.acquire() as conn:
+            await conn.execute(OPEN, "stand-in", 7, ["echoing@1"])
+            ids = [f"b-{i}" for i in range(300)]
+            await conn.fetch(
+                "SELECT * FROM shardflow.start_workflows($1::text[], $2::text[], $3::jsonb[],"
+                " $4::text[], $5::text[], $6::double precision[])",
+                ids + ids[:5],  # repeats in one batch are handed off once
+                ["echoing"] * 305,
+                [json.dumps("x" * 100)] * 305,
+                [None] * 305,
+                [None] * 305,
+                [None] * 305,
+            )
+        for _ in range(100):
+            if sum(len(json.loads(p)) for p in got) >= 300:
+                break
+            await asyncio.sleep(0.05)
+        assert len(got) > 1 and all(len(p) < 8000 for p in got)
+        assert sorted(item[0] for p in got for item in json.loads(p)) == sorted(ids)
+    finally:
+        await listener.close()
+
+
+async def test_an_executor_runs_handed_off_workflows_and_gives_back_what_it_cannot(
+    client: ShardClient, start_executor: Any
+):
+    executor = await start_executor()
+    ids = [await client.start("w3", make_input(i)) for i in range(20)]
+    outcomes = [await client.wait(wid, timeout=30) for wid in ids]
+    assert {o["status"] for o in outcomes} == {"completed"}
+    taken = executor.metrics.handoffs.labels("taken")._value.get()
+    assert taken == 20  # none went through a claim
+    # A hand-off of a kind it has no code for (its row says otherwise) goes back to the
+    # queue: released with a new epoch, not run, not lost.
+    async with client.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO shardflow.registry (name, version) VALUES ('ghost', '1');"
+            "UPDATE shardflow.executors SET kinds = kinds || '{ghost@1}'"
+        )
+        await conn.execute("SELECT shardflow.start_workflow('ghost', '{}', 'g-1')")
+    for _ in range(200):
+        state = await _status(client, "g-1")
+        if state["queued"]:
+            break
+        await asyncio.sleep(0.05)
+    assert state == {"status": "pending", "lease_owner": None, "lease_epoch": 2, "queued": True}
+    assert executor.metrics.handoffs.labels("released")._value.get() == 1
+    # Stopping closes the executor to hand-offs: later starts queue.
+    await executor.shutdown()
+    assert (await _status(client, await client.start("w3", make_input(99))))["queued"]
+
+
+async def test_hand_offs_can_be_turned_off(client: ShardClient, start_executor: Any):
+    executor = await start_executor(handoff=False)
+    wid = await client.start("w3", make_input(1))
+    assert (await client.wait(wid, timeout=30))["status"] == "completed"
+    assert executor.metrics.handoffs.labels("taken")._value.get() == 0
