@@ -117,7 +117,9 @@ async def shardflow(shards: int = 3) -> AsyncIterator[Running]:
             cluster.router_urls[0],
             f"{shards} shards, each a Postgres server (fsync on, synchronous_commit on) with one "
             "executor process; one router (aiohttp); one coordinator; 1024 hash slots. "
-            "Every step is checkpointed in a committed transaction.",
+            "Every step is checkpointed in a committed transaction. The client starts each "
+            "workflow with `POST /v1/workflows?wait=30`, which answers with its outcome (one "
+            "request; executors take new workflows by hand-off at start).",
             {"shardflow": _package("shardflow"), "postgres": postgres},
         )
 
