@@ -27,6 +27,10 @@ CREATE OR REPLACE FUNCTION shardflow.start_workflows(
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
                problem text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    -- Read once here: a call of the SQL function slot_count() in the query below was
+    -- planned again on every start (about 0.2 ms, more than the rest of a small batch).
+    v_slots integer := (SELECT s.value::integer FROM shardflow.settings s WHERE s.key = 'slots');
 BEGIN
     RETURN QUERY
     WITH input AS (
@@ -35,7 +39,7 @@ BEGIN
                     p_priorities)
             WITH ORDINALITY AS t(id, name, input, routing_key, parent, timeout_s, priority, ord)
     ), keyed AS (
-        SELECT i.*, shardflow.slot_of(i.key, (SELECT shardflow.slot_count())) AS slot,
+        SELECT i.*, shardflow.slot_of(i.key, coalesce(v_slots, 1024)) AS slot,
                r.version, coalesce(i.timeout_s, r.timeout_s) AS timeout,
                CASE
                  WHEN r.version IS NULL THEN 'unknown_workflow'
