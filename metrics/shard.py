@@ -75,7 +75,8 @@ class ShardMetrics:
         self.handoffs = Counter(
             "shardflow_handoffs_total",
             "Workflows handed to this executor at their start (no claim), by outcome: taken, "
-            "or released to the queue (the executor was full, stopping or without the code).",
+            "released to the queue (the executor was full, stopping or without the code), or "
+            "lost (leased to it, never notified; found by its sweep and released).",
             ["outcome"],
             registry=r,
         )

@@ -49,6 +49,10 @@ GC_LOCK_KEY = 7358201947
 HANDOFF_RENEW = 0.5
 HANDOFF_AHEAD = 2.0
 HANDOFF_ROOM = 0.75
+# Every HANDOFF_SWEEP s, workflows leased to us, untouched for HANDOFF_LOST s and not in
+# memory (their NOTIFY never came) go back to the queue: a lost hand-off costs seconds.
+HANDOFF_SWEEP = 5.0
+HANDOFF_LOST = 5.0
 
 
 class Executor:
@@ -79,6 +83,7 @@ class Executor:
         self._foreign_kinds = False
         self._bad_sql: set[tuple[str, str]] = set()
         self._handoff_at: float | None = None  # when hand-offs were last renewed (None: off)
+        self._swept_at = time.monotonic()
         self._handoff_tasks: set[asyncio.Task[None]] = set()
 
     def _new_identity(self) -> None:
@@ -221,6 +226,17 @@ class Executor:
         elif self._handoff_at is not None:
             self._handoff_at = None
             await self.store.executor_handoff(self.owner, [], 0)
+        if now - self._swept_at >= HANDOFF_SWEEP:
+            self._swept_at = now
+            lost = [
+                (wid, epoch)
+                for wid, epoch in await self.store.workflows_leased_to(self.owner, HANDOFF_LOST)
+                if wid not in self._inflight
+            ]
+            if lost:
+                log.warning("event=handoff_lost workflows=%d", len(lost))
+                self.metrics.handoffs.labels("lost").inc(len(lost))
+                self._release.extend(lost)
 
     async def shutdown(self) -> None:
         """Stop claiming, let running workflows finish up to the grace period, release the rest."""

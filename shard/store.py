@@ -87,6 +87,10 @@ class ShardStore:
     async def executor_handoff(self, owner: str, kinds: Sequence[str], seconds: float) -> None:
         await self.pool.execute(query("executor_handoff"), owner, list(kinds), seconds)
 
+    async def workflows_leased_to(self, owner: str, idle: float) -> list[tuple[str, int]]:
+        rows = await self.pool.fetch(query("workflows_leased_to"), owner, idle)
+        return [(row["id"], row["lease_epoch"]) for row in rows]
+
     async def executor_unregister(self, owner: str) -> None:
         await self.pool.execute(query("executor_unregister"), owner)
 

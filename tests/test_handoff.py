@@ -140,3 +140,25 @@ async def test_hand_offs_can_be_turned_off(client: ShardClient, start_executor: 
     wid = await client.start("w3", make_input(1))
     assert (await client.wait(wid, timeout=30))["status"] == "completed"
     assert executor.metrics.handoffs.labels("taken")._value.get() == 0
+
+
+async def test_a_hand_off_whose_notify_never_came_goes_back_to_the_queue(
+    client: ShardClient, start_executor: Any, monkeypatch: Any
+):
+    """A start whose NOTIFY fired where the executor does not listen (a Citus worker) or was
+    lost: the workflow is leased to a live executor that does not know it. Its sweep finds
+    it and gives it back; it then runs."""
+    monkeypatch.setattr("shard.executor.HANDOFF_SWEEP", 0.2)
+    executor = await start_executor()
+    async with client.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO shardflow.workflows (id, slot, routing_key, name, version, status, input,"
+            " lease_owner, lease_epoch, updated_at) VALUES ('lost-1', 0, 'lost-1', 'w3', '1',"
+            " 'running', $1::jsonb, $2, 1, now() - interval '1 minute')",
+            json.dumps(make_input(5)),
+            executor.owner,
+        )
+    assert (await client.wait("lost-1", timeout=30))["status"] == "completed"
+    assert executor.metrics.handoffs.labels("lost")._value.get() == 1
+    async with client.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT lease_epoch FROM shardflow.workflows") == 3

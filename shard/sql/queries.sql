@@ -20,6 +20,13 @@ SET kinds = $2::text[],
     handoff_until = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END
 WHERE owner = $1;
 
+-- name: workflows_leased_to
+-- Running workflows leased to executor $1 untouched for $2 seconds: with those it holds in
+-- memory left out, hand-offs whose NOTIFY never reached it (sent from elsewhere, lost).
+SELECT id, lease_epoch FROM shardflow.workflows
+WHERE status = 'running' AND lease_owner = $1
+  AND updated_at < now() - make_interval(secs => $2);
+
 -- name: executor_unregister
 DELETE FROM shardflow.executors WHERE owner = $1;
 
