@@ -160,23 +160,15 @@ class Client:
         return dict(doc)
 
     async def run(
-        self,
-        workflow: str,
-        input: Any = None,
-        *,
-        id: str | None = None,
-        routing_key: str | None = None,
-        priority: int = 0,
-        timeout: float | None = None,
+        self, workflow: str, input: Any = None, *, timeout: float | None = None, **options: Any
     ) -> Any:
         """Start a workflow and return its output (raising as :meth:`result` does): one
-        request when it finishes within the router's wait, long polls after that."""
+        request when it finishes within the router's wait, long polls after that.
+        ``options``: those of :meth:`start` (id, routing_key, priority)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         wait = 30.0 if timeout is None else min(30.0, timeout)
-        doc = await self.start(
-            workflow, input, id=id, routing_key=routing_key, priority=priority, wait=wait
-        )
+        doc = await self.start(workflow, input, wait=wait, **options)
         if doc["status"] not in TERMINAL:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             doc = await self.wait(doc["id"], left)
