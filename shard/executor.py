@@ -226,17 +226,22 @@ class Executor:
         elif self._handoff_at is not None:
             self._handoff_at = None
             await self.store.executor_handoff(self.owner, [], 0)
-        if now - self._swept_at >= HANDOFF_SWEEP:
-            self._swept_at = now
-            lost = [
-                (wid, epoch)
-                for wid, epoch in await self.store.workflows_leased_to(self.owner, HANDOFF_LOST)
-                if wid not in self._inflight
-            ]
-            if lost:
-                log.warning("event=handoff_lost workflows=%d", len(lost))
-                self.metrics.handoffs.labels("lost").inc(len(lost))
-                self._release.extend(lost)
+
+    async def _sweep_lost_handoffs(self) -> None:
+        """Every HANDOFF_SWEEP s: give back the workflows leased to us that we do not hold."""
+        now = time.monotonic()
+        if now - self._swept_at < HANDOFF_SWEEP:
+            return
+        self._swept_at = now
+        lost = [
+            (wid, epoch)
+            for wid, epoch in await self.store.workflows_leased_to(self.owner, HANDOFF_LOST)
+            if wid not in self._inflight
+        ]
+        if lost:
+            log.warning("event=handoff_lost workflows=%d", len(lost))
+            self.metrics.handoffs.labels("lost").inc(len(lost))
+            self._release.extend(lost)
 
     async def shutdown(self) -> None:
         """Stop claiming, let running workflows finish up to the grace period, release the rest."""
@@ -355,6 +360,7 @@ class Executor:
                     last_beat = time.monotonic()
                 await self._refresh_kinds()
                 await self._offer_handoffs()
+                await self._sweep_lost_handoffs()
                 reclaimed = await self.store.reclaim_dead(self.owner, s.max_recovery_attempts)
                 if reclaimed:
                     self.metrics.reclaimed.inc(reclaimed)
