@@ -9,6 +9,12 @@ generator (``loadtests.loadgen``) in its own process; CPU per workflow counts th
 system's own processes only (servers and workers). Results go to
 ``loadtests/results/<timestamp>/`` (results.csv, report.md, PNG plots); the table is
 printed, and the last line is one JSON object.
+
+``--rounds N`` measures every system N times, round after round, in turns (the order
+reverses every other round, so that no system always runs first): a machine whose speed
+drifts within minutes then weighs on every system alike. The JSON figures are each
+system's medians over the rounds, and ``ratios_per_round`` pairs the systems measured in
+the same round.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,10 +58,16 @@ async def ready(running: Running, timeout: float = 120.0) -> None:
 
 
 def row(
-    system: str, phase: str, summary: dict[str, Any], cpu: float, args: argparse.Namespace
+    system: str,
+    phase: str,
+    summary: dict[str, Any],
+    cpu: float,
+    args: argparse.Namespace,
+    round_: int = 1,
 ) -> dict[str, Any]:
     done = summary["completed"]
     return {
+        "round": round_,
         "system": system,
         "phase": phase,
         "clients": args.clients if phase == "closed" else "",
@@ -72,46 +85,105 @@ def row(
     }
 
 
-async def measure(name: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> Running:
+async def measure(
+    name: str, args: argparse.Namespace, rows: list[dict[str, Any]], round_: int = 1
+) -> Running:
     async with SYSTEMS[name]() as running:
-        print(f"[{name}] started: {running.target}", flush=True)
+        print(f"[{name}] round {round_}, started: {running.target}", flush=True)
         await ready(running)
         clients = ["--clients", str(args.clients)]
         await loadgen(running, "--mode", "closed", *clients, "--seconds", str(args.warmup))
         closed, cpu = await loadgen(
             running, "--mode", "closed", *clients, "--seconds", str(args.seconds)
         )
-        rows.append(row(name, "closed", closed, cpu, args))
+        rows.append(row(name, "closed", closed, cpu, args, round_))
         print(f"[{name}] closed loop: {brief(closed)}", flush=True)
         opened, cpu = await loadgen(
             running, "--mode", "open", "--rate", str(args.open_rate), "--seconds", str(args.seconds)
         )
-        rows.append(row(name, "open", opened, cpu, args))
+        rows.append(row(name, "open", opened, cpu, args, round_))
         print(f"[{name}] open loop: {brief(opened)}", flush=True)
     return running
 
 
+# The JSON figures of a system: (key, phase, column of its rows).
+FIGURES = (
+    ("closed_wf_per_s", "closed", "wf_per_s"),
+    ("closed_p99_ms", "closed", "p99_ms"),
+    ("cpu_ms_per_wf", "closed", "cpu_ms_per_wf"),
+    ("open_p99_ms", "open", "p99_ms"),
+)
+
+
+# The columns of a row that were measured (the others name the phase).
+MEASURED = (
+    "seconds",
+    "completed",
+    "wf_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "p999_ms",
+    "cpu_s",
+    "cpu_ms_per_wf",
+)
+
+
+def _median(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per system and phase: each figure's median over the rounds (the rows
+    themselves when there was one round)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["system"], r["phase"]), []).append(r)
+    out = []
+    for group in groups.values():
+        first = dict(group[0])
+        for key in MEASURED:
+            first[key] = _median([g[key] for g in group])
+        first["errors"] = sum(g["errors"] for g in group)
+        first["round"] = "median" if len(group) > 1 else first["round"]
+        out.append(first)
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
 def summary_json(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     systems: dict[str, dict[str, Any]] = {}
-    for r in rows:
+    for r in medians(rows):
         s = systems.setdefault(r["system"], {"errors": 0})
         s["errors"] += r["errors"]
-        if r["phase"] == "closed":
-            s.update(
-                closed_wf_per_s=r["wf_per_s"],
-                closed_p99_ms=r["p99_ms"],
-                cpu_ms_per_wf=r["cpu_ms_per_wf"],
-            )
-        else:
-            s.update(open_rate=args.open_rate, open_p99_ms=r["p99_ms"])
+        for key, phase, column in FIGURES:
+            if r["phase"] == phase:
+                s[key] = r[column]
+        if r["phase"] == "open":
+            s["open_rate"] = args.open_rate
+    others = [o for o in ("rabbitmq", "temporal") if "shardflow" in systems and o in systems]
     ratios = {
-        f"shardflow/{other}": round(
-            systems["shardflow"]["closed_wf_per_s"] / systems[other]["closed_wf_per_s"], 2
-        )
-        for other in ("rabbitmq", "temporal")
-        if "shardflow" in systems and other in systems and systems[other]["closed_wf_per_s"]
+        f"shardflow/{o}": ratio
+        for o in others
+        if (ratio := _ratio(systems["shardflow"]["closed_wf_per_s"], systems[o]["closed_wf_per_s"]))
+        is not None
     }
-    return {"systems": systems, "ratios": ratios}
+    result: dict[str, Any] = {"systems": systems, "ratios": ratios}
+    rounds = sorted({r["round"] for r in rows})
+    if len(rounds) > 1:
+        closed = {(r["round"], r["system"]): r["wf_per_s"] for r in rows if r["phase"] == "closed"}
+        result["rounds"] = len(rounds)
+        result["ratios_per_round"] = {
+            f"shardflow/{o}": [
+                _ratio(closed.get((n, "shardflow")), closed.get((n, o))) for n in rounds
+            ]
+            for o in others
+        }
+    return result
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,6 +198,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=float, default=3.0, help="closed-loop seconds before measuring"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every system this many times, in turns; figures are medians",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default: results/<timestamp>)"
     )
     args = parser.parse_args(argv)
@@ -135,8 +213,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"--systems: choose among {', '.join(SYSTEMS)} (got {', '.join(unknown) or 'none'})"
         )
-    if args.clients < 1 or args.seconds <= 0 or args.open_rate <= 0 or args.warmup < 0:
-        parser.error("--clients, --seconds and --open-rate must be positive, --warmup not negative")
+    if (
+        args.clients < 1
+        or args.rounds < 1
+        or args.seconds <= 0
+        or args.open_rate <= 0
+        or args.warmup < 0
+    ):
+        parser.error(
+            "--clients, --rounds, --seconds and --open-rate must be positive, --warmup not negative"
+        )
     return args
 
 
@@ -144,12 +230,17 @@ async def main_async(args: argparse.Namespace) -> int:
     out = args.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    setups = []
-    for name in args.systems:
-        setups.append(await measure(name, args, rows))
+    setups: dict[str, Running] = {}
+    for n in range(1, args.rounds + 1):
+        for name in args.systems if n % 2 else reversed(args.systems):
+            running = await measure(name, args, rows, n)
+            setups.setdefault(name, running)
     result = summary_json(rows, args)
-    report.write(out, rows, setups, args, result)
+    report.write(out, rows, medians(rows), [setups[name] for name in args.systems], args, result)
     print(report.table(rows), flush=True)
+    if args.rounds > 1:
+        print(f"medians over {args.rounds} rounds:", flush=True)
+        print(report.table(medians(rows)), flush=True)
     print(f"results in {out}", flush=True)
     print(json.dumps(result), flush=True)
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
+    "round",
     "system",
     "phase",
     "clients",
@@ -54,7 +55,10 @@ def machine() -> dict[str, str]:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of ``rows``, with a round column when they come from several."""
+    rounds = len({r["round"] for r in rows}) > 1
     head = [
+        *(["round"] if rounds else []),
         "system",
         "phase",
         "wf/s",
@@ -73,6 +77,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             else f"open ({r['rate']:g}/s)"
         )
         cells = [
+            *([r["round"]] if rounds else []),
             r["system"],
             phase,
             r["wf_per_s"],
@@ -131,12 +136,14 @@ def plots(out: Path, rows: Sequence[dict[str, Any]]) -> list[str]:
 def write(
     out: Path,
     rows: Sequence[dict[str, Any]],
+    medians: Sequence[dict[str, Any]],
     setups: Sequence[Any],
     args: argparse.Namespace,
     result: dict[str, Any],
 ) -> None:
     write_csv(out / "results.csv", rows)
-    images = plots(out, rows)
+    images = plots(out, medians)
+    several = args.rounds > 1
     host = machine()
     lines = [
         "# Shardflow vs Temporal vs RabbitMQ: workload W3",
@@ -145,13 +152,35 @@ def write(
         "durable in its system's own way. Latency is start to result, as the client sees it; "
         "in the open loop it is measured from the scheduled arrival.",
         "",
-        "## Results",
+        "## Results" + (f" (medians over {args.rounds} rounds)" if several else ""),
         "",
-        table(rows),
+        table(medians),
         "",
         "Ratios (closed-loop throughput): "
         + (", ".join(f"{k} = {v}" for k, v in result["ratios"].items()) or "none (one system)"),
         "",
+        *(
+            [
+                f"The systems ran {args.rounds} rounds in turns, the order reversed every other "
+                "round; every figure above is the median of its rounds. Ratios within each "
+                "round: "
+                + (
+                    "; ".join(
+                        f"{k} = {', '.join(str(v) for v in vs)}"
+                        for k, vs in result["ratios_per_round"].items()
+                    )
+                    or "none (one system)"
+                )
+                + ".",
+                "",
+                "### Every round",
+                "",
+                table(rows),
+                "",
+            ]
+            if several
+            else []
+        ),
         *(f"![{name}]({name})" for name in images),
         "",
         "## Configuration",

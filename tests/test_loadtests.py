@@ -106,15 +106,69 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
 
 
 def test_compare_with_one_system_leaves_the_others_out(tmp_path: Path) -> None:
+    """Also two rounds: every round's rows in the CSV, the medians in the JSON and report."""
     out = tmp_path / "results"
     result = run_module(
         "loadtests.compare",
         *("--systems", "rabbitmq", "--clients", "2", "--seconds", "1", "--open-rate", "5"),
-        *("--warmup", "0", "--out", str(out)),
+        *("--warmup", "0", "--rounds", "2", "--out", str(out)),
     )
     assert set(result["systems"]) == {"rabbitmq"}
     assert result["ratios"] == {}
-    assert len(read_csv(out / "results.csv")) == 2
+    assert result["rounds"] == 2 and result["ratios_per_round"] == {}
+    rows = read_csv(out / "results.csv")
+    assert [(r["round"], r["phase"]) for r in rows] == [
+        ("1", "closed"),
+        ("1", "open"),
+        ("2", "closed"),
+        ("2", "open"),
+    ]
+    closed = sorted(float(r["wf_per_s"]) for r in rows if r["phase"] == "closed")
+    assert result["systems"]["rabbitmq"]["closed_wf_per_s"] == pytest.approx(sum(closed) / 2)
+    report = (out / "report.md").read_text()
+    assert "medians over 2 rounds" in report and "### Every round" in report
+
+
+def _row(round_: int, system: str, phase: str, wf_per_s: float, p99: float) -> dict[str, Any]:
+    return {
+        "round": round_,
+        "system": system,
+        "phase": phase,
+        "clients": 64 if phase == "closed" else "",
+        "rate": 200.0 if phase == "open" else "",
+        "seconds": 30.0,
+        "completed": int(wf_per_s * 30),
+        "errors": 1,
+        "wf_per_s": wf_per_s,
+        "p50_ms": p99 / 2,
+        "p95_ms": p99 / 1.5,
+        "p99_ms": p99,
+        "p999_ms": p99 * 2,
+        "cpu_s": wf_per_s * 0.03,
+        "cpu_ms_per_wf": 1.0,
+    }
+
+
+def test_compare_rounds_give_medians_and_paired_ratios() -> None:
+    rows = [
+        _row(n, system, phase, wf, p99)
+        for n, sf, rmq in ((1, 1500.0, 1000.0), (2, 1800.0, 800.0), (3, 1200.0, 900.0))
+        for system, wf in (("shardflow", sf), ("rabbitmq", rmq))
+        for phase, p99 in (("closed", wf / 100), ("open", 10.0 + n))
+    ]
+    args = compare.parse(["--systems", "shardflow,rabbitmq", "--rounds", "3"])
+    result = compare.summary_json(rows, args)
+    sf, rmq = result["systems"]["shardflow"], result["systems"]["rabbitmq"]
+    assert (sf["closed_wf_per_s"], rmq["closed_wf_per_s"]) == (1500.0, 900.0)
+    assert (sf["closed_p99_ms"], sf["open_p99_ms"], sf["open_rate"]) == (15.0, 12.0, 200.0)
+    assert sf["errors"] == 6  # summed over the rounds and phases, not a median
+    assert result["ratios"] == {"shardflow/rabbitmq": round(1500 / 900, 2)}
+    assert result["rounds"] == 3
+    assert result["ratios_per_round"] == {"shardflow/rabbitmq": [1.5, 2.25, 1.33]}
+    # One round: the rows are the figures, and the JSON is as it always was.
+    one = compare.summary_json([r for r in rows if r["round"] == 1], args)
+    assert one["systems"]["shardflow"]["closed_wf_per_s"] == 1500.0
+    assert "rounds" not in one and "ratios_per_round" not in one
 
 
 @pytest.mark.parametrize(
@@ -124,6 +178,7 @@ def test_compare_with_one_system_leaves_the_others_out(tmp_path: Path) -> None:
         ["--systems", ""],
         ["--clients", "0"],
         ["--open-rate", "-1"],
+        ["--rounds", "0"],
     ],
 )
 def test_compare_refuses_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
