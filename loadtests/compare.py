@@ -76,10 +76,8 @@ def row(
         "completed": done,
         "errors": summary["errors"],
         "wf_per_s": summary["wf_per_s"],
-        "p50_ms": summary["p50_ms"],
-        "p95_ms": summary["p95_ms"],
-        "p99_ms": summary["p99_ms"],
-        "p999_ms": summary["p999_ms"],
+        # No latency without a completed workflow (not 0 ms).
+        **{p: summary[p] if done else None for p in ("p50_ms", "p95_ms", "p99_ms", "p999_ms")},
         "cpu_s": round(cpu, 3),
         "cpu_ms_per_wf": round(1000 * cpu / done, 3) if done else None,
     }

@@ -120,7 +120,7 @@ def plots(out: Path, rows: Sequence[dict[str, Any]]) -> list[str]:
         width = 0.8 / max(1, len(chosen))
         for j, r in enumerate(chosen):
             xs = [i + j * width for i in range(len(PERCENTILES))]
-            ax.bar(xs, [max(r[p], 0.01) for p in PERCENTILES], width, label=r["system"])
+            ax.bar(xs, [max(r[p] or 0.0, 0.01) for p in PERCENTILES], width, label=r["system"])
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(PERCENTILES))])
         ax.set_xticklabels(["p50", "p95", "p99", "p99.9"])
         ax.set_yscale("log")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from loadtests import compare, scale
+from loadtests import compare, report, scale
 from loadtests.cgroups import CgroupError, CpuGroup
 from loadtests.locust_run import run_locust
 from shardflow.bench_cluster import local_cluster
@@ -91,7 +91,7 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
     for other in ("rabbitmq", "temporal"):
         expected = round(sf / result["systems"][other]["closed_wf_per_s"], 2)
         assert result["ratios"][f"shardflow/{other}"] == expected
-    report = (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
     for needed in (
         "| shardflow |",
         "| temporal |",
@@ -100,9 +100,9 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
         "## Machine",
         "locust",
     ):
-        assert needed in report
+        assert needed in text
     for image in ("throughput.png", "latency.png"):
-        assert is_png(out / image) and f"]({image})" in report
+        assert is_png(out / image) and f"]({image})" in text
 
 
 def test_compare_with_one_system_leaves_the_others_out(tmp_path: Path) -> None:
@@ -125,8 +125,8 @@ def test_compare_with_one_system_leaves_the_others_out(tmp_path: Path) -> None:
     ]
     closed = sorted(float(r["wf_per_s"]) for r in rows if r["phase"] == "closed")
     assert result["systems"]["rabbitmq"]["closed_wf_per_s"] == pytest.approx(sum(closed) / 2)
-    report = (out / "report.md").read_text()
-    assert "medians over 2 rounds" in report and "### Every round" in report
+    text = (out / "report.md").read_text()
+    assert "medians over 2 rounds" in text and "### Every round" in text
 
 
 def _row(round_: int, system: str, phase: str, wf_per_s: float, p99: float) -> dict[str, Any]:
@@ -169,6 +169,18 @@ def test_compare_rounds_give_medians_and_paired_ratios() -> None:
     one = compare.summary_json([r for r in rows if r["round"] == 1], args)
     assert one["systems"]["shardflow"]["closed_wf_per_s"] == 1500.0
     assert "rounds" not in one and "ratios_per_round" not in one
+
+
+def test_a_phase_with_no_completed_workflow_has_no_latency() -> None:
+    """A system that finished nothing (Temporal's open loop above its speed) shows no
+    latency, not 0 ms, in the rows, the JSON and the report."""
+    args = compare.parse(["--systems", "temporal"])
+    summary = {"completed": 0, "errors": 5, "seconds": 1.0, "wf_per_s": 0.0}
+    summary.update({p: 0.0 for p in ("p50_ms", "p95_ms", "p99_ms", "p999_ms")})
+    r = compare.row("temporal", "open", summary, 0.5, args)
+    assert (r["p50_ms"], r["p99_ms"], r["cpu_ms_per_wf"]) == (None, None, None)
+    assert compare.summary_json([r], args)["systems"]["temporal"]["open_p99_ms"] is None
+    assert "| temporal | open (200/s) | 0.0 | - | - | - | - | 5 | - |" in report.table([r])
 
 
 @pytest.mark.parametrize(
