@@ -77,7 +77,7 @@ def row(
         "errors": summary["errors"],
         "wf_per_s": summary["wf_per_s"],
         # No latency without a completed workflow (not 0 ms).
-        **{p: summary[p] if done else None for p in ("p50_ms", "p95_ms", "p99_ms", "p999_ms")},
+        **{p: summary[p] if done else None for p in report.PERCENTILES},
         "cpu_s": round(cpu, 3),
         "cpu_ms_per_wf": round(1000 * cpu / done, 3) if done else None,
     }
@@ -113,20 +113,6 @@ FIGURES = (
 )
 
 
-# The columns of a row that were measured (the others name the phase).
-MEASURED = (
-    "seconds",
-    "completed",
-    "wf_per_s",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "p999_ms",
-    "cpu_s",
-    "cpu_ms_per_wf",
-)
-
-
 def _median(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -141,7 +127,7 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for group in groups.values():
         first = dict(group[0])
-        for key in MEASURED:
+        for key in report.MEASURED:
             first[key] = _median([g[key] for g in group])
         first["errors"] = sum(g["errors"] for g in group)
         first["round"] = "median" if len(group) > 1 else first["round"]
