@@ -52,13 +52,24 @@ async def test_a_start_leases_to_an_open_executor_and_names_the_workflow_on_its_
         assert json.loads(item[3]) == make_input(7)
         assert datetime.fromisoformat(item[5]) > datetime.fromisoformat(item[6])  # deadline
         assert item[7:] == ["handed", None, 0]
-        # A kind the executor lacks is queued for a claim.
+        # A kind the executor lacks is queued for a claim; being one it could never claim,
+        # it does not keep the executor from taking the next start of its own kind.
         echo = await client.start("echoing", 1)
         assert (await _status(client, echo))["status"] == "pending"
-        # So is everything while due workflows queue: a backlog is claimed in its order.
-        late = await client.start("w3", make_input(8))
-        assert (await _status(client, late))["status"] == "pending"
+        after_echo = await client.start("w3", make_input(11))
+        assert (await _status(client, after_echo))["lease_owner"] == "stand-in"
+        (item,) = json.loads(await asyncio.wait_for(got.get(), 10))
+        assert item[0] == after_echo
         async with client.pool.acquire() as conn:
+            # Due workflows of its own kinds do: a backlog is claimed in its order.
+            await conn.execute("UPDATE shardflow.executors SET handoff_until = NULL")
+            backlog = await client.start("w3", make_input(12))
+            await conn.execute(
+                "UPDATE shardflow.executors SET handoff_until = now() + interval '1 minute'"
+            )
+            assert (await _status(client, backlog))["status"] == "pending"
+            late = await client.start("w3", make_input(8))
+            assert (await _status(client, late))["status"] == "pending"
             await conn.execute("DELETE FROM shardflow.ready")
             # Names with concurrency limits go through the claims, which count them.
             await conn.execute("INSERT INTO shardflow.limits (name, per_shard) VALUES ('w3', 5)")
@@ -73,6 +84,25 @@ async def test_a_start_leases_to_an_open_executor_and_names_the_workflow_on_its_
         assert got.empty()
     finally:
         await listener.close()
+
+
+async def test_a_limited_name_waiting_for_room_does_not_hold_back_other_hand_offs(
+    client: ShardClient,
+):
+    """A queued workflow of a name at its concurrency limit is no backlog for the executor:
+    starts of its other kinds are still handed off; once the limit goes, the queued one is
+    claimable and new starts queue behind it."""
+    await ShardStore(client.pool).registry_add([("w3", "1", 30.0), ("echoing", "1", None)])
+    async with client.pool.acquire() as conn:
+        await conn.execute(OPEN, "stand-in", 43, ["w3@1", "echoing@1"])
+        await conn.execute("INSERT INTO shardflow.limits (name, per_shard) VALUES ('echoing', 1)")
+        waiting = await client.start("echoing", 1)
+        assert (await _status(client, waiting))["queued"]
+        handed = await client.start("w3", make_input(1))
+        assert (await _status(client, handed))["lease_owner"] == "stand-in"
+        await conn.execute("DELETE FROM shardflow.limits")
+        behind = await client.start("w3", make_input(2))
+        assert (await _status(client, behind))["status"] == "pending"
 
 
 async def test_a_batch_of_starts_is_handed_off_in_payloads_under_the_notify_limit(

@@ -64,11 +64,21 @@ BEGIN
             THEN 'slot_moved' END) AS issue
         FROM keyed k
     ), takers AS (
-        -- Executors taking hand-offs now; none while due workflows queue (a backlog is
-        -- claimed in order) and none for a name with concurrency limits (claims count them).
+        -- Executors taking hand-offs now; not one while due workflows of its own kinds
+        -- queue (a backlog is claimed in order), and none for a name with concurrency
+        -- limits (claims count them, below). Due entries it could not claim do not hold it
+        -- back: a kind it does not run (an old version whose executors are gone), or a
+        -- limited name waiting for room. Up to 50 due entries are looked at, never a scan
+        -- of a long queue; an executor whose first 50 are all such entries still takes.
         SELECT e.owner, e.lock_key, e.kinds, e.lease_until FROM shardflow.executors e
         WHERE e.handoff_until > now()
-          AND NOT EXISTS (SELECT 1 FROM shardflow.ready q WHERE q.run_at <= now())
+          AND NOT EXISTS (
+              SELECT 1
+              FROM (SELECT q.workflow_id FROM shardflow.ready q WHERE q.run_at <= now()
+                    LIMIT 50) d
+              JOIN shardflow.workflows w ON w.id = d.workflow_id
+              WHERE (w.name || '@' || w.version) = ANY (e.kinds)
+                AND NOT EXISTS (SELECT 1 FROM shardflow.limits l WHERE l.name = w.name))
     ), placed AS (
         SELECT c.*, t.owner, t.lock_key, t.lease_until
         FROM checked c
