@@ -6,9 +6,10 @@ heartbeat for when it is alive but stalled. Every write is fenced on the lease
 epoch, so a late write after either is rejected, never applied.
 
 Hand-off: while it has room, an executor keeps ``handoff_until`` a moment ahead in its
-row, and a start leases new workflows of its kinds to it directly and names them in a
-NOTIFY on the executor's own channel (shardflow.start_workflows): the workflow runs
-without a claim's round trip and commit. One it cannot take goes back to the queue.
+row, with how much room it has, and a start leases new workflows of its kinds to it
+directly (to one of the open executors, at random in proportion to their room) and names
+them in a NOTIFY on the executor's own channel (shardflow.start_workflows): the workflow
+runs without a claim's round trip and commit. One it cannot take goes back to the queue.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -217,11 +219,13 @@ class Executor:
         """Keep our row open to hand-offs while we have room; close it when we have none."""
         s = self.settings
         now = time.monotonic()
-        room = not self._stopping and len(self._inflight) < s.concurrency * HANDOFF_ROOM
-        if s.handoff and room:
+        room = (
+            0 if self._stopping else math.ceil(s.concurrency * HANDOFF_ROOM) - len(self._inflight)
+        )
+        if s.handoff and room > 0:
             if self._handoff_at is None or now - self._handoff_at >= HANDOFF_RENEW:
                 kinds = [f"{name}@{version}" for name, version in self.kinds]
-                await self.store.executor_handoff(self.owner, kinds, HANDOFF_AHEAD)
+                await self.store.executor_handoff(self.owner, kinds, HANDOFF_AHEAD, room)
                 self._handoff_at = now
         elif self._handoff_at is not None:
             self._handoff_at = None

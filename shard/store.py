@@ -84,8 +84,10 @@ class ShardStore:
     async def executor_heartbeat(self, owner: str, lease: float) -> bool:
         return await self.pool.fetchval(query("executor_heartbeat"), owner, lease) is not None
 
-    async def executor_handoff(self, owner: str, kinds: Sequence[str], seconds: float) -> None:
-        await self.pool.execute(query("executor_handoff"), owner, list(kinds), seconds)
+    async def executor_handoff(
+        self, owner: str, kinds: Sequence[str], seconds: float, room: int = 0
+    ) -> None:
+        await self.pool.execute(query("executor_handoff"), owner, list(kinds), seconds, room)
 
     async def workflows_leased_to(self, owner: str, idle: float) -> list[tuple[str, int]]:
         rows = await self.pool.fetch(query("workflows_leased_to"), owner, idle)

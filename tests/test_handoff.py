@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from examples.bench import make_input
-from shard.client import ShardClient
+from shard.client import ShardClient, StartRequest
 from shard.store import ShardStore
 
 OPEN = """INSERT INTO shardflow.executors (owner, lock_key, lease_until, kinds, handoff_until)
@@ -105,6 +106,35 @@ async def test_a_limited_name_waiting_for_room_does_not_hold_back_other_hand_off
         assert (await _status(client, behind))["status"] == "pending"
 
 
+async def test_hand_offs_go_to_the_open_executors_in_proportion_to_their_room(
+    client: ShardClient,
+):
+    """Two open executors, one nearly full (room for 1) and one nearly idle (room for 99):
+    the idle one gets about 99 starts in 100. An executor of the code before, with no room
+    written, counts as room for one."""
+    await ShardStore(client.pool).registry_add([("echoing", "1", None)])
+    async with client.pool.acquire() as conn:
+        await conn.execute(OPEN, "busy", 51, ["echoing@1"])
+        await conn.execute(OPEN, "idle", 52, ["echoing@1"])
+        await conn.execute("UPDATE shardflow.executors SET handoff_room = 1 WHERE owner = 'busy'")
+        await conn.execute("UPDATE shardflow.executors SET handoff_room = 99 WHERE owner = 'idle'")
+        await client.start_many([StartRequest("echoing", i, f"p-{i}") for i in range(200)])
+        counts = dict(
+            await conn.fetch(
+                "SELECT lease_owner, count(*) FROM shardflow.workflows GROUP BY lease_owner"
+            )
+        )
+        assert counts.get("idle", 0) >= 170 and sum(counts.values()) == 200, counts
+        assert None not in counts  # every one handed off
+        await conn.execute("UPDATE shardflow.executors SET handoff_room = NULL")
+        await client.start_many([StartRequest("echoing", i, f"q-{i}") for i in range(200)])
+        both = await conn.fetch(
+            "SELECT lease_owner, count(*) AS n FROM shardflow.workflows"
+            " WHERE id LIKE 'q-%' GROUP BY lease_owner"
+        )
+        assert {r["lease_owner"] for r in both} == {"busy", "idle"}
+
+
 async def test_a_batch_of_starts_is_handed_off_in_payloads_under_the_notify_limit(
     client: ShardClient, dsn: str
 ):
@@ -140,6 +170,9 @@ async def test_an_executor_runs_handed_off_workflows_and_gives_back_what_it_cann
     client: ShardClient, start_executor: Any
 ):
     executor = await start_executor()
+    async with client.pool.acquire() as conn:  # open, with its room written
+        room = await conn.fetchval("SELECT handoff_room FROM shardflow.executors")
+    assert room == math.ceil(executor.settings.concurrency * 0.75)
     ids = [await client.start("w3", make_input(i)) for i in range(20)]
     outcomes = [await client.wait(wid, timeout=30) for wid in ids]
     assert {o["status"] for o in outcomes} == {"completed"}

@@ -70,7 +70,9 @@ BEGIN
         -- back: a kind it does not run (an old version whose executors are gone), or a
         -- limited name waiting for room. Up to 50 due entries are looked at, never a scan
         -- of a long queue; an executor whose first 50 are all such entries still takes.
-        SELECT e.owner, e.lock_key, e.kinds, e.lease_until FROM shardflow.executors e
+        SELECT e.owner, e.lock_key, e.kinds, e.lease_until,
+               greatest(coalesce(e.handoff_room, 1), 1) AS room
+        FROM shardflow.executors e
         WHERE e.handoff_until > now()
           AND NOT EXISTS (
               SELECT 1
@@ -87,7 +89,9 @@ BEGIN
             WHERE (c.name || '@' || c.version) = ANY (t.kinds)
               AND octet_length(c.input::text) <= 2000
               AND NOT EXISTS (SELECT 1 FROM shardflow.limits l WHERE l.name = c.name)
-            ORDER BY random() LIMIT 1) t ON c.issue IS NULL
+            -- At random in proportion to each one's room (the first of exponential
+            -- clocks running at those rates): the emptier executors get more.
+            ORDER BY -ln(1.0 - random()) / t.room LIMIT 1) t ON c.issue IS NULL
     ), ins AS (
         INSERT INTO shardflow.workflows AS w
             (id, slot, routing_key, name, version, status, input, parent, deadline, priority,

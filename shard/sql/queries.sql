@@ -14,10 +14,12 @@ WHERE owner = $1
 RETURNING owner;
 
 -- name: executor_handoff
--- Take hand-offs at start ($3 > 0: for the next $3 seconds, of kinds $2) or stop ($3 = 0).
+-- Take hand-offs at start ($3 > 0: for the next $3 seconds, of kinds $2, with room for $4
+-- more workflows) or stop ($3 = 0).
 UPDATE shardflow.executors
 SET kinds = $2::text[],
-    handoff_until = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END
+    handoff_until = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END,
+    handoff_room = $4
 WHERE owner = $1;
 
 -- name: workflows_leased_to

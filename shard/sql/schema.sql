@@ -24,8 +24,9 @@ CREATE TABLE shardflow.registry (
 
 -- Live executors: liveness is one advisory lock (lock_key) held by the executor's
 -- connection, plus a lease renewed by its heartbeat for a stalled but alive process.
--- kinds (name@version) and handoff_until: an executor that takes workflows handed off
--- at their start (shardflow.start_workflows), while handoff_until is ahead.
+-- kinds (name@version), handoff_until and handoff_room: an executor that takes workflows
+-- handed off at their start (shardflow.start_workflows), while handoff_until is ahead,
+-- picked in proportion to its room (more workflows it can take; NULL counts as one).
 CREATE TABLE shardflow.executors (
     owner text PRIMARY KEY,
     lock_key bigint NOT NULL,
@@ -34,7 +35,8 @@ CREATE TABLE shardflow.executors (
     pid integer NOT NULL DEFAULT 0,
     started_at timestamptz NOT NULL DEFAULT now(),
     kinds text[],
-    handoff_until timestamptz
+    handoff_until timestamptz,
+    handoff_room integer
 );
 
 -- One row per workflow instance (the wide row; never scanned by the claim loop).
