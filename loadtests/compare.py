@@ -220,11 +220,12 @@ async def main_async(args: argparse.Namespace) -> int:
             running = await measure(name, args, rows, n)
             setups.setdefault(name, running)
     result = summary_json(rows, args)
-    report.write(out, rows, medians(rows), [setups[name] for name in args.systems], args, result)
+    per_system = medians(rows)
+    report.write(out, rows, per_system, [setups[name] for name in args.systems], args, result)
     print(report.table(rows), flush=True)
     if args.rounds > 1:
         print(f"medians over {args.rounds} rounds:", flush=True)
-        print(report.table(medians(rows)), flush=True)
+        print(report.table(per_system), flush=True)
     print(f"results in {out}", flush=True)
     print(json.dumps(result), flush=True)
     return 0

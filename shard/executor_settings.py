@@ -41,7 +41,7 @@ class ExecutorSettings(Settings):
     handoff: bool = setting(
         True,
         help="take workflows handed off at their start (leased by the start itself, no claim "
-        "round trip) while this executor has room and no backlog queues",
+        "round trip) while this executor has room and no backlog of its kinds queues",
     )
     poll_interval: float = setting(
         0.1, help="fallback poll when no NOTIFY arrives (seconds)", minimum=0.005
