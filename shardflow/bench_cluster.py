@@ -18,13 +18,14 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coordinator.dev import DevCluster, DevSettings
 from coordinator.launcher import free_port, remove_data
 from shard import pool as shard_pool
-from shardflow.cpu import tree_cpu
+from shardflow.cpu import parts_spent, tree_cpu_parts
 
 
 @asynccontextmanager
@@ -54,12 +55,26 @@ async def local_cluster(**settings: Any) -> AsyncIterator[DevCluster]:
         remove_data(data)
 
 
-async def loadgen_process(
-    module: str, *args: str, until: Awaitable[Any] | None = None
-) -> tuple[dict[str, Any], float]:
-    """Run a load generator (``python -m module args``) in its own process: its summary
-    (its last JSON line) and the CPU seconds our other children (the system) used meanwhile.
-    With ``until``, the phase ends (SIGTERM) once that is done, if it has not already."""
+@dataclass
+class Phase:
+    """One load phase: the load generator's summary (its last JSON line) and the CPU
+    seconds the system (our other children) used meanwhile, in all and by part."""
+
+    summary: dict[str, Any]
+    cpu: float
+    cpu_parts: dict[str, float]
+
+    def ms_per_wf(self) -> dict[str, float | None]:
+        """CPU milliseconds per completed workflow: ``all`` and each part."""
+        done = self.summary.get("completed") or 0
+        per = {"all": self.cpu, **self.cpu_parts}
+        return {k: round(1000 * v / done, 3) if done else None for k, v in per.items()}
+
+
+async def loadgen_phase(module: str, *args: str, until: Awaitable[Any] | None = None) -> Phase:
+    """Run a load generator (``python -m module args``) in its own process and measure
+    the system meanwhile. With ``until``, the phase ends (SIGTERM) once that is done, if
+    it has not already."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -69,7 +84,7 @@ async def loadgen_process(
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
-    before = tree_cpu([os.getpid()], exclude=[proc.pid])
+    before = tree_cpu_parts([os.getpid()], exclude=[proc.pid])
     talk = asyncio.ensure_future(proc.communicate())
     if until is not None:
         stop = asyncio.ensure_future(until)
@@ -78,15 +93,22 @@ async def loadgen_process(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
     out, err = await talk
-    after = tree_cpu([os.getpid()], exclude=[proc.pid])
+    parts = parts_spent(before, tree_cpu_parts([os.getpid()], exclude=[proc.pid]))
     for line in reversed(out.decode(errors="replace").splitlines()):
         if line.startswith("{"):  # a client library may print its own lines before ours
-            summary: dict[str, Any] = json.loads(line)
-            return summary, after - before
+            return Phase(json.loads(line), sum(parts.values()), parts)
     raise RuntimeError(
         f"the load generator {module} failed (exit {proc.returncode}): "
         + err.decode(errors="replace")[-2000:]
     )
+
+
+async def loadgen_process(
+    module: str, *args: str, until: Awaitable[Any] | None = None
+) -> tuple[dict[str, Any], float]:
+    """``loadgen_phase`` as (summary, CPU seconds of the system)."""
+    phase = await loadgen_phase(module, *args, until=until)
+    return phase.summary, phase.cpu
 
 
 def brief(summary: dict[str, Any]) -> dict[str, Any]:
@@ -107,22 +129,36 @@ async def http(args: argparse.Namespace) -> int:
         coordinators=args.coordinators,
     ) as cluster:
         url = cluster.router_urls[0]
+        load = ("shardflow.loadgen", "--url", url)
         print("warming up 3 s ...", flush=True)
         await _loadgen(url, "--mode", "closed", "--clients", str(args.clients), "--seconds", "3")
-        closed, closed_cpu = await _loadgen(
-            url, "--mode", "closed", "--clients", str(args.clients), "--seconds", str(args.seconds)
+        closed_phase = await loadgen_phase(
+            *load,
+            "--mode",
+            "closed",
+            "--clients",
+            str(args.clients),
+            "--seconds",
+            str(args.seconds),
         )
+        closed = closed_phase.summary
         print(f"closed loop ({args.clients} clients): {brief(closed)}", flush=True)
-        opened, open_cpu = await _loadgen(
-            url, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
+        open_phase = await loadgen_phase(
+            *load, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
         )
+        opened = open_phase.summary
         print(f"open loop ({args.rate:g}/s): {brief(opened)}", flush=True)
-    cpu_ms = 1000 * closed_cpu / closed["completed"] if closed["completed"] else None
+    closed_cpu, open_cpu = closed_phase.ms_per_wf(), open_phase.ms_per_wf()
     print(
         f"CPU of all Shardflow processes (router, executors, Postgres) in the closed loop: "
-        f"{closed_cpu:.1f} s for {closed['completed']} workflows",
+        f"{closed_phase.cpu:.1f} s for {closed['completed']} workflows",
         flush=True,
     )
+    for label, per in (("closed loop", closed_cpu), (f"open loop at {args.rate:g}/s", open_cpu)):
+        print(
+            f"CPU ms per workflow by part, {label}: "
+            + ", ".join(f"{k} {v}" for k, v in per.items())
+        )
     print(
         json.dumps(
             {
@@ -136,8 +172,10 @@ async def http(args: argparse.Namespace) -> int:
                 "open_p50_ms": opened["p50_ms"],
                 "open_p99_ms": opened["p99_ms"],
                 "open_p999_ms": opened["p999_ms"],
-                "cpu_ms_per_wf": None if cpu_ms is None else round(cpu_ms, 3),
-                "open_cpu_ms_per_wf": round(1000 * open_cpu / max(1, opened["completed"]), 3),
+                "cpu_ms_per_wf": closed_cpu.pop("all"),
+                "open_cpu_ms_per_wf": open_cpu.pop("all"),
+                "cpu_ms_per_wf_by_part": closed_cpu,
+                "open_cpu_ms_per_wf_by_part": open_cpu,
                 "errors": closed["errors"] + opened["errors"],
             }
         )

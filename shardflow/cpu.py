@@ -3,43 +3,81 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Iterable
 
 TICK = os.sysconf("SC_CLK_TCK")
 
+# `python -m shardflow <command>`: the commands that are parts of a cluster.
+_SHARDFLOW_PARTS = ("router", "executor", "coordinator")
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a live process."""
+
+def part_of(argv: list[str]) -> str:
+    """Which part of a system a process is, from its command line: ``postgres`` for any
+    Postgres process (backends rename themselves ``postgres: ...``), the command of a
+    ``python -m shardflow <command>``, the module of another ``python -m``, else the
+    program's file name (``beam.smp``, ``temporal``)."""
+    if not argv:
+        return "?"
+    program = os.path.basename(argv[0].split(":")[0].split()[0]) if argv[0] else "?"
+    if program in ("postgres", "postmaster"):
+        return "postgres"
+    if "-m" in argv[:-1]:
+        module = argv[argv.index("-m") + 1]
+        rest = argv[argv.index("-m") + 2 :]
+        if module == "shardflow" and rest and rest[0] in _SHARDFLOW_PARTS:
+            return rest[0]
+        return module
+    return program
+
+
+def _process(pid: int) -> tuple[int, float, str] | None:
+    """(parent pid, CPU seconds, part) of a live process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, part_of(argv)
 
 
-def tree_cpu(roots: Iterable[int], exclude: Iterable[int] = ()) -> float:
-    """CPU seconds used so far by the live descendants of ``roots`` (roots excluded)."""
-    stats = {}
+def tree_cpu_parts(roots: Iterable[int], exclude: Iterable[int] = ()) -> dict[str, float]:
+    """CPU seconds used so far by the live descendants of ``roots`` (roots excluded, and
+    ``exclude`` with its own descendants), by part (``part_of``)."""
+    procs = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None:
-                stats[int(entry)] = stat
+            proc = _process(int(entry))
+            if proc is not None:
+                procs[int(entry)] = proc
     wanted, skip = set(roots), set(exclude)
-    total = 0.0
-    for pid, (_ppid, cpu) in stats.items():
+    parts: dict[str, float] = defaultdict(float)
+    for pid, (_ppid, cpu, part) in procs.items():
         if pid in skip or pid in wanted:
             continue
         parent = pid
         seen = 0
-        while parent in stats and seen < 64:
-            parent = stats[parent][0]
+        while parent in procs and seen < 64:
+            parent = procs[parent][0]
             seen += 1
             if parent in skip:
                 break
             if parent in wanted:
-                total += cpu
+                parts[part] += cpu
                 break
-    return total
+    return dict(parts)
+
+
+def tree_cpu(roots: Iterable[int], exclude: Iterable[int] = ()) -> float:
+    """CPU seconds used so far by the live descendants of ``roots`` (roots excluded)."""
+    return sum(tree_cpu_parts(roots, exclude).values())
+
+
+def parts_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds by part between two readings (a part may appear or go in between)."""
+    return {
+        part: after.get(part, 0.0) - before.get(part, 0.0) for part in sorted({*before, *after})
+    }

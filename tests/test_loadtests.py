@@ -20,6 +20,7 @@ from loadtests import compare, report, scale
 from loadtests.cgroups import CgroupError, CpuGroup
 from loadtests.locust_run import run_locust
 from shardflow.bench_cluster import local_cluster
+from shardflow.cpu import part_of, parts_spent, tree_cpu_parts
 from shardflow.loadgen import rate_between
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,6 +295,42 @@ def test_bench_http_prints_its_figures() -> None:
     assert out["closed_wf_per_s"] > 0 and out["open_rate"] == 20
     assert out["closed_p99_ms"] >= out["closed_p50_ms"] > 0
     assert out["open_p99_ms"] >= out["open_p50_ms"] > 0 and out["cpu_ms_per_wf"] > 0
+    for phase in ("", "open_"):
+        parts = out[f"{phase}cpu_ms_per_wf_by_part"]
+        assert {"postgres", "executor", "router"} <= set(parts)
+        assert all(v >= 0 for v in parts.values())  # parts each rounded to 0.001
+        assert sum(parts.values()) == pytest.approx(out[f"{phase}cpu_ms_per_wf"], abs=0.01)
+
+
+def test_processes_are_told_apart_by_their_command_line() -> None:
+    assert part_of(["postgres: postgres shardflow [local] idle"]) == "postgres"
+    assert part_of(["/usr/lib/postgresql/15/bin/postgres", "-D", "/tmp/x"]) == "postgres"
+    assert part_of(["postgres: walwriter   "]) == "postgres"
+    python = "/work/.venv/bin/python3"
+    assert part_of([python, "-m", "shardflow", "executor", "--dsn", "x"]) == "executor"
+    assert part_of([python, "-m", "shardflow", "router", "--catalog", "x"]) == "router"
+    assert part_of([python, "-m", "shardflow", "dev"]) == "shardflow"
+    assert part_of([python, "-m", "loadtests.rabbit_w3", "--url", "x"]) == "loadtests.rabbit_w3"
+    assert part_of(["/usr/lib/erlang/erts-13/bin/beam.smp", "-W", "w"]) == "beam.smp"
+    assert part_of([]) == "?"
+
+
+def test_cpu_by_part_counts_a_busy_child_under_its_program_name() -> None:
+    program = os.path.basename(sys.executable)  # a program run without -m
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        before = tree_cpu_parts([os.getpid()])
+        spent: dict[str, float] = {}
+        for _ in range(1000):  # until the child's CPU passes a clock tick (10 ms)
+            spent = parts_spent(before, tree_cpu_parts([os.getpid()]))
+            if spent.get(program, 0.0) > 0:
+                break
+        assert spent[program] > 0
+        excluded = tree_cpu_parts([os.getpid()], exclude=[child.pid])
+        assert excluded.get(program, 0.0) < tree_cpu_parts([os.getpid()])[program]
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing() -> None:
