@@ -30,15 +30,15 @@ from typing import Any
 
 from loadtests import report
 from loadtests.systems import SYSTEMS, Running
-from shardflow.bench_cluster import brief, loadgen_process
+from shardflow.bench_cluster import Phase, brief, loadgen_phase
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("closed", "open")
 
 
-async def loadgen(running: Running, *extra: str) -> tuple[dict[str, Any], float]:
-    """One phase in a load generator process: (its summary, CPU seconds of the system)."""
-    return await loadgen_process(
+async def loadgen(running: Running, *extra: str) -> Phase:
+    """One phase in a load generator process: its summary and the system's CPU."""
+    return await loadgen_phase(
         "loadtests.loadgen", "--system", running.name, "--target", running.target, *extra
     )
 
@@ -47,10 +47,8 @@ async def ready(running: Running, timeout: float = 120.0) -> None:
     """Until one workflow goes through end to end (servers and workers all up)."""
     deadline = time.monotonic() + timeout
     while True:
-        summary, _ = await loadgen(
-            running, "--mode", "closed", "--clients", "1", "--seconds", "0.5"
-        )
-        if summary["completed"]:
+        phase = await loadgen(running, "--mode", "closed", "--clients", "1", "--seconds", "0.5")
+        if phase.summary["completed"]:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{running.name}: no workflow completed within {timeout:.0f} s")
@@ -64,6 +62,7 @@ def row(
     cpu: float,
     args: argparse.Namespace,
     round_: int = 1,
+    cpu_parts: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     done = summary["completed"]
     return {
@@ -80,6 +79,14 @@ def row(
         **{p: summary[p] if done else None for p in report.PERCENTILES},
         "cpu_s": round(cpu, 3),
         "cpu_ms_per_wf": round(1000 * cpu / done, 3) if done else None,
+        # Where that CPU went: ms per workflow of each process kind, largest first.
+        "cpu_parts": "; ".join(
+            f"{part} {1000 * spent / done:.3f}"
+            for part, spent in sorted((cpu_parts or {}).items(), key=lambda kv: -kv[1])
+            if spent > 0
+        )
+        if done
+        else "",
     }
 
 
@@ -91,16 +98,16 @@ async def measure(
         await ready(running)
         clients = ["--clients", str(args.clients)]
         await loadgen(running, "--mode", "closed", *clients, "--seconds", str(args.warmup))
-        closed, cpu = await loadgen(
+        closed = await loadgen(
             running, "--mode", "closed", *clients, "--seconds", str(args.seconds)
         )
-        rows.append(row(name, "closed", closed, cpu, args, round_))
-        print(f"[{name}] closed loop: {brief(closed)}", flush=True)
-        opened, cpu = await loadgen(
+        rows.append(row(name, "closed", closed.summary, closed.cpu, args, round_, closed.cpu_parts))
+        print(f"[{name}] closed loop: {brief(closed.summary)}", flush=True)
+        opened = await loadgen(
             running, "--mode", "open", "--rate", str(args.open_rate), "--seconds", str(args.seconds)
         )
-        rows.append(row(name, "open", opened, cpu, args, round_))
-        print(f"[{name}] open loop: {brief(opened)}", flush=True)
+        rows.append(row(name, "open", opened.summary, opened.cpu, args, round_, opened.cpu_parts))
+        print(f"[{name}] open loop: {brief(opened.summary)}", flush=True)
     return running
 
 
@@ -130,6 +137,8 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in report.MEASURED:
             first[key] = _median([g[key] for g in group])
         first["errors"] = sum(g["errors"] for g in group)
+        if len(group) > 1:
+            first["cpu_parts"] = ""  # each round's row has its own
         first["round"] = "median" if len(group) > 1 else first["round"]
         out.append(first)
     return out

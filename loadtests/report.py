@@ -13,7 +13,7 @@ from typing import Any
 PERCENTILES = ("p50_ms", "p95_ms", "p99_ms", "p999_ms")
 # The columns of a row that were measured (the others name the phase; errors are counted).
 MEASURED = ("seconds", "completed", "wf_per_s", *PERCENTILES, "cpu_s", "cpu_ms_per_wf")
-COLUMNS = ("round", "system", "phase", "clients", "rate", "errors", *MEASURED)
+COLUMNS = ("round", "system", "phase", "clients", "rate", "errors", *MEASURED, "cpu_parts")
 
 
 def machine() -> dict[str, str]:
@@ -168,6 +168,18 @@ def write(
             else []
         ),
         *(f"![{name}]({name})" for name in images),
+        "",
+        "### Where the CPU went",
+        "",
+        "CPU ms per workflow of each kind of process (by command line: `postgres`, the "
+        "Shardflow commands, the baselines' server and worker programs):",
+        "",
+        *(
+            f"- {r['system']}, {r['phase']} loop"
+            + (f", round {r['round']}" if several else "")
+            + f": {r['cpu_parts'] or '-'}"
+            for r in rows
+        ),
         "",
         "## Configuration",
         "",

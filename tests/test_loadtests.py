@@ -80,6 +80,11 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
         assert int(r["completed"]) > 0, r
         assert int(r["errors"]) == 0, r
         assert float(r["cpu_s"]) > 0, r
+        assert r["cpu_parts"], r  # e.g. "postgres 0.5; executor 0.2; ..."
+        parts = {k: float(v) for k, v in (p.rsplit(" ", 1) for p in r["cpu_parts"].split("; "))}
+        assert sum(parts.values()) == pytest.approx(float(r["cpu_ms_per_wf"]), abs=0.01)
+        if r["system"] == "shardflow":  # (a part may use no clock tick in a short phase)
+            assert set(parts) <= {"postgres", "executor", "router", "coordinator"}, r
         assert float(r["p50_ms"]) <= float(r["p99_ms"]) <= float(r["p999_ms"]), r
         if r["phase"] == "closed":
             assert figures["closed_wf_per_s"] == float(r["wf_per_s"])
@@ -94,6 +99,7 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
         assert result["ratios"][f"shardflow/{other}"] == expected
     text = (out / "report.md").read_text()
     for needed in (
+        "### Where the CPU went",
         "| shardflow |",
         "| temporal |",
         "| rabbitmq |",
