@@ -121,8 +121,9 @@ FIGURES = (
 
 
 def _median(values: list[Any]) -> Any:
+    """The median, rounded as the figures are (that of an even count is a mean: 3 places)."""
     present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
+    return round(statistics.median(present), 3) if present else None
 
 
 def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

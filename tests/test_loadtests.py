@@ -172,6 +172,12 @@ def test_compare_rounds_give_medians_and_paired_ratios() -> None:
     assert result["ratios"] == {"shardflow/rabbitmq": round(1500 / 900, 2)}
     assert result["rounds"] == 3
     assert result["ratios_per_round"] == {"shardflow/rabbitmq": [1.5, 2.25, 1.33]}
+    # The median of an even count is a mean: rounded like the figures, no 54.480000000000004.
+    two = [
+        dict(rows[0], round=n, p95_ms=p95, system="x", phase="closed")
+        for n, p95 in enumerate((53.33, 55.63))
+    ]
+    assert compare.medians(two)[0]["p95_ms"] == 54.48
     # One round: the rows are the figures, and the JSON is as it always was.
     one = compare.summary_json([r for r in rows if r["round"] == 1], args)
     assert one["systems"]["shardflow"]["closed_wf_per_s"] == 1500.0
