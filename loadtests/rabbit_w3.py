@@ -24,7 +24,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from examples.bench import make_input
-from shardflow.loadgen import LoadError
+from shardflow.loadgen import LoadError, install_uvloop
 
 QUEUES = ("w3.reserve", "w3.charge", "w3.notify")
 PREFETCH = 256
@@ -135,6 +135,7 @@ class RabbitDriver:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True, help="amqp://user:password@host:port/")
+    install_uvloop()  # as Shardflow's own processes run
     asyncio.run(serve(parser.parse_args().url))
 
 
