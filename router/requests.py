@@ -26,12 +26,17 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every body (json.loads with an option builds a new one per call).
+_decoder = json.JSONDecoder(parse_constant=_no_constants)
+
+
 async def json_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise HttpError("invalid_json", "the request body must be a JSON document")
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        # What json.loads does with bytes: UTF-8, -16 or -32, told by the first bytes.
+        return _decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError("invalid_json", f"the request body is not valid JSON: {exc}") from None
 
