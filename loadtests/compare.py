@@ -56,15 +56,11 @@ async def ready(running: Running, timeout: float = 120.0) -> None:
 
 
 def row(
-    system: str,
-    phase: str,
-    summary: dict[str, Any],
-    cpu: float,
-    args: argparse.Namespace,
-    round_: int = 1,
-    cpu_parts: dict[str, float] | None = None,
+    system: str, phase: str, measured: Phase, args: argparse.Namespace, round_: int = 1
 ) -> dict[str, Any]:
+    summary = measured.summary
     done = summary["completed"]
+    per_wf = measured.ms_per_wf()
     return {
         "round": round_,
         "system": system,
@@ -77,12 +73,12 @@ def row(
         "wf_per_s": summary["wf_per_s"],
         # No latency without a completed workflow (not 0 ms).
         **{p: summary[p] if done else None for p in report.PERCENTILES},
-        "cpu_s": round(cpu, 3),
-        "cpu_ms_per_wf": round(1000 * cpu / done, 3) if done else None,
+        "cpu_s": round(measured.cpu, 3),
+        "cpu_ms_per_wf": per_wf.pop("all"),
         # Where that CPU went: ms per workflow of each process kind, largest first.
         "cpu_parts": "; ".join(
-            f"{part} {1000 * spent / done:.3f}"
-            for part, spent in sorted((cpu_parts or {}).items(), key=lambda kv: -kv[1])
+            f"{part} {per_wf[part]:.3f}"
+            for part, spent in sorted(measured.cpu_parts.items(), key=lambda kv: -kv[1])
             if spent > 0
         )
         if done
@@ -101,12 +97,12 @@ async def measure(
         closed = await loadgen(
             running, "--mode", "closed", *clients, "--seconds", str(args.seconds)
         )
-        rows.append(row(name, "closed", closed.summary, closed.cpu, args, round_, closed.cpu_parts))
+        rows.append(row(name, "closed", closed, args, round_))
         print(f"[{name}] closed loop: {brief(closed.summary)}", flush=True)
         opened = await loadgen(
             running, "--mode", "open", "--rate", str(args.open_rate), "--seconds", str(args.seconds)
         )
-        rows.append(row(name, "open", opened.summary, opened.cpu, args, round_, opened.cpu_parts))
+        rows.append(row(name, "open", opened, args, round_))
         print(f"[{name}] open loop: {brief(opened.summary)}", flush=True)
     return running
 
@@ -139,8 +135,8 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             first[key] = _median([g[key] for g in group])
         first["errors"] = sum(g["errors"] for g in group)
         if len(group) > 1:
+            first["round"] = "median"
             first["cpu_parts"] = ""  # each round's row has its own
-        first["round"] = "median" if len(group) > 1 else first["round"]
         out.append(first)
     return out
 

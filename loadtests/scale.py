@@ -63,7 +63,7 @@ async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
             capped0 = [g.usage() for g in groups]
             throttled0 = [g.throttled() for g in groups]
             busy0, t0 = machine_busy(), time.monotonic()
-            summary, _ = await _loadgen(url, *clients, "--seconds", str(args.seconds))
+            summary = (await _loadgen(url, *clients, "--seconds", str(args.seconds))).summary
             elapsed = time.monotonic() - t0
             busy = (machine_busy() - busy0) / elapsed
             capped = [(g.usage() - u) / elapsed for g, u in zip(groups, capped0, strict=True)]

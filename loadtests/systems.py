@@ -1,7 +1,7 @@
 """Start each compared system fresh, in its durable configuration, and stop it afterwards.
 
 Every server and worker is a child of the runner, so the CPU they use is the CPU of the
-runner's process tree minus the load generator's (``shardflow.cpu.tree_cpu``).
+runner's process tree minus the load generator's (``shardflow.cpu.tree_cpu_parts``).
 """
 
 from __future__ import annotations

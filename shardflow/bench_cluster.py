@@ -103,23 +103,13 @@ async def loadgen_phase(module: str, *args: str, until: Awaitable[Any] | None = 
     )
 
 
-async def loadgen_process(
-    module: str, *args: str, until: Awaitable[Any] | None = None
-) -> tuple[dict[str, Any], float]:
-    """``loadgen_phase`` as (summary, CPU seconds of the system)."""
-    phase = await loadgen_phase(module, *args, until=until)
-    return phase.summary, phase.cpu
-
-
 def brief(summary: dict[str, Any]) -> dict[str, Any]:
     """A load phase's summary for people: without its 100 ms timeline."""
     return {k: v for k, v in summary.items() if k not in ("per_tenth", "started_unix")}
 
 
-async def _loadgen(
-    url: str, *extra: str, until: Awaitable[Any] | None = None
-) -> tuple[dict[str, Any], float]:
-    return await loadgen_process("shardflow.loadgen", "--url", url, *extra, until=until)
+async def _loadgen(url: str, *extra: str, until: Awaitable[Any] | None = None) -> Phase:
+    return await loadgen_phase("shardflow.loadgen", "--url", url, *extra, until=until)
 
 
 async def http(args: argparse.Namespace) -> int:
@@ -129,22 +119,15 @@ async def http(args: argparse.Namespace) -> int:
         coordinators=args.coordinators,
     ) as cluster:
         url = cluster.router_urls[0]
-        load = ("shardflow.loadgen", "--url", url)
         print("warming up 3 s ...", flush=True)
         await _loadgen(url, "--mode", "closed", "--clients", str(args.clients), "--seconds", "3")
-        closed_phase = await loadgen_phase(
-            *load,
-            "--mode",
-            "closed",
-            "--clients",
-            str(args.clients),
-            "--seconds",
-            str(args.seconds),
+        closed_phase = await _loadgen(
+            url, "--mode", "closed", "--clients", str(args.clients), "--seconds", str(args.seconds)
         )
         closed = closed_phase.summary
         print(f"closed loop ({args.clients} clients): {brief(closed)}", flush=True)
-        open_phase = await loadgen_phase(
-            *load, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
+        open_phase = await _loadgen(
+            url, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
         )
         opened = open_phase.summary
         print(f"open loop ({args.rate:g}/s): {brief(opened)}", flush=True)
@@ -197,7 +180,7 @@ async def rebalance(args: argparse.Namespace) -> int:
         url = cluster.router_urls[0]
         load = ["--mode", "closed", "--clients", str(args.clients)]
         await _loadgen(url, *load, "--seconds", "3")
-        steady, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
+        steady = (await _loadgen(url, *load, "--seconds", str(args.seconds))).summary
         print(f"steady on 2 shards: {brief(steady)}", flush=True)
         (server,) = cluster.pg.start("shard2")
         dsn = server.dsn(DATABASE)
@@ -243,11 +226,11 @@ async def rebalance(args: argparse.Namespace) -> int:
             t1 = time.time()
             await asyncio.sleep(max(0.0, phase_t0 + args.seconds - time.time()))
             moved.set()
-            during, _ = await moving
+            during = (await moving).summary
             print(f"during the move: {brief(during)}", flush=True)
             # The same load on the grown cluster, once every slot moved: what three shards
             # do on this machine, to tell the cost of moving from the cost of a third shard.
-            after, _ = await _loadgen(url, *load, "--seconds", str(args.seconds))
+            after = (await _loadgen(url, *load, "--seconds", str(args.seconds))).summary
             print(f"after the move, 3 shards: {brief(after)}", flush=True)
             pauses = sorted(
                 float(r["pause_ms"])

@@ -71,11 +71,6 @@ def tree_cpu_parts(roots: Iterable[int], exclude: Iterable[int] = ()) -> dict[st
     return dict(parts)
 
 
-def tree_cpu(roots: Iterable[int], exclude: Iterable[int] = ()) -> float:
-    """CPU seconds used so far by the live descendants of ``roots`` (roots excluded)."""
-    return sum(tree_cpu_parts(roots, exclude).values())
-
-
 def parts_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """CPU seconds by part between two readings (a part may appear or go in between)."""
     return {

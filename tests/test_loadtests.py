@@ -19,7 +19,7 @@ import pytest
 from loadtests import compare, report, scale
 from loadtests.cgroups import CgroupError, CpuGroup
 from loadtests.locust_run import run_locust
-from shardflow.bench_cluster import local_cluster
+from shardflow.bench_cluster import Phase, local_cluster
 from shardflow.cpu import part_of, parts_spent, tree_cpu_parts
 from shardflow.loadgen import rate_between
 
@@ -190,7 +190,7 @@ def test_a_phase_with_no_completed_workflow_has_no_latency() -> None:
     args = compare.parse(["--systems", "temporal"])
     summary = {"completed": 0, "errors": 5, "seconds": 1.0, "wf_per_s": 0.0}
     summary.update({p: 0.0 for p in ("p50_ms", "p95_ms", "p99_ms", "p999_ms")})
-    r = compare.row("temporal", "open", summary, 0.5, args)
+    r = compare.row("temporal", "open", Phase(summary, 0.5, {"temporal": 0.5}), args)
     assert (r["p50_ms"], r["p99_ms"], r["cpu_ms_per_wf"]) == (None, None, None)
     assert compare.summary_json([r], args)["systems"]["temporal"]["open_p99_ms"] is None
     assert "| temporal | open (200/s) | 0.0 | - | - | - | - | 5 | - |" in report.table([r])
