@@ -17,14 +17,13 @@ import asyncpg
 
 from coordinator import operations
 from coordinator.catalog import Catalog, q
+from coordinator.health import ShardProbe
 from coordinator.limits import Limiter
 from coordinator.moves import Mover, NotLeader
 from coordinator.schedules import Scheduler
 from metrics.coordinator import CoordinatorMetrics
-from metrics.shard_stats import ShardStats, read_stats
-from shard import pool as shard_pool
+from metrics.shard_stats import ShardStats
 from shard.faults import Faults
-from shard.queries import query
 from shard.settings import Settings, setting
 
 log = logging.getLogger("shardflow.coordinator")
@@ -69,6 +68,7 @@ class Coordinator:
         self.is_leader = False
         self.term = 0
         self.leader_event = asyncio.Event()
+        self.probe = ShardProbe()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -123,6 +123,7 @@ class Coordinator:
         try:
             await self._lead_with(mover, scheduler, limiter, catalog, lock, stop)
         finally:
+            self.probe.close()
             await mover.close()
             await scheduler.close()
             await limiter.close()
@@ -188,15 +189,12 @@ class Coordinator:
         for shard in status["shards"]:
             self.metrics.slots.labels(shard["id"]).set(shard["slots"])
         self.metrics.moves_in_progress.set(len(status["moves"]))
-        for shard in await catalog.shards():
+        shards = await catalog.shards()
+        self.probe.forget_others(shard.dsn for shard in shards)
+        for shard in shards:
             healthy = True
             try:
-                conn = await shard_pool.connect(shard.dsn, timeout=3)
-                try:
-                    await conn.fetchval(query("schema_version"))
-                    self._export(shard.id, await read_stats(conn))
-                finally:
-                    await conn.close()
+                self._export(shard.id, await self.probe.sample(shard.dsn))
             except Exception:
                 healthy = False
             self.metrics.shard_up.labels(shard.id).set(1 if healthy else 0)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 from prometheus_client import generate_latest
 
+from coordinator.launcher import LocalPostgres
 from coordinator.leader import Coordinator, CoordinatorSettings
 from metrics.docs import render, rows
 from tests.background import RUNNING
-from tests.cluster_fixtures import LiveCluster
+from tests.cluster_fixtures import SHARDS, LiveCluster
 from tests.test_rebalance import _start_load
 from tests.waiting import until
 
@@ -91,3 +93,44 @@ async def test_a_held_lock_moves_the_lock_metrics(growing: LiveCluster):
     finally:
         await blocker.close()
     assert await client.result(doc["id"], timeout=60) == "rested"
+
+
+async def test_health_checks_keep_one_connection_and_see_a_shard_go_and_come_back(
+    cluster: LiveCluster, pg_cluster: LocalPostgres
+):
+    coordinator = _leader(cluster)
+    await asyncio.wait_for(coordinator.leader_event.wait(), 30)
+    victim = SHARDS[1]
+    dsn = cluster.shard_dsns[victim]
+    up = coordinator.metrics.shard_up.labels(victim)
+
+    async def row() -> Any:
+        return await cluster.catalog.pool.fetchrow(
+            "SELECT state, checked_at FROM catalog.shards WHERE id = $1", victim
+        )
+
+    async def checked_once() -> Any:
+        return coordinator.probe.server_pid(dsn) and (await row())["checked_at"]
+
+    checked = await until(checked_once, what="a first check")
+    pid = coordinator.probe.server_pid(dsn)
+
+    async def checked_again() -> bool:
+        return bool((await row())["checked_at"] > checked)
+
+    await until(checked_again, what="the next check")
+    assert coordinator.probe.server_pid(dsn) == pid  # one kept backend, not one per check
+
+    async def state_is(expected: str) -> bool:
+        return bool((await row())["state"] == expected)
+
+    pg_cluster.stop_one(victim)
+    try:
+        await until(lambda: state_is("down"), timeout=60, what="the shard marked down")
+        assert up._value.get() == 0
+        assert coordinator.probe.server_pid(dsn) is None
+    finally:
+        pg_cluster.restart_one(victim)
+    await until(lambda: state_is("active"), timeout=60, what="the shard marked active again")
+    assert up._value.get() == 1
+    assert coordinator.probe.server_pid(dsn) not in (None, pid)
