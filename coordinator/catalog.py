@@ -148,8 +148,16 @@ class Catalog:
         return {r["name"]: sorted(r["versions"]) for r in await self.pool.fetch(q("registry_list"))}
 
 
-async def ensure_database(admin_dsn: str, name: str) -> None:
-    """Create database ``name`` (a constant of ours, quoted as an identifier) if missing."""
+async def ensure_database(admin_dsn: str, name: str, dsn: str) -> None:
+    """Create database ``name`` (a constant of ours, quoted as an identifier; ``dsn`` reaches
+    it) if missing. An existing one is reached directly: a server's autovacuum visits
+    every database something ever connected to (starting a worker process each time),
+    so the admin database is connected to only to create."""
+    try:
+        await (await asyncpg.connect(dsn)).close()
+        return
+    except asyncpg.InvalidCatalogNameError:
+        pass
     conn = await asyncpg.connect(admin_dsn)
     try:
         if not await conn.fetchval(q("database_exists"), name):

@@ -80,7 +80,7 @@ class DevCluster:
 
     def __post_init__(self) -> None:
         self.data = Path(os.path.abspath(self.settings.data))
-        self.pg = LocalPostgres(self.data, durable=self.settings.durable)
+        self.pg = LocalPostgres(self.data, durable=self.settings.durable, databases=(DATABASE,))
         self.catalog_dsn = ""
         self.shard_dsns: dict[str, str] = {}
         self.router_urls: list[str] = []
@@ -92,7 +92,7 @@ class DevCluster:
         self.catalog_dsn = servers["catalog"].dsn(DATABASE)
         self.shard_dsns = {n: servers[n].dsn(DATABASE) for n in names[1:]}
         for server in servers.values():
-            await ensure_database(server.dsn(), DATABASE)
+            await ensure_database(server.dsn(), DATABASE, server.dsn(DATABASE))
         await self._ensure_cluster()
         self._plan_children()
         for child in self.children:

@@ -23,7 +23,7 @@ class LocalShard:
         self.data = Path(data).absolute()
         self.apps = apps
         self.database = database
-        self.cluster = LocalPostgres(self.data, durable=durable)
+        self.cluster = LocalPostgres(self.data, durable=durable, databases=(self.database,))
         self.server: PostgresServer | None = None
         self.executors: list[subprocess.Popen[bytes]] = []
 
@@ -34,7 +34,7 @@ class LocalShard:
 
     async def start(self) -> None:
         (self.server,) = self.cluster.start("shard0")
-        await ensure_database(self.server.dsn(), self.database)
+        await ensure_database(self.server.dsn(), self.database, self.server.dsn(self.database))
         conn = await shard_pool.connect(self.dsn)
         try:
             await migrate(conn)

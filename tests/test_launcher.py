@@ -47,6 +47,24 @@ async def test_reuses_its_data_directory_across_restarts(tmp_path: Path):
     assert not base.exists() and not external.exists(), "data left behind"
 
 
+async def test_a_new_server_comes_with_its_databases_and_no_admin_activity(tmp_path: Path):
+    # Autovacuum starts a worker for every database with statistics: a new server's are
+    # made before it starts, and nothing of initdb's shows (durable: the WAL primed too).
+    with LocalPostgres(tmp_path / "dbs", durable=True, databases=("app",)) as cluster:
+        (server,) = cluster.start("s1")
+        conn = await asyncpg.connect(server.dsn("app"))
+        try:
+            rows = await conn.fetch(
+                "SELECT datname, xact_commit FROM pg_stat_database WHERE datname IS NOT NULL"
+            )
+            assert await conn.fetchval("SELECT count(*) FROM pg_ls_waldir()") > 1
+        finally:
+            await conn.close()
+    commits = {r["datname"]: r["xact_commit"] for r in rows}
+    assert commits["template1"] == commits["postgres"] == 0
+    assert commits["app"] > 0
+
+
 def test_killed_launcher_leaves_no_server(tmp_path: Path):
     script = (
         "import sys, time\n"
