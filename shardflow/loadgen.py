@@ -40,6 +40,9 @@ class Driver(Protocol):
     async def close(self) -> None: ...
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 class HttpDriver:
     """Shardflow through the router: POST a W3 workflow with ``?wait=``, which answers with
     its outcome; long-poll its result if it has not finished by then. ``separate_result``:
@@ -48,7 +51,7 @@ class HttpDriver:
     def __init__(self, url: str, workflow: str = "w3", separate_result: bool = False) -> None:
         self.url = url.rstrip("/")
         self.workflow = workflow
-        self.start_params = {} if separate_result else {"wait": "30"}
+        self.start_url = self.url + "/v1/workflows" + ("" if separate_result else "?wait=30")
         self.session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -62,9 +65,9 @@ class HttpDriver:
         assert self.session is not None
         body = {"workflow": self.workflow, "input": make_input(i), "id": uuid.uuid4().hex}
         async with self.session.post(
-            self.url + "/v1/workflows", json=body, params=self.start_params
+            self.start_url, data=json.dumps(body).encode(), headers=_JSON
         ) as resp:
-            doc = await resp.json()
+            doc = json.loads(await resp.read())
             if resp.status not in (200, 201):
                 raise LoadError(f"start {resp.status}")
         if doc["status"] in TERMINAL:
