@@ -1,7 +1,8 @@
 -- Shardflow shard schema: the state of every workflow owned by this shard.
 -- This file is the reference; shard/sql/migrations/*.sql must produce exactly it
 -- (checked by tests/test_schema.py). Hot tables get a low fillfactor and
--- aggressive autovacuum so their many updates stay HOT and bloat stays small, and
+-- frequent autovacuum so their many updates stay HOT and bloat stays small (workflows
+-- after 5,000 dead rows: each of its vacuums stalls the load; see migration 0013), and
 -- a rare analyze (their queries probe keys; see migration 0010).
 
 CREATE SCHEMA IF NOT EXISTS shardflow;
@@ -69,7 +70,7 @@ CREATE TABLE shardflow.workflows (
     CONSTRAINT workflows_priority_check CHECK (priority BETWEEN -1000 AND 1000)
 ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.02,
         autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_threshold = 100000,
-        autovacuum_analyze_scale_factor = 1.0);
+        autovacuum_analyze_scale_factor = 1.0, autovacuum_vacuum_threshold = 5000);
 CREATE INDEX workflows_running_owner ON shardflow.workflows (lease_owner)
     WHERE status = 'running';
 CREATE INDEX workflows_finished_at ON shardflow.workflows (finished_at)
