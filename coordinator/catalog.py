@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -20,6 +21,9 @@ from shard.migrate import migrate
 from shard.pool import create_pool
 from shard.queries import parse
 from shard.queries import query as shard_query
+
+if TYPE_CHECKING:
+    from coordinator.launcher import PostgresServer
 
 
 class CatalogError(ShardflowError):
@@ -148,17 +152,17 @@ class Catalog:
         return {r["name"]: sorted(r["versions"]) for r in await self.pool.fetch(q("registry_list"))}
 
 
-async def ensure_database(admin_dsn: str, name: str, dsn: str) -> None:
-    """Create database ``name`` (a constant of ours, quoted as an identifier; ``dsn`` reaches
-    it) if missing. An existing one is reached directly: a server's autovacuum visits
+async def ensure_database(server: PostgresServer, name: str) -> None:
+    """Create database ``name`` (a constant of ours, quoted as an identifier) on a local
+    server if missing. An existing one is reached directly: a server's autovacuum visits
     every database something ever connected to (starting a worker process each time),
     so the admin database is connected to only to create."""
     try:
-        await (await asyncpg.connect(dsn)).close()
+        await (await asyncpg.connect(server.dsn(name))).close()
         return
     except asyncpg.InvalidCatalogNameError:
         pass
-    conn = await asyncpg.connect(admin_dsn)
+    conn = await asyncpg.connect(server.dsn())
     try:
         if not await conn.fetchval(q("database_exists"), name):
             await conn.execute(f'CREATE DATABASE "{name}"')

@@ -92,7 +92,7 @@ class DevCluster:
         self.catalog_dsn = servers["catalog"].dsn(DATABASE)
         self.shard_dsns = {n: servers[n].dsn(DATABASE) for n in names[1:]}
         for server in servers.values():
-            await ensure_database(server.dsn(), DATABASE, server.dsn(DATABASE))
+            await ensure_database(server, DATABASE)
         await self._ensure_cluster()
         self._plan_children()
         for child in self.children:

@@ -292,13 +292,14 @@ class LocalPostgres:
           even with nothing to do): with template1 and postgres counted, a server started
           two such workers for every one that looked at the databases in use.
         """
-        stats = data / "pg_stat" / "pgstat.stat"
         script = "".join(f'CREATE DATABASE "{name}";\n' for name in self.databases)
         if self.durable:
             script += "SELECT txid_current();\nSELECT pg_switch_wal();\n" * segments
-        if not script:
-            stats.unlink(missing_ok=True)
-            return
+        if script:
+            self._single_user(data, script + "CHECKPOINT;\n")
+        (data / "pg_stat" / "pgstat.stat").unlink(missing_ok=True)
+
+    def _single_user(self, data: Path, script: str) -> None:
         result = subprocess.run(
             [
                 str(self.bindir / "postgres"),
@@ -309,7 +310,7 @@ class LocalPostgres:
                 f"min_wal_size={SERVER_SETTINGS['min_wal_size']}",
                 "postgres",
             ],
-            input=(script + "CHECKPOINT;\n").encode(),
+            input=script.encode(),
             capture_output=True,
             preexec_fn=lambda: _demote(self.account),
         )
@@ -317,7 +318,6 @@ class LocalPostgres:
             raise LauncherError(
                 f"setting up the new server in {data} failed: {result.stderr.decode()[-2000:]}"
             )
-        stats.unlink(missing_ok=True)
 
     def _write_owned(self, path: Path, text: str) -> None:
         path.write_text(text)

@@ -34,7 +34,7 @@ class LocalShard:
 
     async def start(self) -> None:
         (self.server,) = self.cluster.start("shard0")
-        await ensure_database(self.server.dsn(), self.database, self.server.dsn(self.database))
+        await ensure_database(self.server, self.database)
         conn = await shard_pool.connect(self.dsn)
         try:
             await migrate(conn)

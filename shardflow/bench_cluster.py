@@ -184,7 +184,7 @@ async def rebalance(args: argparse.Namespace) -> int:
         print(f"steady on 2 shards: {brief(steady)}", flush=True)
         (server,) = cluster.pg.start("shard2")
         dsn = server.dsn(DATABASE)
-        await ensure_database(server.dsn(), DATABASE, server.dsn(DATABASE))
+        await ensure_database(server, DATABASE)
         catalog = await Catalog.connect(cluster.catalog_dsn)
         try:
             await catalog.add_shard("shard2", dsn)
