@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtests.cgroups import CpuGroup, descendants
 from loadtests.compare import RESULTS
 from shardflow.bench_cluster import _loadgen, local_cluster
+from shardflow.cgroups import CpuGroup, cap_shard
 
 NEAR_LIMIT = 0.9  # of all cores busy
 
@@ -43,20 +43,8 @@ async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
     async with local_cluster(shards=n) as cluster:
         try:
             for i in range(n):
-                shard = f"shard{i}"
-                group = CpuGroup.create(
-                    f"shardflow-scale-{os.getpid()}-{shard}", args.cpu_per_shard
-                )
-                groups.append(group)
-                roots = [cluster.pg.servers[shard].process.pid]  # type: ignore[union-attr]
-                roots += [
-                    c.process.pid
-                    for c in cluster.children
-                    if c.name.startswith(f"executor-{shard}-") and c.process
-                ]
-                for root in roots:
-                    for pid in descendants(root):
-                        group.add(pid)
+                prefix = f"shardflow-scale-{os.getpid()}"
+                groups.append(cap_shard(cluster, f"shard{i}", args.cpu_per_shard, prefix))
             clients = ["--mode", "closed", "--clients", str(args.clients_per_shard * n)]
             url = cluster.router_urls[0]
             await _loadgen(url, *clients, "--seconds", str(args.warmup))

@@ -45,6 +45,17 @@ CREATE TABLE ceiling_steps (wf bigint NOT NULL, seq int NOT NULL, output jsonb,
 """
 
 
+def _cores(text: str) -> float:
+    """A CPU cap in cores: 0 (none) or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of cores: {text!r}") from None
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"a CPU cap is 0 (none) or more cores, not {text}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks (figures and a same-run baseline)")
     which = p.add_subparsers(dest="bench", required=True)
@@ -79,6 +90,13 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--seconds", type=float, default=15.0)
     b.add_argument("--clients", type=int, default=32)
     b.add_argument("--slots", type=int, default=256)
+    b.add_argument(
+        "--cpu-per-shard",
+        type=_cores,
+        default=0.0,
+        help="cap each shard (its Postgres and executors) at this many cores in its own "
+        "cgroup, as if each had a machine (needs root); 0: the shards share the machine",
+    )
     b.set_defaults(handler=bench_cluster.rebalance)
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from loadtests import compare, report, scale
-from loadtests.cgroups import CgroupError, CpuGroup
 from loadtests.locust_run import run_locust
 from shardflow.bench_cluster import Phase, local_cluster
+from shardflow.cgroups import CgroupError, CpuGroup
 from shardflow.cpu import part_of, parts_spent, tree_cpu_parts
 from shardflow.loadgen import rate_between
 
@@ -286,8 +286,8 @@ def test_scale_model_caps_each_shard_and_reports_efficiency(tmp_path: Path) -> N
     assert not leftover_groups()  # cleaned up
 
 
-def leftover_groups() -> list[Path]:
-    """The scale model's groups still present where it makes them (v2 root, v1 cpu/cpuacct)."""
+def leftover_groups(prefix: str = "shardflow-scale-") -> list[Path]:
+    """Groups of a benchmark still present where it makes them (v2 root, v1 cpu/cpuacct)."""
     root = Path("/sys/fs/cgroup")
     places = [root, root / "cpu", root / "cpuacct", root / "cpu,cpuacct"]
     return [
@@ -295,7 +295,7 @@ def leftover_groups() -> list[Path]:
         for place in places
         if place.is_dir() and not place.is_symlink()
         for p in place.iterdir()
-        if p.name.startswith("shardflow-scale-")
+        if p.name.startswith(prefix)
     ]
 
 
@@ -345,10 +345,20 @@ def test_cpu_by_part_counts_a_busy_child_under_its_program_name() -> None:
         child.wait()
 
 
-def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing() -> None:
+@pytest.mark.parametrize("cpu_per_shard", [0.0, 0.5])
+def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing(cpu_per_shard: float) -> None:
+    if cpu_per_shard and os.geteuid() != 0:
+        pytest.fail("--cpu-per-shard writes cgroup quotas: run the suite as root (CI does)")
     out = run_module(
-        "shardflow", "bench", "rebalance", "--seconds", "1", "--clients", "4", "--slots", "24"
+        *("shardflow", "bench", "rebalance", "--seconds", "1", "--clients", "4", "--slots", "24"),
+        *("--cpu-per-shard", str(cpu_per_shard)),
     )
+    assert out["cpu_per_shard"] == cpu_per_shard
+    # capped: each shard's processes (the third one's too) ran inside its own group
+    used = out["capped_cpu_s"]
+    assert sorted(used) == (["shard0", "shard1", "shard2"] if cpu_per_shard else [])
+    assert all(seconds > 0 for seconds in used.values())
+    assert not leftover_groups("shardflow-bench-")
     assert out["slots_moved"] == 8
     assert out["lost"] == 0 and out["duplicated"] == 0 and out["errors"] == 0
     assert out["steady_wf_per_s"] > 0 and out["during_move_wf_per_s"] > 0
@@ -367,3 +377,17 @@ def test_rate_between_cuts_a_window_out_of_a_timeline() -> None:
     assert rate_between(summary, 100.05, 100.15) == pytest.approx(100.0)  # pro rata
     assert rate_between(summary, 103.0, 104.0) == 0.0
     assert rate_between(summary, 101.0, 101.0) == 0.0
+
+
+@pytest.mark.parametrize("value", ["-0.5", "nan", "lots"])
+def test_bench_rebalance_refuses_a_bad_cpu_cap(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shardflow", "bench", "rebalance", "--cpu-per-shard", value],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--cpu-per-shard" in done.stderr and "Traceback" not in done.stderr

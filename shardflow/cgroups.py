@@ -1,9 +1,13 @@
-"""CPU-capped control groups (v1 and v2) for the scale model: a quota and a usage counter.
+"""CPU-capped control groups (v1 and v2): a quota and a usage counter, so that one machine
+can model shards that each have their own CPU (``python -m loadtests.scale`` and
+``shardflow bench rebalance --cpu-per-shard``).
 
 ``CpuGroup.create(name, cores)`` makes a group capped at ``cores`` of a CPU (a CFS quota of
 ``cores`` times the period); ``add`` moves processes into it (their later children follow);
 ``usage()`` is the CPU seconds the group used; ``throttled()`` how often the cap bit.
-Needs root (or a delegated hierarchy); anything else is a ``CgroupError`` that says why.
+``cap_shard`` puts one shard of a local cluster (its Postgres server with every backend,
+and its executors) into a new group. Needs root (or a delegated hierarchy); anything else
+is a ``CgroupError`` that says why.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shard.errors import ShardflowError
+
+if TYPE_CHECKING:
+    from coordinator.dev import DevCluster
 
 ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
@@ -143,3 +151,21 @@ def descendants(pid: int) -> list[int]:
         out.append(p)
         todo.extend(parents.get(p, []))
     return out
+
+
+def cap_shard(cluster: DevCluster, shard: str, cores: float, prefix: str) -> CpuGroup:
+    """A new group ``prefix-shard`` capped at ``cores``, holding the shard's Postgres server
+    (so every backend it starts later too) and the executors the cluster runs for it."""
+    server = cluster.pg.servers[shard].process
+    if server is None:
+        raise CgroupError(f"the Postgres server of {shard} is not running")
+    group = CpuGroup.create(f"{prefix}-{shard}", cores)
+    roots = [server.pid] + [
+        c.process.pid
+        for c in cluster.children
+        if c.name.startswith(f"executor-{shard}-") and c.process is not None
+    ]
+    for root in roots:
+        for pid in descendants(root):
+            group.add(pid)
+    return group
