@@ -96,6 +96,19 @@ class Catalog:
         except asyncpg.UniqueViolationError as exc:
             raise CatalogError(f"shard {shard_id} or its DSN is already in the catalog") from exc
 
+    async def upgrade(self) -> dict[str, list[int]]:
+        """Apply new migrations, the catalog's first, then each shard's in turn, while the
+        cluster keeps serving. The versions applied now, by "catalog" and shard ID."""
+        async with self.pool.acquire() as conn:
+            applied = {"catalog": await migrate(conn, "coordinator")}
+        for shard in await self.shards():
+            shard_conn = await shard_pool.connect(shard.dsn, timeout=10)
+            try:
+                applied[shard.id] = await migrate(shard_conn)
+            finally:
+                await shard_conn.close()
+        return applied
+
     async def set_dsn(self, shard_id: str, dsn: str) -> None:
         await self.pool.execute(q("shard_set_dsn"), shard_id, dsn)
 

@@ -107,7 +107,10 @@ class DevCluster:
                 for shard_id, dsn in self.shard_dsns.items():
                     if shard_id in known["shards"]:
                         await catalog.set_dsn(shard_id, dsn)
-                log.info("event=cluster_resumed data=%s", self.data)
+                # A folder made by an older version: its schemas catch up before any
+                # executor starts (an executor refuses a schema older than it needs).
+                applied = {k: v for k, v in (await catalog.upgrade()).items() if v}
+                log.info("event=cluster_resumed data=%s migrated=%s", self.data, applied or "none")
                 return
             await catalog.create(self.settings.slots)
             for shard_id, dsn in self.shard_dsns.items():

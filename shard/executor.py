@@ -164,7 +164,8 @@ class Executor:
         )
 
     async def _check_schema(self) -> None:
-        """Refuse a shard whose schema is newer than this code understands."""
+        """Refuse a shard whose schema is newer than this code understands, or older than
+        it needs (its statements would fail on the first missing column)."""
         assert self._pool is not None
         known = max(m.version for m in migrations())
         found = int(await self._pool.fetchval(query("schema_version")))
@@ -172,6 +173,12 @@ class Executor:
             raise SettingsError(
                 f"the shard's schema is at version {found} but this executor knows up to "
                 f"{known}: upgrade Shardflow on this host before starting it",
+                setting="dsn",
+            )
+        if found < known:
+            raise SettingsError(
+                f"the shard's schema is at version {found} but this executor needs {known}: "
+                "run `shardflow cluster migrate` (or `shardflow migrate --dsn` for this shard)",
                 setting="dsn",
             )
 

@@ -14,8 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from coordinator import operations
 from coordinator.catalog import Catalog, CatalogError
-from shard import pool as shard_pool
-from shard.migrate import migrate
 
 console = Console()
 
@@ -127,13 +125,5 @@ async def follow(catalog: Catalog, total: int) -> None:
 
 async def upgrade(catalog: Catalog) -> None:
     """Catalog first, then each shard in turn; the cluster keeps serving."""
-    async with catalog.pool.acquire() as conn:
-        applied = await migrate(conn, "coordinator")
-    console.print(f"catalog: {applied or 'up to date'}")
-    for shard in await catalog.shards():
-        shard_conn = await shard_pool.connect(shard.dsn)
-        try:
-            applied = await migrate(shard_conn)
-        finally:
-            await shard_conn.close()
-        console.print(f"{shard.id}: {applied or 'up to date'}")
+    for target, applied in (await catalog.upgrade()).items():
+        console.print(f"{target}: {applied or 'up to date'}")

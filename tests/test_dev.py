@@ -3,6 +3,7 @@ and stopped by SIGTERM to its whole process group with nothing left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,11 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.launcher import free_port, remove_data
+from coordinator.launcher import LocalPostgres, free_port, remove_data
 from router.app import openapi_document
 from tests.conftest import ROOT
 
@@ -156,11 +158,34 @@ def test_workflows_run_and_cluster_resumes_after_sigterm_to_the_group(dev: Dev):
         time.sleep(0.1)
     assert not [pid for pid in before if _alive(pid)], "a process outlived shardflow dev"
     assert "child_exited" not in (dev.data / "dev.out").read_text(), "restarted on shutdown"
-    dev.start()  # same --data: the same cluster, with its workflows
+    newest = _forget_newest_migration(dev.data, "shard1")  # as if made by an older version
+    dev.start()  # same --data: the same cluster, with its workflows, its schemas upgraded
+    assert f"'shard1': [{newest}]" in (dev.data / "dev.out").read_text()
     code, doc = request(dev.url + "/v1/workflows/dev-1")
     assert code == 200 and doc["status"] == "completed"
     code, doc = request(dev.url + "/v1/workflows/dev-sleeper")
     assert code == 200 and doc["status"] in ("sleeping", "pending", "running")
+
+
+def _forget_newest_migration(data: Path, shard: str) -> int:
+    """Start the stopped cluster's server of ``shard`` alone, delete its newest migration
+    record (migrations are idempotent: applying one again is safe), stop it; the version."""
+
+    async def forget(dsn: str) -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    "DELETE FROM shardflow.schema_migrations WHERE version ="
+                    " (SELECT max(version) FROM shardflow.schema_migrations) RETURNING version"
+                )
+            )
+        finally:
+            await conn.close()
+
+    with LocalPostgres(data) as pg:
+        (server,) = pg.start(shard)
+        return asyncio.run(forget(server.dsn("shardflow")))
 
 
 def test_a_crashed_child_is_restarted(dev: Dev):
