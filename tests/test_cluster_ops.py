@@ -61,30 +61,27 @@ async def test_cluster_operations_over_http(growing: LiveCluster):
     assert status == 200 and body["removed"]
 
 
-async def test_executor_refuses_an_older_schema_and_says_how_to_upgrade(dsn: str):
-    conn = await asyncpg.connect(dsn)
-    try:  # as if the newest migration had not run on this shard yet
-        await conn.execute(
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # as if the newest migration had not run on this shard yet
+        (
             "DELETE FROM shardflow.schema_migrations"
-            " WHERE version = (SELECT max(version) FROM shardflow.schema_migrations)"
-        )
-    finally:
-        await conn.close()
-    executor = Executor(settings_for(dsn), Registry.from_modules(["tests.apps.basic"]))
-    with pytest.raises(SettingsError, match="shardflow cluster migrate"):
-        await executor.start()
-    if executor._pool is not None:
-        await executor._pool.close()
-
-
-async def test_executor_refuses_a_newer_schema(dsn: str):
+            " WHERE version = (SELECT max(version) FROM shardflow.schema_migrations)",
+            "shardflow cluster migrate",
+        ),
+        ("INSERT INTO shardflow.schema_migrations VALUES (999, 'future')", "version 999"),
+    ],
+    ids=["older", "newer"],
+)
+async def test_executor_refuses_a_schema_it_does_not_match(dsn: str, change: str, message: str):
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("INSERT INTO shardflow.schema_migrations VALUES (999, 'future')")
+        await conn.execute(change)
     finally:
         await conn.close()
     executor = Executor(settings_for(dsn), Registry.from_modules(["tests.apps.basic"]))
-    with pytest.raises(SettingsError, match="version 999"):
+    with pytest.raises(SettingsError, match=message):
         await executor.start()
     if executor._pool is not None:
         await executor._pool.close()
