@@ -26,7 +26,7 @@ from typing import Any
 
 from loadtests.compare import RESULTS
 from shardflow.bench_cluster import _loadgen, local_cluster
-from shardflow.cgroups import CpuGroup, cap_shard
+from shardflow.cgroups import ShardCaps
 
 NEAR_LIMIT = 0.9  # of all cores busy
 
@@ -39,26 +39,21 @@ def machine_busy() -> float:
 
 
 async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    groups: list[CpuGroup] = []
-    async with local_cluster(shards=n) as cluster:
-        try:
-            for i in range(n):
-                prefix = f"shardflow-scale-{os.getpid()}"
-                groups.append(cap_shard(cluster, f"shard{i}", args.cpu_per_shard, prefix))
-            clients = ["--mode", "closed", "--clients", str(args.clients_per_shard * n)]
-            url = cluster.router_urls[0]
-            await _loadgen(url, *clients, "--seconds", str(args.warmup))
-            capped0 = [g.usage() for g in groups]
-            throttled0 = [g.throttled() for g in groups]
-            busy0, t0 = machine_busy(), time.monotonic()
-            summary = (await _loadgen(url, *clients, "--seconds", str(args.seconds))).summary
-            elapsed = time.monotonic() - t0
-            busy = (machine_busy() - busy0) / elapsed
-            capped = [(g.usage() - u) / elapsed for g, u in zip(groups, capped0, strict=True)]
-            throttled = sum(g.throttled() - t for g, t in zip(groups, throttled0, strict=True))
-        finally:
-            for group in groups:
-                group.remove()
+    caps = ShardCaps(args.cpu_per_shard, f"shardflow-scale-{os.getpid()}")
+    async with local_cluster(shards=n) as cluster, caps:
+        caps.cap(cluster, *(f"shard{i}" for i in range(n)))
+        groups = list(caps.groups.values())
+        clients = ["--mode", "closed", "--clients", str(args.clients_per_shard * n)]
+        url = cluster.router_urls[0]
+        await _loadgen(url, *clients, "--seconds", str(args.warmup))
+        capped0 = [g.usage() for g in groups]
+        throttled0 = [g.throttled() for g in groups]
+        busy0, t0 = machine_busy(), time.monotonic()
+        summary = (await _loadgen(url, *clients, "--seconds", str(args.seconds))).summary
+        elapsed = time.monotonic() - t0
+        busy = (machine_busy() - busy0) / elapsed
+        capped = [(g.usage() - u) / elapsed for g, u in zip(groups, capped0, strict=True)]
+        throttled = sum(g.throttled() - t for g, t in zip(groups, throttled0, strict=True))
     cores = os.cpu_count() or 1
     return {
         "shards": n,

@@ -20,15 +20,12 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from coordinator.dev import DevCluster, DevSettings
 from coordinator.launcher import free_port, remove_data
 from shard import pool as shard_pool
 from shardflow.cpu import parts_spent, tree_cpu_parts
-
-if TYPE_CHECKING:
-    from shardflow.cgroups import CpuGroup
 
 
 @asynccontextmanager
@@ -178,8 +175,10 @@ async def rebalance(args: argparse.Namespace) -> int:
     from coordinator import operations
     from coordinator.catalog import Catalog, ensure_database
     from coordinator.dev import DATABASE, Child
+    from shardflow.cgroups import ShardCaps
 
-    caps = Caps(args.cpu_per_shard)
+    # --cpu-per-shard 0: no groups at all (the shards share the machine)
+    caps = ShardCaps(args.cpu_per_shard or None, f"shardflow-bench-{os.getpid()}")
     async with local_cluster(shards=2, slots=args.slots) as cluster, caps:
         caps.cap(cluster, "shard0", "shard1")
         url = cluster.router_urls[0]
@@ -287,35 +286,6 @@ async def rebalance(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-class Caps:
-    """``bench rebalance --cpu-per-shard``: each shard in its own CPU-capped group, as if it
-    had a machine of its own (so that a third shard brings CPU, as it would in a fleet,
-    instead of sharing two cores with the first two). ``cores`` 0: no groups at all."""
-
-    def __init__(self, cores: float) -> None:
-        self.cores = cores
-        self.groups: dict[str, CpuGroup] = {}
-        self.used: dict[str, float] = {}  # CPU seconds each group used, read as it goes
-
-    def cap(self, cluster: DevCluster, *shards: str) -> None:
-        if self.cores <= 0:
-            return
-        from shardflow.cgroups import cap_shard
-
-        prefix = f"shardflow-bench-{os.getpid()}"
-        for shard in shards:
-            self.groups[shard] = cap_shard(cluster, shard, self.cores, prefix)
-
-    async def __aenter__(self) -> Caps:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        for shard, group in self.groups.items():
-            self.used[shard] = round(group.usage(), 2)
-            group.remove()
-        self.groups.clear()
 
 
 async def _executor_up(dsn: str, timeout: float = 60.0) -> None:

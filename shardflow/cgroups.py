@@ -6,7 +6,8 @@ can model shards that each have their own CPU (``python -m loadtests.scale`` and
 ``cores`` times the period); ``add`` moves processes into it (their later children follow);
 ``usage()`` is the CPU seconds the group used; ``throttled()`` how often the cap bit.
 ``cap_shard`` puts one shard of a local cluster (its Postgres server with every backend,
-and its executors) into a new group. Needs root (or a delegated hierarchy); anything else
+and its executors) into a new group; ``ShardCaps`` keeps a benchmark's groups and removes
+them. Needs root (or a delegated hierarchy); anything else
 is a ``CgroupError`` that says why.
 """
 
@@ -169,3 +170,30 @@ def cap_shard(cluster: DevCluster, shard: str, cores: float, prefix: str) -> Cpu
         for pid in descendants(root):
             group.add(pid)
     return group
+
+
+class ShardCaps:
+    """The groups of a benchmark's shards, one per shard (``cap``), each capped at
+    ``cores`` (None: ``cap`` makes none), removed on leaving the ``async with``; ``used``
+    then holds the CPU seconds each one used."""
+
+    def __init__(self, cores: float | None, prefix: str) -> None:
+        self.cores = cores
+        self.prefix = prefix
+        self.groups: dict[str, CpuGroup] = {}
+        self.used: dict[str, float] = {}
+
+    def cap(self, cluster: DevCluster, *shards: str) -> None:
+        if self.cores is None:
+            return
+        for shard in shards:
+            self.groups[shard] = cap_shard(cluster, shard, self.cores, self.prefix)
+
+    async def __aenter__(self) -> ShardCaps:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for shard, group in self.groups.items():
+            self.used[shard] = round(group.usage(), 2)
+            group.remove()
+        self.groups.clear()
