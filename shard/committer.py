@@ -26,7 +26,6 @@ from shard.waiters import settle
 
 log = logging.getLogger("shardflow.committer")
 
-SUSPENDED = ("sleeping", "waiting")
 _TURNS = 3
 _Claim = tuple[ClaimRequest, "asyncio.Future[list[ClaimedWorkflow] | None]"]
 
@@ -118,9 +117,7 @@ class GroupCommitter:
                 self._claim = None
 
     async def _flush(self, batch: list[WorkflowRecord], claim: _Claim | None) -> None:
-        if claim is not None and not all(
-            r.parent is None and r.status not in SUSPENDED for r in batch
-        ):
+        if claim is not None and not all(r.plain for r in batch):
             settle(claim[1], None)  # the claim goes alone
             claim = None
         started = time.perf_counter()

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 TERMINAL = ("completed", "failed", "cancelled")
+SUSPENDED = ("sleeping", "waiting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,12 @@ class WorkflowRecord:
     parent: str | None = None
     steps: list[StepRow] = field(default_factory=list)
     future: asyncio.Future[FlushResult] | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Whether flushing this record writes its own rows only: it neither suspends (a
+        ready entry to queue) nor finishes a child (a parent to signal)."""
+        return self.status not in SUSPENDED and (self.parent is None or self.status not in TERMINAL)
 
     def merge(self, other: WorkflowRecord) -> None:
         self.steps.extend(other.steps)

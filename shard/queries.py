@@ -7,6 +7,7 @@ from functools import cache
 from importlib import resources
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_USE = re.compile(r"^-- use: (\w+)\s*$", re.MULTILINE)
 
 
 def sql_text(filename: str) -> str:
@@ -14,14 +15,24 @@ def sql_text(filename: str) -> str:
 
 
 def parse(text: str) -> dict[str, str]:
-    """Split a file of ``-- name: x`` blocks into {name: statement}."""
+    """Split a file of ``-- name: x`` blocks into {name: statement}.
+
+    A block whose name starts with ``_`` is a fragment, not a statement: a line
+    ``-- use: _x`` of a later block is replaced by it (two statements sharing SQL)."""
     parts = _NAME.split(text)
-    queries: dict[str, str] = {}
+    blocks: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
+        if name in blocks:
             raise ValueError(f"query {name} is defined twice")
-        queries[name] = body.strip().rstrip(";")
-    return queries
+        body = _USE.sub(lambda m: _fragment(blocks, m.group(1)), body.strip("\n").rstrip())
+        blocks[name] = body if name.startswith("_") else body.strip()
+    return {name: body.rstrip(";") for name, body in blocks.items() if not name.startswith("_")}
+
+
+def _fragment(blocks: dict[str, str], name: str) -> str:
+    if not name.startswith("_") or name not in blocks:
+        raise ValueError(f"-- use: {name} names no fragment defined above it")
+    return blocks[name]
 
 
 @cache

@@ -19,7 +19,7 @@ from shard.faults import Faults
 from shard.model import ClaimRequest, StepRow, WorkflowRecord
 from shard.queries import query
 from shard.slots import slot_of
-from shard.store import ShardStore, flush_args
+from shard.store import ShardStore, flush_args, flush_payload
 from shardflow import (
     InvalidWorkflowIdError,
     SerializationError,
@@ -262,6 +262,67 @@ async def test_a_checkpoint_flush_writes_exactly_what_it_was_given(client: Shard
     assert json.loads(row["output"]) == json.loads(output)
 
 
+async def test_the_plain_flush_writes_what_the_full_one_does(client: ShardClient, dsn: str):
+    """A flush of plain records without a claim takes the lean statement: the same rows,
+    the same outcome notification and the same fence as the full one (forced here by a
+    claim of nothing riding it)."""
+    store = ShardStore(client.pool)
+    await store.registry_add([("w3", "1", None)])
+    await client.start_many([StartRequest("w3", make_input(i)) for i in range(2)])
+    plain, full = await store.workflow_claim_batch(ClaimRequest("t-owner", 10, 30.0))
+    nothing = ClaimRequest("t-owner", 0, 30.0)
+    started = datetime(2026, 11, 26, 1, 2, 3, 456789, tzinfo=UTC)
+    notes: list[str] = []
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener("shardflow_done", lambda *args: notes.append(args[3]))
+    try:
+        for c, claim in ((plain, None), (full, nothing)):
+            stale = WorkflowRecord(c.id, c.epoch - 1, 1, 0, status="completed", output="1")
+            assert await store.checkpoint_flush([stale], claim) == ({}, [])
+            for seq in range(3):
+                last = seq == 2
+                record = WorkflowRecord(
+                    c.id,
+                    c.epoch,
+                    seq + 1,
+                    0,
+                    status="completed" if last else "running",
+                    output='{"done": "caf\u00e9"}' if last else None,
+                    steps=[StepRow(seq, f"s{seq}", "completed", str(seq), None, 1, started)],
+                )
+                assert record.plain
+                assert await store.checkpoint_flush([record], claim) == ({c.id: False}, [])
+        for _ in range(200):
+            if len(notes) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await listener.close()
+    async with client.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT w.id, w.status, w.output::text, w.error, w.next_seq, w.wake_at, "
+            "w.lease_owner, w.lease_until, w.finished_at IS NOT NULL AS finished, "
+            "array_agg(array[s.seq::text, s.name, s.output::text, s.started_at::text] "
+            "ORDER BY s.seq) AS steps "
+            "FROM shardflow.workflows w JOIN shardflow.steps s ON s.workflow_id = w.id "
+            "WHERE w.id = ANY ($1) GROUP BY w.id",
+            [plain.id, full.id],
+        )
+    by_id = {row["id"]: dict(row) | {"id": None} for row in rows}
+    assert by_id[plain.id] == by_id[full.id]
+    assert by_id[plain.id]["status"] == "completed" and by_id[plain.id]["finished"]
+    outcomes = {item[0]: item[1:] for note in notes for item in json.loads(note)}
+    assert outcomes == {wid: ["completed", '{"done": "café"}', None] for wid in (plain.id, full.id)}
+
+
+def test_plain_records_are_those_that_touch_no_other_row():
+    running_child = WorkflowRecord("c", 1, 1, 0, parent="p")
+    finished_child = WorkflowRecord("c", 1, 1, 0, status="completed", parent="p")
+    sleeping = WorkflowRecord("w", 1, 1, 0, status="sleeping")
+    assert running_child.plain and WorkflowRecord("w", 1, 1, 0, status="failed").plain
+    assert not finished_child.plain and not sleeping.plain
+
+
 async def test_a_checkpoint_flush_finds_its_workflows_by_key(client: ShardClient):
     """The flush probes the primary key for the workflows it writes; it never reads the
     partial indexes of running workflows, whose dead entries pile up between vacuums
@@ -275,12 +336,14 @@ async def test_a_checkpoint_flush_finds_its_workflows_by_key(client: ShardClient
     records = [WorkflowRecord(c.id, c.epoch, 1, 0) for c in claimed[:5]]
     async with client.pool.acquire() as conn:
         await conn.execute("ANALYZE shardflow.workflows")
-        rows = await conn.fetch(
-            "EXPLAIN (COSTS OFF) " + query("checkpoint_flush"), *flush_args(records)
-        )
-    plan = "\n".join(row[0] for row in rows)
-    assert "workflows_pkey" in plan
-    assert "workflows_running" not in plan, plan
+        for name, args in (
+            ("checkpoint_flush", flush_args(records)),
+            ("checkpoint_flush_plain", (flush_payload(records),)),
+        ):
+            rows = await conn.fetch("EXPLAIN (COSTS OFF) " + query(name), *args)
+            plan = "\n".join(row[0] for row in rows)
+            assert "workflows_pkey" in plan, name
+            assert "workflows_running" not in plan, plan
     assert (await store.checkpoint_flush(records))[0] == {c.id: False for c in claimed[:5]}
 
 

@@ -7,10 +7,11 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from coordinator.launcher import LocalPostgres, PostgresServer
 from shard.migrate import migrate, migrations
-from shard.queries import load, sql_text
+from shard.queries import load, parse, sql_text
 from shard.slots import slot_of
 from tests.conftest import create_database
 
@@ -89,3 +90,17 @@ def test_queries_are_named_and_unique():
     queries = load()
     assert "workflow_claim_batch" in queries and "checkpoint_flush" in queries
     assert all(q.strip() and not q.strip().endswith(";") for q in queries.values())
+
+
+def test_fragments_are_pasted_where_used_and_are_not_queries():
+    text = (
+        "-- name: _cols\n    a, b\n\n"
+        "-- name: q\nSELECT\n-- use: _cols\nFROM t;\n\n"
+        "-- name: r\nSELECT 1;\n"
+    )
+    assert parse(text) == {"q": "SELECT\n    a, b\nFROM t", "r": "SELECT 1"}
+    with pytest.raises(ValueError, match="names no fragment"):
+        parse("-- name: q\nSELECT\n-- use: _later\n\n-- name: _later\n1\n")
+    with pytest.raises(ValueError, match="defined twice"):
+        parse("-- name: q\nSELECT 1\n-- name: q\nSELECT 2\n")
+    assert not [name for name in load() if name.startswith("_")]

@@ -1,6 +1,8 @@
 -- Named queries of the shard runtime, loaded once by shard/queries.py and called
 -- by name. Every executor write is fenced on the workflow's lease epoch by an
 -- UPDATE of the workflow row that locks it, in the same statement as the write.
+-- A block named with a leading underscore is a fragment, not a query: it is pasted in
+-- place of each later line "-- use: <its name>" (SQL that two statements share).
 
 -- name: executor_register
 INSERT INTO shardflow.executors (owner, lock_key, lease_until, host, pid)
@@ -66,14 +68,7 @@ SELECT workflow_id, name, payload::text AS payload
 FROM shardflow.events WHERE workflow_id = ANY ($1::text[])
 ORDER BY workflow_id, id;
 
--- name: checkpoint_flush
--- Group commit: the new state of many workflows and their step rows in one
--- statement, and with it, when $3 > 0, the executor's next claim ($2 owner, $3 limit,
--- $4 lease seconds, $5/$6 kinds): one statement and one commit instead of two. Only
--- rows whose lease epoch still matches are written; the result lists them (claimed
--- false) and the claimed workflows (claimed true, the columns of ClaimedWorkflow).
--- Suspended workflows go back to the ready queue at their timer, or at once when an
--- event or a cancel arrived since the executor last looked.
+-- name: _flush_input
 -- $1 is one JSON array of the workflows' records, each with its new step rows (outputs
 -- and errors as JSON text, times in ISO 8601): one parameter encodes in a fraction
 -- of the time 17 arrays took the driver, element by element.
@@ -84,15 +79,8 @@ WITH wf_in AS (
     FROM json_to_recordset($1::json) AS t(id text, epoch bigint, status text, output text,
         error text, run_at timestamptz, next_seq integer, seen_signal integer, parent text,
         steps json)
-), finished_children AS (
-    -- Children finishing now signal their parent (woken if it waits for them).
-    SELECT i.parent, count(*) AS n FROM wf_in i
-    WHERE i.parent IS NOT NULL AND i.new_status IN ('completed', 'failed', 'cancelled')
-    GROUP BY i.parent
-), fenced AS (
-    UPDATE shardflow.workflows w
-    SET signal_seq = w.signal_seq + coalesce(
-            (SELECT c.n FROM finished_children c WHERE c.parent = w.id), 0),
+
+-- name: _flush_update
         status = i.new_status,
         output = i.output,
         error = i.error,
@@ -112,8 +100,8 @@ WITH wf_in AS (
     -- that index out of the plan; it is the same test.
     WHERE w.id = ANY (ARRAY(SELECT k.id FROM wf_in k))
       AND w.id = i.id AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
-    RETURNING w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
-              w.cancel_requested, w.priority, w.output, w.error
+
+-- name: _flush_steps_and_outcomes
 ), st AS (
     INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
     SELECT i.id, s.seq, s.name, s.status, s.output::jsonb, s.error::jsonb, s.attempts,
@@ -123,6 +111,41 @@ WITH wf_in AS (
         output text, error text, attempts integer, started_at timestamptz)
     JOIN fenced f ON f.id = i.id
     ON CONFLICT (workflow_id, seq) DO NOTHING
+), finished AS (
+    SELECT o.*, sum(length(o.id) + coalesce(length(o.output), 0)
+                    + coalesce(length(o.error), 0) + 40) OVER (ORDER BY o.id) / 7000 AS part
+    FROM (SELECT f.id, f.status, f.output::text AS output, f.error::text AS error
+          FROM fenced f WHERE f.status IN ('completed', 'failed', 'cancelled')) o
+), done AS (
+    -- The outcomes themselves, about 7,000 bytes per NOTIFY (a payload holds 8,000), so
+    -- that waiting routers answer without reading them back; a part that does not fit
+    -- goes as '', which tells listeners to read the outcomes of all they wait for.
+    SELECT pg_notify('shardflow_done', CASE WHEN length(p.payload) < 7900 THEN p.payload ELSE '' END)
+    FROM (SELECT json_agg(json_build_array(x.id, x.status, x.output, x.error))::text AS payload
+          FROM finished x GROUP BY x.part) p
+
+-- name: checkpoint_flush
+-- Group commit: the new state of many workflows and their step rows in one
+-- statement, and with it, when $3 > 0, the executor's next claim ($2 owner, $3 limit,
+-- $4 lease seconds, $5/$6 kinds): one statement and one commit instead of two. Only
+-- rows whose lease epoch still matches are written; the result lists them (claimed
+-- false) and the claimed workflows (claimed true, the columns of ClaimedWorkflow).
+-- Suspended workflows go back to the ready queue at their timer, or at once when an
+-- event or a cancel arrived since the executor last looked.
+-- use: _flush_input
+), finished_children AS (
+    -- Children finishing now signal their parent (woken if it waits for them).
+    SELECT i.parent, count(*) AS n FROM wf_in i
+    WHERE i.parent IS NOT NULL AND i.new_status IN ('completed', 'failed', 'cancelled')
+    GROUP BY i.parent
+), fenced AS (
+    UPDATE shardflow.workflows w
+    SET signal_seq = w.signal_seq + coalesce(
+            (SELECT c.n FROM finished_children c WHERE c.parent = w.id), 0),
+-- use: _flush_update
+    RETURNING w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
+              w.cancel_requested, w.priority, w.output, w.error
+-- use: _flush_steps_and_outcomes
 ), rdy AS (
     INSERT INTO shardflow.ready (workflow_id, slot, run_at, priority)
     SELECT f.id, f.slot,
@@ -155,18 +178,6 @@ WITH wf_in AS (
 ), woke AS (
     SELECT pg_notify('shardflow_ready', '')
     WHERE EXISTS (SELECT 1 FROM parents p WHERE p.status = 'waiting')
-), finished AS (
-    SELECT o.*, sum(length(o.id) + coalesce(length(o.output), 0)
-                    + coalesce(length(o.error), 0) + 40) OVER (ORDER BY o.id) / 7000 AS part
-    FROM (SELECT f.id, f.status, f.output::text AS output, f.error::text AS error
-          FROM fenced f WHERE f.status IN ('completed', 'failed', 'cancelled')) o
-), done AS (
-    -- The outcomes themselves, about 7,000 bytes per NOTIFY (a payload holds 8,000), so
-    -- that waiting routers answer without reading them back; a part that does not fit
-    -- goes as '', which tells listeners to read the outcomes of all they wait for.
-    SELECT pg_notify('shardflow_done', CASE WHEN length(p.payload) < 7900 THEN p.payload ELSE '' END)
-    FROM (SELECT json_agg(json_build_array(x.id, x.status, x.output, x.error))::text AS payload
-          FROM finished x GROUP BY x.part) p
 ), claimed AS (
     -- The executor's next claim when it rides this flush ($3 > 0): the rows it leases are
     -- pending, sleeping or waiting ones, never the running ones this flush writes, and the
@@ -184,6 +195,21 @@ SELECT false AS claimed, f.id, NULL AS name, NULL AS version, NULL AS input,
 FROM fenced f
 UNION ALL
 SELECT true, c.*, NULL FROM claimed c;
+
+-- name: checkpoint_flush_plain
+-- The checkpoint flush of the common case: no claim rides it and no record suspends or
+-- finishes a child (WorkflowRecord.plain; ShardStore.checkpoint_flush picks it). The
+-- same writes as checkpoint_flush for such records, in a statement a third the size:
+-- Postgres builds every node of a plan at each execution, nodes that return nothing
+-- included, and that was most of a small flush's cost (docs/benchmarks.md).
+-- use: _flush_input
+), fenced AS (
+    UPDATE shardflow.workflows w SET
+-- use: _flush_update
+    RETURNING w.id, w.status, w.cancel_requested, w.output, w.error
+-- use: _flush_steps_and_outcomes
+)
+SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fenced f;
 
 -- name: workflow_lock_for_step
 -- Fence a transactional step: lock the workflow row under the lease epoch.
