@@ -13,6 +13,7 @@ import ctypes
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -86,10 +87,41 @@ def find_bindir() -> Path:
     )
 
 
+# Ports handed out are picked below the kernel's ephemeral range: a port that bind(0)
+# returns is an ephemeral one, which an outgoing connection can take before the server it
+# was picked for binds it (a bench's router crash-looped on EADDRINUSE for a minute so).
+PORT_FLOOR = 10000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port free now, that no outgoing connection will take meanwhile."""
+    top = _ephemeral_start()
+    for _ in range(200 if top - PORT_FLOOR >= 1000 else 0):
+        port = random.randrange(PORT_FLOOR, top)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _pg_account() -> pwd.struct_passwd | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from coordinator import launcher
 from coordinator.launcher import LocalPostgres, remove_data
 from tests.conftest import ROOT
 
@@ -101,3 +103,21 @@ def test_missing_binaries_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(launcher, "_DEBIAN_BIN", str(tmp_path / "none"))
     with pytest.raises(launcher.LauncherError, match="no Postgres server binaries"):
         launcher.find_bindir()
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Outgoing connections take ports from the ephemeral range: a port picked there could
+    be gone by the time its server binds it."""
+    start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [launcher.free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(launcher.PORT_FLOOR <= p < start for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))
+    # No room below the range: the kernel's pick.
+    narrow = tmp_path / "range"
+    narrow.write_text(f"{launcher.PORT_FLOOR + 10}\t60999\n")
+    monkeypatch.setattr(launcher, "_EPHEMERAL_RANGE", narrow)
+    assert launcher.free_port() >= launcher.PORT_FLOOR + 10
