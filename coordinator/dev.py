@@ -330,23 +330,40 @@ class DevCluster:
                 proc.wait()
         self.pg.stop()
 
+    def log_tail(self, child: str, lines: int = 8) -> str:
+        """The last lines a child wrote (its log lives in the cluster folder, which a
+        benchmark's temporary cluster removes: an error must carry it)."""
+        path = self.data / "logs" / f"{child}.log"
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return f"(no log at {path})"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every router answers /readyz and every workflow name is registered."""
         import aiohttp
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with aiohttp.ClientSession() as http:
-            for url in [*self.router_urls, *([self.url] if self.settings.haproxy else [])]:
+        # Each probe bounded: a port that accepts and never answers must not hang us.
+        probe = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=probe) as http:
+            names = [f"router-{i}" for i in range(len(self.router_urls))]
+            front = [(self.url, "haproxy")] if self.settings.haproxy else []
+            for url, name in [*zip(self.router_urls, names, strict=True), *front]:
                 while True:
                     try:
                         async with http.get(url + "/readyz") as resp:
                             if resp.status == 200:
                                 break
-                    except aiohttp.ClientError:
+                    except (aiohttp.ClientError, TimeoutError):
                         pass
                     if loop.time() > deadline:
-                        raise TimeoutError(f"router {url} not ready within {timeout} s")
+                        raise TimeoutError(
+                            f"{name} ({url}) not ready within {timeout} s; the end of its "
+                            f"log:\n{self.log_tail(name)}"
+                        )
                     await asyncio.sleep(0.1)
         catalog = await Catalog.connect(self.catalog_dsn, pool_size=1)
         try:

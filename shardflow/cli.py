@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import gc
 import os
 import signal
@@ -12,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from shard import pool as shard_pool
+from shard.dbfaults import is_unavailable
 from shard.errors import ShardflowError
 
 # Collections after 50,000 net allocations (CPython's default: 700), the older generations
@@ -51,6 +54,22 @@ def stop_event_on_signals() -> asyncio.Event:
     return stop
 
 
+async def unless_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """A start-up that may wait for its servers (an executor retries its shard), given up
+    when a stop signal comes first: False then."""
+    start = asyncio.ensure_future(starting)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if start.done():
+        start.result()
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False
+
+
 async def _executor(args: argparse.Namespace) -> int:
     from metrics.exporter import serve_metrics
     from shard.executor import Executor
@@ -69,7 +88,8 @@ async def _executor(args: argparse.Namespace) -> int:
             executor.metrics.registry, settings.metrics_host, settings.metrics_port
         )
         print(f"metrics http://{settings.metrics_host}:{port}/metrics", flush=True)
-    await executor.start()
+    if not await unless_stopped(executor.start(), stop):
+        return 0  # stopped while it still waited for its shard
     quiet_gc()
     try:
         if settings.catalog is not None:
@@ -308,4 +328,21 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        kind = _unreached(exc)
+        if kind is None:
+            raise
+        what = "cannot listen" if kind == "address_in_use" else "cannot reach a server"
+        print(f"shardflow: error [{kind}]: {what}: {exc!r}", file=sys.stderr)
+        code = 2
     sys.exit(code)
+
+
+def _unreached(exc: BaseException) -> str | None:
+    """The stable code of a failure to reach a server or to listen, else None (a bug, which
+    keeps its traceback)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return "address_in_use"
+    if is_unavailable(exc):
+        return "unavailable"
+    return None

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -312,3 +313,36 @@ def test_a_crash_loop_backs_off():
     from coordinator.dev import restart_delay
 
     assert [restart_delay(n) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+async def test_a_router_that_cannot_start_is_reported_with_the_end_of_its_log(tmp_path: Path):
+    """wait_ready's error carries the child's own words: a benchmark's cluster folder, and
+    the log in it, is gone by the time anyone reads the error."""
+    from coordinator.dev import DevCluster, DevSettings
+
+    data = tmp_path / "cluster"
+    data.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(data, 0o755)
+    taken = socket.socket()  # bound, not listening: the router's bind fails, probes are refused
+    taken.bind(("127.0.0.1", free_port()))
+    settings = {
+        "app": ["tests.apps.basic"],
+        "shards": "1",
+        "slots": "8",
+        "coordinators": "0",
+        "durable": "false",
+        "port": str(taken.getsockname()[1]),
+        "data": str(data),
+    }
+    cluster = DevCluster(DevSettings.load(settings, env={}))
+    try:
+        await cluster.start()
+        with pytest.raises(TimeoutError) as caught:
+            await cluster.wait_ready(timeout=5)
+    finally:
+        cluster.stop()
+        taken.close()
+        remove_data(data)
+    message = str(caught.value)
+    assert "router-0" in message and "in use" in message.lower(), message

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from coordinator.launcher import free_port
 from shard.errors import SettingsError
 from shard.executor_settings import ExecutorSettings
 from shard.faults import Faults
@@ -75,3 +77,45 @@ def test_cli_reports_bad_settings_without_a_traceback():
     assert proc.returncode == 2
     assert "[invalid_setting]" in proc.stderr and "concurrency" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shardflow", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["router", "--port", "{port}", "--catalog", "{dsn}"],
+        ["cluster", "--catalog", "{dsn}", "status"],
+    ],
+    ids=["router", "cluster-status"],
+)
+def test_an_unreachable_catalog_is_a_clear_error_not_a_traceback(command: list[str]):
+    dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/nowhere"  # nothing listens there
+    args = [a.format(dsn=dsn, port=free_port()) for a in command]
+    out, err = _cli(*args).communicate(timeout=120)
+    assert "shardflow: error [unavailable]: cannot reach a server" in err, err
+    assert "Traceback" not in err + out
+
+
+def test_an_executor_waiting_for_its_shard_stops_on_sigterm():
+    """It retries an unreachable shard, and a stop signal ends that wait (it used to be
+    ignored until the shard answered)."""
+    dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/nowhere"
+    proc = _cli("executor", "--dsn", dsn, "--app", "examples.bench")
+    assert proc.stderr is not None
+    for line in proc.stderr:  # its first failed attempt: it is waiting now
+        if "event=connect_failed" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err + out
