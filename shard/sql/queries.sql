@@ -181,7 +181,7 @@ WITH wf_in AS (
 ), claimed AS (
     -- The executor's next claim when it rides this flush ($3 > 0): the rows it leases are
     -- pending, sleeping or waiting ones, never the running ones this flush writes, and the
-    -- caller sends no record here that could touch them (a parent or a suspension).
+    -- caller sends no record here that could touch them (only plain ones: WorkflowRecord.plain).
     SELECT * FROM shardflow.claim_workflows($2, $3, $4, $5::text[], $6::text[])
 )
 -- Both parts have the columns of claim_workflows (a flushed row only its id and
