@@ -68,6 +68,20 @@ class Child:
 STABLE_SECONDS = 30.0
 
 
+def executor_child(shard: str, i: int) -> str:
+    """The name of the i-th executor process of a shard (and of its log)."""
+    return f"executor-{shard}-{i}"
+
+
+def is_executor_of(child: str, shard: str) -> bool:
+    return child.startswith(f"executor-{shard}-")
+
+
+def router_child(i: int) -> str:
+    """The name of the i-th router process (and of its log in the cluster folder)."""
+    return f"router-{i}"
+
+
 def restart_delay(crashes: int) -> float:
     return 0.0 if crashes == 0 else min(30.0, 0.5 * 2 ** (crashes - 1))
 
@@ -138,7 +152,7 @@ class DevCluster:
                 targets["executor"].append(f"127.0.0.1:{port}")
                 self.children.append(
                     Child(
-                        f"executor-{shard_id}-{i}",
+                        executor_child(shard_id, i),
                         [
                             *base,
                             "executor",
@@ -179,7 +193,7 @@ class DevCluster:
             tokens = ["--tokens", s.token] if s.token else []
             self.children.append(
                 Child(
-                    f"router-{i}",
+                    router_child(i),
                     [
                         *base,
                         "router",
@@ -349,7 +363,7 @@ class DevCluster:
         # Each probe bounded: a port that accepts and never answers must not hang us.
         probe = aiohttp.ClientTimeout(total=2.0)
         async with aiohttp.ClientSession(timeout=probe) as http:
-            names = [f"router-{i}" for i in range(len(self.router_urls))]
+            names = [router_child(i) for i in range(len(self.router_urls))]
             front = [(self.url, "haproxy")] if self.settings.haproxy else []
             for url, name in [*zip(self.router_urls, names, strict=True), *front]:
                 while True:

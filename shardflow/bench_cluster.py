@@ -174,7 +174,7 @@ MAX_PHASE = 240.0
 async def rebalance(args: argparse.Namespace) -> int:
     from coordinator import operations
     from coordinator.catalog import Catalog, ensure_database
-    from coordinator.dev import DATABASE, Child
+    from coordinator.dev import DATABASE, Child, executor_child
     from shardflow.cgroups import ShardCaps
 
     # --cpu-per-shard 0: no groups at all (the shards share the machine)
@@ -193,7 +193,7 @@ async def rebalance(args: argparse.Namespace) -> int:
         try:
             await catalog.add_shard("shard2", dsn)
             child = Child(
-                "executor-shard2-0",
+                executor_child("shard2", 0),
                 [
                     sys.executable,
                     "-m",

@@ -88,15 +88,17 @@ async def _executor(args: argparse.Namespace) -> int:
             executor.metrics.registry, settings.metrics_host, settings.metrics_port
         )
         print(f"metrics http://{settings.metrics_host}:{port}/metrics", flush=True)
-    if not await unless_stopped(executor.start(), stop):
-        return 0  # stopped while it still waited for its shard
-    quiet_gc()
     try:
-        if settings.catalog is not None:
-            await _register_in_catalog(settings.catalog, settings.shard, executor)
-        await stop.wait()
+        if not await unless_stopped(executor.start(), stop):
+            return 0  # stopped while it still waited for its shard
+        quiet_gc()
+        try:
+            if settings.catalog is not None:
+                await _register_in_catalog(settings.catalog, settings.shard, executor)
+            await stop.wait()
+        finally:
+            await executor.shutdown()
     finally:
-        await executor.shutdown()
         if runner is not None:
             await runner.cleanup()
     return 0
