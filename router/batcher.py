@@ -48,7 +48,7 @@ class StartBatcher:
         results = self._client.results
         results.expect(ids)  # before the start, so no completion comes first
         try:
-            outcomes = await start_each_on(self._client.pool, requests)
+            outcomes = await start_each_on(results.statements(len(requests)), requests)
         except Exception as exc:
             results.forget(ids)
             for _, fut in batch:

@@ -42,7 +42,7 @@ from shard.queries import query
 from shard.runner import WorkflowRunner
 from shard.sdk import Registry
 from shard.sqlflow import make_workflow
-from shard.store import ShardStore
+from shard.store import FLUSH_TIMEOUT, ShardStore
 
 log = logging.getLogger("shardflow.executor")
 GC_LOCK_KEY = 7358201947
@@ -131,7 +131,7 @@ class Executor:
         while True:
             try:
                 self._pool = await create_pool(
-                    s.dsn, min_size=2, max_size=s.pool_size, command_timeout=60
+                    s.dsn, min_size=2, max_size=s.pool_size, command_timeout=FLUSH_TIMEOUT
                 )
                 break
             except Exception as exc:
@@ -183,14 +183,16 @@ class Executor:
             )
 
     async def _attach(self) -> None:
-        """Open the liveness connection: advisory lock, registration, LISTEN."""
+        """Open the liveness connection: advisory lock, registration, LISTEN (and the
+        checkpoint flushes: ShardStore.listener)."""
         s = self.settings
-        conn = await shard_pool.connect(s.dsn)
+        conn = await shard_pool.connect(s.dsn, command_timeout=FLUSH_TIMEOUT)
         await conn.execute(query("executor_lock"), self.lock_key)
         await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
         await conn.add_listener("shardflow_ready", self._on_notify)
         await conn.add_listener(f"shardflow_handoff_{self.lock_key}", self._on_handoff)
         self._lock_conn = conn
+        self.store.listener = conn
         self._handoff_at = None
 
     def _on_notify(self, *_: Any) -> None:
@@ -387,6 +389,7 @@ class Executor:
         )
         for task, _ in list(self._inflight.values()):
             task.cancel()
+        self.store.listener = None
         if self._lock_conn is not None and not self._lock_conn.is_closed():
             await self._lock_conn.close()
         self._lock_conn = None

@@ -1,0 +1,102 @@
+"""Statements of a quiet process run where it listens: a router's small starts on its
+completion listener, an executor's small flushes on its hand-off listener
+(ResultWaiters.statements, ShardStore.listener, shard.pool.QUIET_BATCH); larger batches,
+and every batch while that connection is gone, go through the pool."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from examples.bench import make_input
+from router.batcher import StartBatcher
+from shardflow import ShardClient, StartRequest
+from tests.test_engine_basic import until_listening
+
+# Words of each statement, as pg_stat_activity shows the last one a backend ran (a flush is
+# the lean one or, when a claim rides it, the full one).
+START = r"\$8: partial"
+FLUSH = "The checkpoint flush of the common case|^-- Group commit"
+
+
+async def backends_that_ran(pool: asyncpg.Pool, pattern: str) -> set[int]:
+    rows = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND query ~ $1",
+        pattern,
+    )
+    return {r["pid"] for r in rows}
+
+
+async def until(predicate: Any, what: str) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_router_starts_on_its_listener_and_falls_back_to_the_pool(
+    client: ShardClient, start_executor: Any
+):
+    await start_executor()
+    results = client.results
+    await until_listening(results)
+    batcher = StartBatcher(client)
+    listener = results.statements(1)
+    assert isinstance(listener, asyncpg.Connection)
+    for i in range(3):  # one at a time: batches of one, on the listener
+        started = await batcher.start(StartRequest("w3", make_input(i)))
+        assert (await client.wait(started.id, 30))["status"] == "completed"
+    assert await backends_that_ran(client.pool, START) == {listener.get_server_pid()}
+    # Ten at once make one batch: a busy router's, sent through the pool (the listener ran
+    # no statement since).
+    before = await client.pool.fetchval("SELECT clock_timestamp()")
+    many = await asyncio.gather(
+        *(batcher.start(StartRequest("w3", make_input(i))) for i in range(10, 20))
+    )
+    for r in many:
+        assert (await client.wait(r.id, 30))["status"] == "completed"
+    last = await client.pool.fetchval(
+        "SELECT query_start FROM pg_stat_activity WHERE pid = $1", listener.get_server_pid()
+    )
+    assert last < before
+
+    # The listener's backend dies: starts go through the pool until a new one listens,
+    # and a wait still gets its answer (read back: the new listener heard nothing before).
+    await client.pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+    await until(lambda: listener.is_closed(), "the router saw its listener close")
+    assert results.statements(1) is not listener
+    late = await batcher.start(StartRequest("w3", make_input(99)))
+    assert late.created
+    assert (await client.wait(late.id, 30))["status"] == "completed"
+    await until_listening(results)
+    again = results.statements(1)
+    assert isinstance(again, asyncpg.Connection) and again is not listener
+    last = await batcher.start(StartRequest("w3", make_input(100)))
+    assert (await client.wait(last.id, 30))["status"] == "completed"
+    assert again.get_server_pid() in await backends_that_ran(client.pool, START)
+
+
+async def test_an_executor_flushes_on_its_liveness_connection_and_survives_losing_it(
+    client: ShardClient, start_executor: Any
+):
+    executor = await start_executor(maintenance_interval=0.1)
+    listener = executor.store.listener
+    assert listener is not None
+    first = await client.start("w3", make_input(1))
+    assert (await client.wait(first, 30))["status"] == "completed"
+    assert await backends_that_ran(client.pool, FLUSH) == {listener.get_server_pid()}
+
+    # Its liveness connection is cut: the executor comes back as a new owner, flushing
+    # through the pool meanwhile, and then on its new liveness connection.
+    await client.pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+    await until(lambda: executor.store.listener not in (None, listener), "the executor re-attached")
+    for i in range(2, 5):
+        wid = await client.start("w3", make_input(i))
+        assert (await client.wait(wid, 30))["status"] == "completed"
+    renewed = executor.store.listener
+    assert renewed is not None and not renewed.is_closed()
+    assert renewed.get_server_pid() in await backends_that_ran(client.pool, FLUSH)
