@@ -88,7 +88,7 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 # A busy process sends its (larger) batches through the pool instead: a listener that
 # also runs statements reads the notification queue after each one, which cost more
 # Postgres CPU per workflow at saturation than an idle listener woken once per batch.
-QUIET_BATCH = 2
+QUIET_BATCH = 6
 
 
 async def _keep(_: Any) -> None:
