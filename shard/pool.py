@@ -85,9 +85,10 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 # connection, the statement's own NOTIFY wakes no backend of ours (a backend does not
 # signal itself), and a notification that arrives meanwhile comes back with its answer
 # instead of waking an idle backend: two process wake-ups fewer per workflow at low load.
-# A busy process sends its (larger) batches through the pool instead: a listener that
-# also runs statements reads the notification queue after each one, which cost more
-# Postgres CPU per workflow at saturation than an idle listener woken once per batch.
+# A busy process sends its larger batches through the pool instead: a listener that also
+# runs statements reads the notification queue after each one. Whether that costs more
+# than it saves at saturation, A/B runs disagreed (docs/benchmarks.md, "Listening where
+# you write"); 6 beat both 2 and no such path in every pair measured against them.
 QUIET_BATCH = 6
 
 
