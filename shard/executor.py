@@ -42,10 +42,13 @@ from shard.queries import query
 from shard.runner import WorkflowRunner
 from shard.sdk import Registry
 from shard.sqlflow import make_workflow
-from shard.store import FLUSH_TIMEOUT, ShardStore
+from shard.store import ShardStore
 
 log = logging.getLogger("shardflow.executor")
 GC_LOCK_KEY = 7358201947
+# Seconds a statement may run before it is cancelled, on the pool and on the liveness
+# connection alike (small checkpoint flushes run there: ShardStore.listener).
+COMMAND_TIMEOUT = 60.0
 # Hand-offs: renewed every HANDOFF_RENEW s for HANDOFF_AHEAD s (a stalled executor stops
 # getting them within that), while fewer than HANDOFF_ROOM of its concurrency are in use.
 HANDOFF_RENEW = 0.5
@@ -131,7 +134,7 @@ class Executor:
         while True:
             try:
                 self._pool = await create_pool(
-                    s.dsn, min_size=2, max_size=s.pool_size, command_timeout=FLUSH_TIMEOUT
+                    s.dsn, min_size=2, max_size=s.pool_size, command_timeout=COMMAND_TIMEOUT
                 )
                 break
             except Exception as exc:
@@ -186,7 +189,7 @@ class Executor:
         """Open the liveness connection: advisory lock, registration, LISTEN (and the
         checkpoint flushes: ShardStore.listener)."""
         s = self.settings
-        conn = await shard_pool.connect(s.dsn, command_timeout=FLUSH_TIMEOUT)
+        conn = await shard_pool.connect(s.dsn, command_timeout=COMMAND_TIMEOUT)
         await conn.execute(query("executor_lock"), self.lock_key)
         await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
         await conn.add_listener("shardflow_ready", self._on_notify)

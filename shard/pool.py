@@ -92,6 +92,17 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 QUIET_BATCH = 6
 
 
+def quiet_target(
+    listener: asyncpg.Connection | None, pool: asyncpg.Pool, batch: int
+) -> asyncpg.Connection | asyncpg.Pool:
+    """Where a statement for ``batch`` workflows goes: the listening connection while it is
+    up and the batch is quiet (QUIET_BATCH), else the pool. The caller sends one statement
+    at a time, so the connection is never asked for two at once."""
+    if batch <= QUIET_BATCH and listener is not None and not listener.is_closed():
+        return listener
+    return pool
+
+
 async def _keep(_: Any) -> None:
     """No reset on release: pooled connections never keep session state (no LISTEN,
     no session advisory lock, no SET), so asyncpg's default reset (four statements per

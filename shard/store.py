@@ -13,12 +13,10 @@ import asyncpg
 
 from shard import codec
 from shard.model import ClaimedWorkflow, ClaimRequest, History, RecordedStep, WorkflowRecord
-from shard.pool import QUIET_BATCH
+from shard.pool import quiet_target
 from shard.queries import query
 from shard.sdk import WorkflowDef
 
-# Seconds a flush may take before it is cancelled (the executor pool's command timeout).
-FLUSH_TIMEOUT = 60.0
 _flush_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
@@ -83,13 +81,8 @@ class ShardStore:
         self.listener: asyncpg.Connection | None = None
 
     def _flusher(self, records: int) -> asyncpg.Connection | asyncpg.Pool:
-        """Where a flush of ``records`` goes: a small one on the listening connection while
-        it is up (shard.pool.QUIET_BATCH), else the pool. The committer sends one flush at
-        a time, so the connection is never asked for two statements at once."""
-        conn = self.listener
-        if records <= QUIET_BATCH and conn is not None and not conn.is_closed():
-            return conn
-        return self.pool
+        """Where a flush of ``records`` goes (the committer sends one at a time)."""
+        return quiet_target(self.listener, self.pool, records)
 
     async def executor_register(self, owner: str, lock_key: int, lease: float) -> None:
         await self.pool.execute(
@@ -177,11 +170,11 @@ class ShardStore:
         ``checkpoint_flush_plain`` does the same writes."""
         if claim is None and all(r.plain for r in records):
             rows = await self._flusher(len(records)).fetch(
-                query("checkpoint_flush_plain"), flush_payload(records), timeout=FLUSH_TIMEOUT
+                query("checkpoint_flush_plain"), flush_payload(records)
             )
             return {row["id"]: row["cancel_requested"] for row in rows}, []
         rows = await self._flusher(len(records)).fetch(
-            query("checkpoint_flush"), *flush_args(records, claim), timeout=FLUSH_TIMEOUT
+            query("checkpoint_flush"), *flush_args(records, claim)
         )
         applied = {row["id"]: row["cancel_requested"] for row in rows if not row["claimed"]}
         claimed = [ClaimedWorkflow(*row[1:-1]) for row in rows if row["claimed"]]

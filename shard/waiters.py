@@ -61,14 +61,10 @@ class ResultWaiters:
         return True
 
     def statements(self, batch: int) -> asyncpg.Connection | asyncpg.Pool:
-        """Where this process's start of ``batch`` workflows goes: a small one on the LISTEN
-        connection while it is up (shard.pool.QUIET_BATCH), else the pool. For one caller
-        whose statements are serial (the shard's StartBatcher): the connection never runs
-        two at once, and this watcher runs none on it."""
-        conn = self._conn
-        if batch <= shard_pool.QUIET_BATCH and conn is not None and not conn.is_closed():
-            return conn
-        return self.pool
+        """Where this process's start of ``batch`` workflows goes (shard.pool.quiet_target),
+        for one caller whose statements are serial (the shard's StartBatcher); this
+        watcher runs none on the LISTEN connection."""
+        return shard_pool.quiet_target(self._conn, self.pool, batch)
 
     def expect(self, ids: Iterable[str]) -> None:
         """Workflows about to be created here: if the listener is up, their completions

@@ -14,6 +14,7 @@ from examples.bench import make_input
 from router.batcher import StartBatcher
 from shardflow import ShardClient, StartRequest
 from tests.test_engine_basic import until_listening
+from tests.waiting import until
 
 # Words of each statement, as pg_stat_activity shows the last one a backend ran (a flush is
 # the lean one or, when a claim rides it, the full one).
@@ -28,14 +29,6 @@ async def backends_that_ran(pool: asyncpg.Pool, pattern: str) -> set[int]:
         pattern,
     )
     return {r["pid"] for r in rows}
-
-
-async def until(predicate: Any, what: str) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
 
 
 async def test_a_router_starts_on_its_listener_and_falls_back_to_the_pool(
@@ -67,7 +60,11 @@ async def test_a_router_starts_on_its_listener_and_falls_back_to_the_pool(
     # The listener's backend dies: starts go through the pool until a new one listens,
     # and a wait still gets its answer (read back: the new listener heard nothing before).
     await client.pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
-    await until(lambda: listener.is_closed(), "the router saw its listener close")
+
+    async def closed() -> bool:
+        return listener.is_closed()
+
+    await until(closed, what="the router to see its listener close")
     assert results.statements(1) is not listener
     late = await batcher.start(StartRequest("w3", make_input(99)))
     assert late.created
@@ -93,7 +90,11 @@ async def test_an_executor_flushes_on_its_liveness_connection_and_survives_losin
     # Its liveness connection is cut: the executor comes back as a new owner, flushing
     # through the pool meanwhile, and then on its new liveness connection.
     await client.pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
-    await until(lambda: executor.store.listener not in (None, listener), "the executor re-attached")
+
+    async def reattached() -> bool:
+        return executor.store.listener not in (None, listener)
+
+    await until(reattached, what="the executor to re-attach")
     for i in range(2, 5):
         wid = await client.start("w3", make_input(i))
         assert (await client.wait(wid, 30))["status"] == "completed"
