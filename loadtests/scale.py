@@ -40,7 +40,8 @@ def machine_busy() -> float:
 
 async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
     caps = ShardCaps(args.cpu_per_shard, f"shardflow-scale-{os.getpid()}")
-    async with local_cluster(shards=n) as cluster, caps:
+    # caps outermost: its groups are removed once the cluster's processes have all ended
+    async with caps, local_cluster(shards=n) as cluster:
         caps.cap(cluster, *(f"shard{i}" for i in range(n)))
         groups = list(caps.groups.values())
         clients = ["--mode", "closed", "--clients", str(args.clients_per_shard * n)]

@@ -179,7 +179,8 @@ async def rebalance(args: argparse.Namespace) -> int:
 
     # --cpu-per-shard 0: no groups at all (the shards share the machine)
     caps = ShardCaps(args.cpu_per_shard or None, f"shardflow-bench-{os.getpid()}")
-    async with local_cluster(shards=2, slots=args.slots) as cluster, caps:
+    # caps outermost: its groups are removed once the cluster's processes have all ended
+    async with caps, local_cluster(shards=2, slots=args.slots) as cluster:
         caps.cap(cluster, "shard0", "shard1")
         url = cluster.router_urls[0]
         load = ["--mode", "closed", "--clients", str(args.clients)]
