@@ -67,7 +67,7 @@ class Catalog:
         return cls(await create_pool(dsn, min_size=1, max_size=pool_size))
 
     async def close(self) -> None:
-        await self.pool.close()
+        await shard_pool.close_pool(self.pool)
 
     async def create(self, slots: int = 1024) -> None:
         """Create the catalog schema and fix the slot count (idempotent)."""

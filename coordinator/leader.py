@@ -24,6 +24,7 @@ from coordinator.schedules import Scheduler
 from metrics.coordinator import CoordinatorMetrics
 from metrics.shard_stats import ShardStats
 from shard.faults import Faults
+from shard.pool import close_connection
 from shard.settings import Settings, setting
 
 log = logging.getLogger("shardflow.coordinator")
@@ -89,7 +90,11 @@ class Coordinator:
 
     async def _attempt(self, stop: asyncio.Event) -> None:
         lock = await asyncpg.connect(self.settings.catalog, timeout=5)
-        catalog = await Catalog.connect(self.settings.catalog, pool_size=3)
+        try:
+            catalog = await Catalog.connect(self.settings.catalog, pool_size=3)
+        except BaseException:
+            lock.terminate()
+            raise
         try:
             while not stop.is_set():
                 if await lock.fetchval(q("leader_try_lock")):
@@ -107,7 +112,7 @@ class Coordinator:
             await self._lead(catalog, lock, stop)
         finally:
             await catalog.close()
-            await lock.close()
+            await close_connection(lock)
 
     async def _lead(self, catalog: Catalog, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
         mover = Mover(

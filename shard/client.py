@@ -31,7 +31,7 @@ from shard.errors import (
     WorkflowNotFoundError,
     from_postgres,
 )
-from shard.pool import create_pool
+from shard.pool import close_pool, create_pool
 from shard.queries import query
 from shard.sdk import WorkflowDef
 from shard.waiters import ResultWaiters
@@ -194,7 +194,7 @@ class ShardClient:
 
     async def close(self) -> None:
         await self.results.close()
-        await self.pool.close()
+        await close_pool(self.pool)
 
     async def __aenter__(self) -> ShardClient:
         return self

@@ -190,10 +190,15 @@ class Executor:
         checkpoint flushes: ShardStore.listener)."""
         s = self.settings
         conn = await shard_pool.connect(s.dsn, command_timeout=COMMAND_TIMEOUT)
-        await conn.execute(query("executor_lock"), self.lock_key)
-        await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
-        await conn.add_listener("shardflow_ready", self._on_notify)
-        await conn.add_listener(f"shardflow_handoff_{self.lock_key}", self._on_handoff)
+        try:
+            await conn.execute(query("executor_lock"), self.lock_key)
+            await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
+            await self.faults.point("executor_registered")
+            await conn.add_listener("shardflow_ready", self._on_notify)
+            await conn.add_listener(f"shardflow_handoff_{self.lock_key}", self._on_handoff)
+        except BaseException:
+            conn.terminate()  # the shard went away halfway: the next attempt starts over
+            raise
         self._lock_conn = conn
         self.store.listener = conn
         self._handoff_at = None
@@ -285,10 +290,8 @@ class Executor:
                 await self.store.executor_unregister(self.owner)
             except Exception as exc:
                 log.warning("event=shutdown_incomplete error=%r", exc)
-        if self._lock_conn is not None:
-            await self._lock_conn.close()
-        if self._pool is not None:
-            await self._pool.close()
+        await shard_pool.close_connection(self._lock_conn)
+        await shard_pool.close_pool(self._pool)
         log.info("event=executor_stopped owner=%s", self.owner)
 
     # -- claiming ---------------------------------------------------------------------------
@@ -393,9 +396,8 @@ class Executor:
         for task, _ in list(self._inflight.values()):
             task.cancel()
         self.store.listener = None
-        if self._lock_conn is not None and not self._lock_conn.is_closed():
-            await self._lock_conn.close()
-        self._lock_conn = None
+        conn, self._lock_conn = self._lock_conn, None
+        await shard_pool.close_connection(conn)
         self._new_identity()
         await self._attach()
 

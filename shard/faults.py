@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from shard.errors import SettingsError
 
 POINTS = (
+    "executor_registered",
     "after_claim",
     "before_checkpoint_commit",
     "after_checkpoint_commit",

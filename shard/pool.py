@@ -11,6 +11,7 @@ connection to another schema rewrites that qualifier in every statement it sends
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from typing import Any
@@ -77,6 +78,33 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
         dsn, connection_class=connection_class(schema_of(dsn)), **kwargs
     )
     return conn
+
+
+async def close_connection(conn: asyncpg.Connection | None, timeout: float = 5.0) -> None:
+    """Close ``conn`` politely if it answers within ``timeout``, else drop it: either way
+    its socket is closed now, never left to the garbage collector (a connection whose
+    server was killed, or one that failed halfway through being set up). A failure to
+    close politely is not raised: the connection is gone either way."""
+    if conn is None:
+        return
+    try:
+        await conn.close(timeout=timeout)
+    except BaseException as exc:
+        conn.terminate()
+        if not isinstance(exc, Exception):
+            raise  # cancelled: dropped, and the cancellation goes on
+
+
+async def close_pool(pool: asyncpg.Pool | None, timeout: float = 10.0) -> None:
+    """``close_connection`` for a pool: every connection it holds is closed or dropped."""
+    if pool is None:
+        return
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except BaseException as exc:
+        pool.terminate()
+        if not isinstance(exc, Exception):
+            raise
 
 
 # A batch this small means a quiet process: its statement goes on the connection that
@@ -153,5 +181,5 @@ class ShardPools:
 
     async def close(self) -> None:
         for pool in self._pools.values():
-            await pool.close()
+            await close_pool(pool)
         self._pools.clear()

@@ -128,15 +128,17 @@ class ResultWaiters:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._notified.wait(), 1.0)
         finally:
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
+            conn, self._conn = self._conn, None
+            await shard_pool.close_connection(conn)
 
     async def _listen(self) -> asyncpg.Connection | None:
+        conn = None
         try:
             conn = await shard_pool.connect(self._dsn)
             await conn.add_listener("shardflow_done", self._on_done)
         except Exception as exc:
+            if conn is not None:
+                conn.terminate()
             if not is_unavailable(exc):
                 raise
             return None

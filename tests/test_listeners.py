@@ -12,7 +12,11 @@ import asyncpg
 
 from examples.bench import make_input
 from router.batcher import StartBatcher
+from shard.executor import Executor
+from shard.faults import Faults
+from shard.sdk import Registry
 from shardflow import ShardClient, StartRequest
+from tests.conftest import settings_for
 from tests.test_engine_basic import until_listening
 from tests.waiting import until
 
@@ -101,3 +105,36 @@ async def test_an_executor_flushes_on_its_liveness_connection_and_survives_losin
     renewed = executor.store.listener
     assert renewed is not None and not renewed.is_closed()
     assert renewed.get_server_pid() in await backends_that_ran(client.pool, FLUSH)
+
+
+async def test_a_failed_reattach_closes_its_half_made_connection(client: ShardClient, dsn: str):
+    """An attach that fails after taking its advisory lock and registering (the shard went
+    away at that moment) closes its connection at once: left open, it would hold the
+    lock of an identity nobody uses until the garbage collector found it."""
+    settings = settings_for(dsn, maintenance_interval=0.1)
+    faults = Faults.parse("executor_registered=raise@2")  # the first re-attach fails
+    executor = Executor(settings, Registry.from_modules(settings.app), faults=faults)
+    await executor.start()
+    try:
+        listener = executor.store.listener
+        assert listener is not None
+        await client.pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+
+        async def reattached() -> bool:
+            return executor.store.listener not in (None, listener)
+
+        await until(reattached, what="the executor to re-attach")
+        assert faults.hits["executor_registered"] == 3  # start, the failed try, the good one
+        renewed = executor.store.listener
+        assert renewed is not None
+        # Session advisory locks (held by idle backends): the live identity's alone.
+        holders = await client.pool.fetch(
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND a.datname = current_database() "
+            "AND a.state = 'idle' AND l.granted"
+        )
+        assert [r["pid"] for r in holders] == [renewed.get_server_pid()]
+        wid = await client.start("w3", make_input(1))
+        assert (await client.wait(wid, 30))["status"] == "completed"
+    finally:
+        await executor.shutdown()
