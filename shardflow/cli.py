@@ -334,17 +334,24 @@ def main(argv: list[str] | None = None) -> None:
         kind = _unreached(exc)
         if kind is None:
             raise
-        what = "cannot listen" if kind == "address_in_use" else "cannot reach a server"
-        print(f"shardflow: error [{kind}]: {what}: {exc!r}", file=sys.stderr)
+        if kind == "file_error":
+            assert isinstance(exc, OSError)
+            what = f"cannot use {exc.filename}: {exc.strerror}"
+        else:
+            where = "cannot listen" if kind == "address_in_use" else "cannot reach a server"
+            what = f"{where}: {exc!r}"
+        print(f"shardflow: error [{kind}]: {what}", file=sys.stderr)
         code = 2
     sys.exit(code)
 
 
 def _unreached(exc: BaseException) -> str | None:
-    """The stable code of a failure to reach a server or to listen, else None (a bug, which
-    keeps its traceback)."""
+    """The stable code of a failure to reach a server, to listen or to use a file or folder
+    (an OSError naming it), else None (a bug, which keeps its traceback)."""
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return "address_in_use"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return "file_error"  # a file or folder given or made here, not a connection
     if is_unavailable(exc):
         return "unavailable"
     return None

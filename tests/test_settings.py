@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +105,16 @@ def test_an_unreachable_catalog_is_a_clear_error_not_a_traceback(command: list[s
     out, err = _cli(*args).communicate(timeout=120)
     assert "shardflow: error [unavailable]: cannot reach a server" in err, err
     assert "Traceback" not in err + out
+
+
+def test_a_data_folder_that_cannot_be_made_is_named_not_called_unreachable(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a file where the data folder's parent should be
+    out, err = _cli("dev", "--shards", "1", "--data", str(blocker / "data")).communicate(
+        timeout=120
+    )
+    assert f"shardflow: error [file_error]: cannot use {blocker / 'data'}" in err, err
+    assert "unavailable" not in err and "Traceback" not in err + out
 
 
 def test_an_executor_waiting_for_its_shard_stops_on_sigterm():
