@@ -6,12 +6,15 @@ and every batch while that connection is gone, go through the pool."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
 import asyncpg
 
 from examples.bench import make_input
 from router.batcher import StartBatcher
+from shard import pool as shard_pool
 from shard.executor import Executor
 from shard.faults import Faults
 from shard.sdk import Registry
@@ -138,3 +141,20 @@ async def test_a_failed_reattach_closes_its_half_made_connection(client: ShardCl
         assert (await client.wait(wid, 30))["status"] == "completed"
     finally:
         await executor.shutdown()
+
+
+async def test_closing_a_connection_that_does_not_answer_drops_it_without_raising(dsn: str):
+    """shard.pool.close_connection, the way an executor, a router's listener and the leader
+    close their long-lived connections: a backend that does not answer the polite goodbye
+    within the timeout (stopped here; a hung or unreachable server in production) is
+    dropped, not waited for and not raised, so the caller goes on closing the rest."""
+    conn = await shard_pool.connect(dsn)
+    backend = conn.get_server_pid()
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        # A plain close() would wait for the answer and raise TimeoutError.
+        await shard_pool.close_connection(conn, timeout=0.5)
+        assert conn.is_closed()
+        await shard_pool.close_connection(conn)  # a second time: nothing to do
+    finally:
+        os.kill(backend, signal.SIGCONT)
