@@ -90,7 +90,7 @@ class Catalog:
             await migrate(conn)
             await conn.execute(shard_query("settings_set_slots"), str(await self.slot_count()))
         finally:
-            await conn.close()
+            await shard_pool.close_connection(conn)
         try:
             await self.pool.execute(q("shard_add"), shard_id, dsn)
         except asyncpg.UniqueViolationError as exc:
@@ -106,7 +106,7 @@ class Catalog:
             try:
                 applied[shard.id] = await migrate(shard_conn)
             finally:
-                await shard_conn.close()
+                await shard_pool.close_connection(shard_conn)
         return applied
 
     async def set_dsn(self, shard_id: str, dsn: str) -> None:
@@ -130,7 +130,7 @@ class Catalog:
                     shard_query("slots_own"), [r["slot"] for r in rows], [r["epoch"] for r in rows]
                 )
             finally:
-                await shard_conn.close()
+                await shard_pool.close_connection(shard_conn)
             await conn.fetchval(q("map_version_bump"))
 
     async def spread(self) -> None:
@@ -180,4 +180,4 @@ async def ensure_database(server: PostgresServer, name: str) -> None:
         if not await conn.fetchval(q("database_exists"), name):
             await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
-        await conn.close()
+        await shard_pool.close_connection(conn)

@@ -23,7 +23,7 @@ import asyncpg
 from coordinator import operations
 from coordinator.catalog import Catalog
 from shard.errors import ShardflowError
-from shard.pool import SCHEMA_PARAM
+from shard.pool import SCHEMA_PARAM, close_connection
 from shard.queries import parse
 
 q = parse(resources.files("coordinator").joinpath("sql", "citus.sql").read_text("utf-8"))
@@ -95,7 +95,7 @@ async def init(
         if not without_citus:
             await conn.execute(q["schema_sharding_off"])  # the catalog stays local
     finally:
-        await conn.close()
+        await close_connection(conn)
     layout = Layout(dsn, {s: shard_dsn(dsn, f"shardflow_{s}") for s in ids})
     catalog = await Catalog.connect(dsn, pool_size=1)
     try:
@@ -107,5 +107,5 @@ async def init(
         try:
             await conn.execute(q["rebalance_start"])
         finally:
-            await conn.close()
+            await close_connection(conn)
     return layout

@@ -39,7 +39,7 @@ class LocalShard:
         try:
             await migrate(conn)
         finally:
-            await conn.close()
+            await shard_pool.close_connection(conn)
 
     def spawn_executor(
         self, *extra: str, env: dict[str, str] | None = None
@@ -68,7 +68,7 @@ class LocalShard:
                     return
                 await asyncio.sleep(0.1)
         finally:
-            await conn.close()
+            await shard_pool.close_connection(conn)
         raise TimeoutError(f"no executor registered workflow {name} within {timeout} s")
 
     def stop_executors(self) -> None:

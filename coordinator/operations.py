@@ -139,7 +139,7 @@ async def define_workflow(catalog: Catalog, name: str, definition: str) -> str:
         except asyncpg.InvalidParameterValueError as exc:
             raise CatalogError(f"workflow {name} refused: {exc}") from None
         finally:
-            await conn.close()
+            await shard_pool.close_connection(conn)
         await catalog.registry_add(shard.id, [(name, version)])
         versions.add(version)
     if not versions:
