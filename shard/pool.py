@@ -12,6 +12,7 @@ connection to another schema rewrites that qualifier in every statement it sends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 from typing import Any
@@ -81,30 +82,21 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 
 
 async def close_connection(conn: asyncpg.Connection | None, timeout: float = 5.0) -> None:
-    """Close ``conn`` politely if it answers within ``timeout``, else drop it: either way
-    its socket is closed now, never left to the garbage collector (a connection whose
-    server was killed, or one that failed halfway through being set up). A failure to
-    close politely is not raised: the connection is gone either way."""
-    if conn is None:
-        return
-    try:
-        await conn.close(timeout=timeout)
-    except BaseException as exc:
-        conn.terminate()
-        if not isinstance(exc, Exception):
-            raise  # cancelled: dropped, and the cancellation goes on
+    """Close ``conn`` within ``timeout`` without raising. When the polite close fails or
+    times out (a server that died or hangs), asyncpg drops the socket itself, so the
+    connection is gone either way and the caller's own error, if any, is the one that
+    propagates. Cancellation still propagates."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=timeout)
 
 
 async def close_pool(pool: asyncpg.Pool | None, timeout: float = 10.0) -> None:
-    """``close_connection`` for a pool: every connection it holds is closed or dropped."""
-    if pool is None:
-        return
-    try:
-        await asyncio.wait_for(pool.close(), timeout)
-    except BaseException as exc:
-        pool.terminate()
-        if not isinstance(exc, Exception):
-            raise
+    """``close_connection`` for a pool (asyncpg terminates a pool whose close fails or is
+    cancelled by the timeout)."""
+    if pool is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pool.close(), timeout)
 
 
 # A batch this small means a quiet process: its statement goes on the connection that

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -36,6 +37,15 @@ async def backends_that_ran(pool: asyncpg.Pool, pattern: str) -> set[int]:
         pattern,
     )
     return {r["pid"] for r in rows}
+
+
+def reattached(executor: Executor, old: asyncpg.Connection) -> Callable[[], Awaitable[bool]]:
+    """A check for ``until``: the executor listens on a new liveness connection."""
+
+    async def check() -> bool:
+        return executor.store.listener not in (None, old)
+
+    return check
 
 
 async def test_a_router_starts_on_its_listener_and_falls_back_to_the_pool(
@@ -98,10 +108,7 @@ async def test_an_executor_flushes_on_its_liveness_connection_and_survives_losin
     # through the pool meanwhile, and then on its new liveness connection.
     await client.pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
 
-    async def reattached() -> bool:
-        return executor.store.listener not in (None, listener)
-
-    await until(reattached, what="the executor to re-attach")
+    await until(reattached(executor, listener), what="the executor to re-attach")
     for i in range(2, 5):
         wid = await client.start("w3", make_input(i))
         assert (await client.wait(wid, 30))["status"] == "completed"
@@ -123,10 +130,7 @@ async def test_a_failed_reattach_closes_its_half_made_connection(client: ShardCl
         assert listener is not None
         await client.pool.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
 
-        async def reattached() -> bool:
-            return executor.store.listener not in (None, listener)
-
-        await until(reattached, what="the executor to re-attach")
+        await until(reattached(executor, listener), what="the executor to re-attach")
         assert faults.hits["executor_registered"] == 3  # start, the failed try, the good one
         renewed = executor.store.listener
         assert renewed is not None
