@@ -331,27 +331,23 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:
-        kind = _unreached(exc)
-        if kind is None:
+        unreached = _unreached(exc)
+        if unreached is None:
             raise
-        if kind == "file_error":
-            assert isinstance(exc, OSError)
-            what = f"cannot use {exc.filename}: {exc.strerror}"
-        else:
-            where = "cannot listen" if kind == "address_in_use" else "cannot reach a server"
-            what = f"{where}: {exc!r}"
+        kind, what = unreached
         print(f"shardflow: error [{kind}]: {what}", file=sys.stderr)
         code = 2
     sys.exit(code)
 
 
-def _unreached(exc: BaseException) -> str | None:
-    """The stable code of a failure to reach a server, to listen or to use a file or folder
-    (an OSError naming it), else None (a bug, which keeps its traceback)."""
+def _unreached(exc: BaseException) -> tuple[str, str] | None:
+    """The stable code and the message of a failure to reach a server, to listen or to use
+    a file or folder (an OSError naming it), else None (a bug, which keeps its traceback)."""
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return "address_in_use"
+        return "address_in_use", f"cannot listen: {exc!r}"
     if isinstance(exc, OSError) and exc.filename is not None:
-        return "file_error"  # a file or folder given or made here, not a connection
+        # a file or folder given or made here, not a connection
+        return "file_error", f"cannot use {exc.filename}: {exc.strerror}"
     if is_unavailable(exc):
-        return "unavailable"
+        return "unavailable", f"cannot reach a server: {exc!r}"
     return None
