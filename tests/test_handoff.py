@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from examples.bench import make_input
-from shard.client import ShardClient, StartRequest
+from shard.client import ShardClient, StartRequest, start_many_on
 from shard.store import ShardStore
 
 OPEN = """INSERT INTO shardflow.executors (owner, lock_key, lease_until, kinds, handoff_until)
@@ -225,3 +225,37 @@ async def test_a_hand_off_whose_notify_never_came_goes_back_to_the_queue(
     assert executor.metrics.handoffs.labels("lost")._value.get() == 1
     async with client.pool.acquire() as conn:
         assert await conn.fetchval("SELECT lease_epoch FROM shardflow.workflows") == 3
+
+
+async def test_a_start_reads_the_queue_backlog_by_key_whatever_its_plan_was_made_on(
+    client: ShardClient, dsn: str
+):
+    """A start on a connection whose plan was made while the shard was empty (a router's
+    pooled connection) reads workflows by key only: the kinds of the due entries, and the
+    row of an ID already taken. It never reads the whole table, however large it is by
+    then (until a vacuum made Postgres plan again, every start read all of it)."""
+    await ShardStore(client.pool).registry_add([("w3", "1", 30.0)])
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(OPEN, "stand-in", 44, ["w3@1"])
+        await start_many_on(conn, [StartRequest("w3", make_input(0), "first")])  # plan made
+        await conn.execute(
+            "INSERT INTO shardflow.workflows (id, slot, routing_key, name, version, status,"
+            " input) SELECT 'old-' || g, 0, 'old-' || g, 'w3', '1', 'pending', '{}'"
+            " FROM generate_series(1, 5000) g;"
+            "INSERT INTO shardflow.ready (workflow_id, slot, run_at)"
+            " VALUES ('old-1', 0, now() - interval '1 second')"
+        )
+        async with conn.transaction():
+            later = [StartRequest("w3", make_input(i), f"later-{i}") for i in range(5)]
+            again = StartRequest("w3", make_input(0), "first")  # its ID taken: a repeat
+            results = await start_many_on(conn, [*later, again])
+            scans = await conn.fetchval(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'workflows'"
+            )
+        assert scans == 0
+        assert [r.created for r in results] == [True] * 5 + [False]
+        # The due entry of its own kind held the executor back: the starts queued behind it.
+        assert (await _status(client, "later-0"))["status"] == "pending"
+    finally:
+        await conn.close()

@@ -63,24 +63,30 @@ BEGIN
             AND k.slot NOT IN (SELECT o.slot FROM owned o)
             THEN 'slot_moved' END) AS issue
         FROM keyed k
-    ), takers AS (
+    ), due_kinds AS MATERIALIZED (
+        -- The kinds of the due workflows an executor would claim (a limited name waiting
+        -- for room, or a kind nobody runs, is left to its claim): up to 50 due entries,
+        -- never a scan of a long queue, each name read by its key. Computed once per
+        -- statement, as are the takers: inlined, both ran again for every start of a
+        -- batch, and a plan made while the tables were small hash-joined the whole of
+        -- workflows whenever the queue held a due entry.
+        SELECT DISTINCT d.kind FROM (
+            SELECT (SELECT w.name || '@' || w.version FROM shardflow.workflows w
+                    WHERE w.id = q.workflow_id
+                      AND NOT EXISTS (SELECT 1 FROM shardflow.limits l WHERE l.name = w.name)
+                   ) AS kind
+            FROM shardflow.ready q WHERE q.run_at <= now() LIMIT 50) d
+        WHERE d.kind IS NOT NULL
+    ), takers AS MATERIALIZED (
         -- Executors taking hand-offs now; not one while due workflows of its own kinds
         -- queue (a backlog is claimed in order), and none for a name with concurrency
-        -- limits (claims count them, below). Due entries it could not claim do not hold it
-        -- back: a kind it does not run (an old version whose executors are gone), or a
-        -- limited name waiting for room. Up to 50 due entries are looked at, never a scan
-        -- of a long queue; an executor whose first 50 are all such entries still takes.
+        -- limits (claims count them, below). An executor whose first 50 due entries are
+        -- all of kinds it cannot claim still takes.
         SELECT e.owner, e.lock_key, e.kinds, e.lease_until,
                greatest(coalesce(e.handoff_room, 1), 1) AS room
         FROM shardflow.executors e
         WHERE e.handoff_until > now()
-          AND NOT EXISTS (
-              SELECT 1
-              FROM (SELECT q.workflow_id FROM shardflow.ready q WHERE q.run_at <= now()
-                    LIMIT 50) d
-              JOIN shardflow.workflows w ON w.id = d.workflow_id
-              WHERE (w.name || '@' || w.version) = ANY (e.kinds)
-                AND NOT EXISTS (SELECT 1 FROM shardflow.limits l WHERE l.name = w.name))
+          AND NOT (e.kinds && ARRAY(SELECT k.kind FROM due_kinds k))
     ), placed AS (
         SELECT c.*, t.owner, t.lock_key, t.lease_until
         FROM checked c
@@ -132,7 +138,11 @@ BEGIN
            c.issue
     FROM checked c
     LEFT JOIN ins ON ins.id = c.id
-    LEFT JOIN shardflow.workflows w ON w.id = c.id AND ins.id IS NULL
+    -- A key probe per start that found its ID taken (LIMIT keeps the planner from making it
+    -- a join: a plan made while the shard was empty read the whole table at every start).
+    LEFT JOIN LATERAL (
+        SELECT w.status, w.name, w.input FROM shardflow.workflows w
+        WHERE w.id = c.id AND ins.id IS NULL LIMIT 1) w ON true
     CROSS JOIN (SELECT count(*) FROM ntf) AS n
     CROSS JOIN (SELECT count(*) FROM handoff) AS h
     ORDER BY c.ord;
