@@ -32,6 +32,15 @@ DECLARE
     -- planned again on every start (about 0.2 ms, more than the rest of a small batch).
     v_slots integer := (SELECT s.value::integer FROM shardflow.settings s WHERE s.key = 'slots');
 BEGIN
+    IF cardinality(p_ids) = 1 THEN
+        -- One start (every start at low load, and most children): the same writes and
+        -- answers, statement by statement. Postgres builds every node of the batch
+        -- query's plan at each run; for one row that was most of its cost.
+        RETURN QUERY SELECT * FROM shardflow.start_one(
+            p_ids[1], p_names[1], p_inputs[1], p_routing_keys[1], p_parents[1],
+            p_timeouts[1], p_priorities[1], coalesce(v_slots, 1024));
+        RETURN;
+    END IF;
     RETURN QUERY
     WITH input AS (
         SELECT t.*, coalesce(t.routing_key, t.id) AS key
@@ -146,6 +155,99 @@ BEGIN
     CROSS JOIN (SELECT count(*) FROM ntf) AS n
     CROSS JOIN (SELECT count(*) FROM handoff) AS h
     ORDER BY c.ord;
+END
+$$;
+
+-- One start of start_workflows (which calls it for a batch of one): the same checks,
+-- hand-off, writes and NOTIFYs as its batch query, in that order.
+CREATE OR REPLACE FUNCTION shardflow.start_one(
+    p_id text, p_name text, p_input jsonb, p_routing_key text, p_parent text,
+    p_timeout double precision, p_priority integer, p_slots integer)
+RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
+               problem text)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_key text := coalesce(p_routing_key, p_id);
+    v_version text;
+    v_timeout double precision;
+    v_kind text;
+    v_owner text;
+    v_lock bigint;
+    v_until timestamptz;
+    v_status text;
+    v_name text;
+    v_input jsonb;
+BEGIN
+    id := p_id;
+    slot := shardflow.slot_of(v_key, p_slots);
+    created := false;
+    SELECT g.version, g.timeout_s INTO v_version, v_timeout FROM shardflow.registry g
+    WHERE g.name = p_name ORDER BY g.registered_at DESC, g.version DESC LIMIT 1;
+    problem := CASE
+        WHEN v_version IS NULL THEN 'unknown_workflow'
+        WHEN p_id IS NULL OR length(p_id) NOT BETWEEN 1 AND 200
+             OR p_id ~ '[[:cntrl:]]' THEN 'invalid_id'
+        WHEN length(v_key) NOT BETWEEN 1 AND 200 THEN 'invalid_routing_key'
+    END;
+    IF problem IS NULL THEN
+        -- FOR SHARE, as in the batch query: a slot move's fence waits for this start.
+        PERFORM FROM shardflow.slots s WHERE s.slot = start_one.slot AND s.state = 'owned'
+        FOR SHARE;
+        IF NOT FOUND AND EXISTS (SELECT FROM shardflow.slots) THEN
+            problem := 'slot_moved';
+        END IF;
+    END IF;
+    IF problem IS NULL THEN
+        v_kind := p_name || '@' || v_version;
+        IF octet_length(p_input::text) <= 2000
+           AND NOT EXISTS (SELECT FROM shardflow.limits l WHERE l.name = p_name) THEN
+            SELECT e.owner, e.lock_key, e.lease_until INTO v_owner, v_lock, v_until
+            FROM shardflow.executors e
+            WHERE e.handoff_until > now() AND v_kind = ANY (e.kinds)
+              AND NOT (e.kinds && ARRAY(
+                  SELECT DISTINCT d.kind FROM (
+                      SELECT (SELECT w.name || '@' || w.version FROM shardflow.workflows w
+                              WHERE w.id = q.workflow_id
+                                AND NOT EXISTS (
+                                    SELECT FROM shardflow.limits l WHERE l.name = w.name)
+                             ) AS kind
+                      FROM shardflow.ready q WHERE q.run_at <= now() LIMIT 50) d
+                  WHERE d.kind IS NOT NULL))
+            ORDER BY -ln(1.0 - random()) / greatest(coalesce(e.handoff_room, 1), 1)
+            LIMIT 1;
+        END IF;
+        INSERT INTO shardflow.workflows AS w
+            (id, slot, routing_key, name, version, status, input, parent, deadline, priority,
+             lease_owner, lease_epoch, lease_until)
+        VALUES (p_id, start_one.slot, v_key, p_name, v_version,
+                CASE WHEN v_owner IS NULL THEN 'pending' ELSE 'running' END, p_input,
+                p_parent, now() + make_interval(secs => coalesce(p_timeout, v_timeout)),
+                coalesce(p_priority, 0), v_owner,
+                CASE WHEN v_owner IS NULL THEN 0 ELSE 1 END, v_until)
+        ON CONFLICT ON CONSTRAINT workflows_pkey DO NOTHING
+        RETURNING w.status INTO v_status;
+        created := FOUND;
+        IF created AND v_owner IS NULL THEN
+            INSERT INTO shardflow.ready (workflow_id, slot, priority)
+            VALUES (p_id, start_one.slot, coalesce(p_priority, 0));
+            PERFORM pg_notify('shardflow_ready', '');
+        ELSIF created THEN
+            PERFORM pg_notify('shardflow_handoff_' || v_lock, '[' || json_build_array(
+                p_id, p_name, v_version, p_input::text, 1,
+                now() + make_interval(secs => coalesce(p_timeout, v_timeout)), now(),
+                v_key, p_parent, coalesce(p_priority, 0))::text || ']');
+        END IF;
+    END IF;
+    IF created THEN
+        status := v_status;
+        conflict := false;
+    ELSE
+        SELECT w.status, w.name, w.input INTO v_status, v_name, v_input
+        FROM shardflow.workflows w WHERE w.id = p_id;
+        status := v_status;
+        conflict := coalesce(v_name <> p_name OR v_input <> p_input, false);
+    END IF;
+    RETURN NEXT;
 END
 $$;
 
