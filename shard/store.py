@@ -167,11 +167,11 @@ class ShardStore:
         any record that is not plain (see the query).
 
         Without a claim and with plain records only (nearly every flush), the lean
-        ``checkpoint_flush_plain`` does the same writes."""
+        ``checkpoint_flush_plain`` does the same writes, and ``checkpoint_flush_one`` for
+        a single record."""
         if claim is None and all(r.plain for r in records):
-            rows = await self._flusher(len(records)).fetch(
-                query("checkpoint_flush_plain"), flush_payload(records)
-            )
+            lean = "checkpoint_flush_one" if len(records) == 1 else "checkpoint_flush_plain"
+            rows = await self._flusher(len(records)).fetch(query(lean), flush_payload(records))
             return {row["id"]: row["cancel_requested"] for row in rows}, []
         rows = await self._flusher(len(records)).fetch(
             query("checkpoint_flush"), *flush_args(records, claim)

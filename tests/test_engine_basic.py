@@ -16,7 +16,7 @@ from shard.client import StartResult, start_each_on, start_many_on
 from shard.committer import GroupCommitter
 from shard.errors import SlotMovedError
 from shard.faults import Faults
-from shard.model import ClaimRequest, StepRow, WorkflowRecord
+from shard.model import ClaimedWorkflow, ClaimRequest, StepRow, WorkflowRecord
 from shard.queries import query
 from shard.slots import slot_of
 from shard.store import ShardStore, flush_args, flush_payload
@@ -263,37 +263,47 @@ async def test_a_checkpoint_flush_writes_exactly_what_it_was_given(client: Shard
 
 
 async def test_the_plain_flush_writes_what_the_full_one_does(client: ShardClient, dsn: str):
-    """A flush of plain records without a claim takes the lean statement: the same rows,
-    the same outcome notification and the same fence as the full one (forced here by a
-    claim of nothing riding it)."""
+    """A flush of plain records without a claim takes a lean statement (flush_one for a
+    single record, checkpoint_flush_plain for more): the same rows, the same outcome
+    notification and the same fence as the full one (forced here by a claim of nothing
+    riding it)."""
     store = ShardStore(client.pool)
     await store.registry_add([("w3", "1", None)])
-    await client.start_many([StartRequest("w3", make_input(i)) for i in range(2)])
-    plain, full = await store.workflow_claim_batch(ClaimRequest("t-owner", 10, 30.0))
+    await client.start_many([StartRequest("w3", make_input(i)) for i in range(4)])
+    claimed = await store.workflow_claim_batch(ClaimRequest("t-owner", 10, 30.0))
+    alone, plain, other, full = claimed
     nothing = ClaimRequest("t-owner", 0, 30.0)
     started = datetime(2026, 11, 26, 1, 2, 3, 456789, tzinfo=UTC)
+
+    def record(c: ClaimedWorkflow, seq: int) -> WorkflowRecord:
+        last = seq == 2
+        return WorkflowRecord(
+            c.id,
+            c.epoch,
+            seq + 1,
+            0,
+            status="completed" if last else "running",
+            output='{"done": "caf\u00e9"}' if last else None,
+            steps=[StepRow(seq, f"s{seq}", "completed", str(seq), None, 1, started)],
+        )
+
     notes: list[str] = []
     listener = await asyncpg.connect(dsn)
     await listener.add_listener("shardflow_done", lambda *args: notes.append(args[3]))
     try:
-        for c, claim in ((plain, None), (full, nothing)):
-            stale = WorkflowRecord(c.id, c.epoch - 1, 1, 0, status="completed", output="1")
-            assert await store.checkpoint_flush([stale], claim) == ({}, [])
+        for batch, claim in (([alone], None), ([plain, other], None), ([full], nothing)):
+            stale = [
+                WorkflowRecord(c.id, c.epoch - 1, 1, 0, status="completed", output="1")
+                for c in batch
+            ]
+            assert await store.checkpoint_flush(stale, claim) == ({}, [])
             for seq in range(3):
-                last = seq == 2
-                record = WorkflowRecord(
-                    c.id,
-                    c.epoch,
-                    seq + 1,
-                    0,
-                    status="completed" if last else "running",
-                    output='{"done": "caf\u00e9"}' if last else None,
-                    steps=[StepRow(seq, f"s{seq}", "completed", str(seq), None, 1, started)],
-                )
-                assert record.plain
-                assert await store.checkpoint_flush([record], claim) == ({c.id: False}, [])
+                records = [record(c, seq) for c in batch]
+                assert all(r.plain for r in records)
+                applied = {c.id: False for c in batch}
+                assert await store.checkpoint_flush(records, claim) == (applied, [])
         for _ in range(200):
-            if len(notes) == 2:
+            if len(notes) == 3:
                 break
             await asyncio.sleep(0.01)
     finally:
@@ -306,13 +316,13 @@ async def test_the_plain_flush_writes_what_the_full_one_does(client: ShardClient
             "ORDER BY s.seq) AS steps "
             "FROM shardflow.workflows w JOIN shardflow.steps s ON s.workflow_id = w.id "
             "WHERE w.id = ANY ($1) GROUP BY w.id",
-            [plain.id, full.id],
+            [c.id for c in claimed],
         )
     by_id = {row["id"]: dict(row) | {"id": None} for row in rows}
-    assert by_id[plain.id] == by_id[full.id]
-    assert by_id[plain.id]["status"] == "completed" and by_id[plain.id]["finished"]
+    assert by_id[alone.id] == by_id[plain.id] == by_id[other.id] == by_id[full.id]
+    assert by_id[full.id]["status"] == "completed" and by_id[full.id]["finished"]
     outcomes = {item[0]: item[1:] for note in notes for item in json.loads(note)}
-    assert outcomes == {wid: ["completed", '{"done": "café"}', None] for wid in (plain.id, full.id)}
+    assert outcomes == {c.id: ["completed", '{"done": "café"}', None] for c in claimed}
 
 
 def test_plain_records_are_those_that_touch_no_other_row():

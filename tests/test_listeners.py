@@ -27,7 +27,7 @@ from tests.waiting import until
 # Words of each statement, as pg_stat_activity shows the last one a backend ran (a flush is
 # the lean one or, when a claim rides it, the full one).
 START = r"\$8: partial"
-FLUSH = "The checkpoint flush of the common case|^-- Group commit"
+FLUSH = r"The checkpoint flush of the common case|^-- Group commit|shardflow\.flush_one\("
 
 
 async def backends_that_ran(pool: asyncpg.Pool, pattern: str) -> set[int]:

@@ -211,6 +211,10 @@ SELECT true, c.*, NULL FROM claimed c;
 )
 SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fenced f;
 
+-- name: checkpoint_flush_one
+-- checkpoint_flush_plain for one record ($1, the same JSON array): shardflow.flush_one.
+SELECT id, cancel_requested, notified FROM shardflow.flush_one($1::json);
+
 -- name: workflow_lock_for_step
 -- Fence a transactional step: lock the workflow row under the lease epoch.
 -- The workflow's slot and ID are set for the transaction: app tables can default to them.
