@@ -43,6 +43,9 @@ def request(
         return err.code, json.loads(err.read() or b"null")
 
 
+READY = "shardflow dev cluster"
+
+
 class Dev:
     def __init__(self, data: Path, *extra: str) -> None:
         self.data = data
@@ -51,7 +54,14 @@ class Dev:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def banners(self) -> int:
+        """How many times a run of ``shardflow dev`` said it was ready (its welcome table,
+        printed once every shard's executor has registered its workflows)."""
+        out = self.data / "dev.out"
+        return out.read_text(errors="replace").count(READY) if out.exists() else 0
+
     def start(self) -> None:
+        ready_before = self.banners()
         log = open(self.data / "dev.out", "ab")  # noqa: SIM115 - closed in stop()
         self.log = log
         self.proc = subprocess.Popen(
@@ -85,7 +95,14 @@ class Dev:
         while time.monotonic() < deadline:
             try:
                 code, doc = request(self.url + "/v1/cluster", timeout=2)
-                if code == 200 and "w3" in doc["workflows"] and len(doc["shards"]) == 2:
+                # The router answers before every executor registered: a start of a name
+                # only one shard knows yet would be refused. The banner comes after.
+                if (
+                    code == 200
+                    and "w3" in doc["workflows"]
+                    and len(doc["shards"]) == 2
+                    and self.banners() > ready_before
+                ):
                     return
             except (OSError, ValueError):
                 pass
