@@ -14,6 +14,46 @@ RETURNS integer LANGUAGE sql STABLE AS $$
     SELECT coalesce((SELECT value::integer FROM shardflow.settings WHERE key = 'slots'), 1024)
 $$;
 
+-- Why a start cannot be made, or NULL: the problems start_workflows and start_one report.
+CREATE OR REPLACE FUNCTION shardflow.start_problem(p_id text, p_key text, p_version text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_version IS NULL THEN 'unknown_workflow'
+        WHEN p_id IS NULL OR length(p_id) NOT BETWEEN 1 AND 200
+             OR p_id ~ '[[:cntrl:]]' THEN 'invalid_id'
+        WHEN length(p_key) NOT BETWEEN 1 AND 200 THEN 'invalid_routing_key'
+    END
+$$;
+
+-- The kinds of due workflows that hold hand-offs back: an executor running any of them
+-- takes none (a backlog is claimed in order). A limited name waiting for room, or a kind
+-- nobody runs, is left to its claim and holds nothing back. Up to 50 due entries, never a
+-- scan of a long queue, each name read by its key (plpgsql: its plan is kept per session).
+CREATE OR REPLACE FUNCTION shardflow.handoff_held_kinds()
+RETURNS text[] LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT DISTINCT d.kind FROM (
+            SELECT (SELECT w.name || '@' || w.version FROM shardflow.workflows w
+                    WHERE w.id = q.workflow_id
+                      AND NOT EXISTS (SELECT FROM shardflow.limits l WHERE l.name = w.name)
+                   ) AS kind
+            FROM shardflow.ready q WHERE q.run_at <= now() LIMIT 50) d
+        WHERE d.kind IS NOT NULL);
+END
+$$;
+
+-- One item of a hand-off NOTIFY: what a claim would return (the columns of
+-- ClaimedWorkflow, shard/executor.py _on_handoff), as a JSON array.
+CREATE OR REPLACE FUNCTION shardflow.handoff_item(
+    p_id text, p_name text, p_version text, p_input jsonb, p_timeout double precision,
+    p_key text, p_parent text, p_priority integer)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT json_build_array(p_id, p_name, p_version, p_input::text, 1,
+                            now() + make_interval(secs => p_timeout), now(),
+                            p_key, p_parent, coalesce(p_priority, 0))::text
+$$;
+
 -- Start many workflows in one statement (the hot path of every start).
 -- Idempotent by ID: an existing ID with the same name and input comes back with
 -- created = false; with another input, conflict = true. A batch with any problem
@@ -50,12 +90,7 @@ BEGIN
     ), keyed AS (
         SELECT i.*, shardflow.slot_of(i.key, coalesce(v_slots, 1024)) AS slot,
                r.version, coalesce(i.timeout_s, r.timeout_s) AS timeout,
-               CASE
-                 WHEN r.version IS NULL THEN 'unknown_workflow'
-                 WHEN i.id IS NULL OR length(i.id) NOT BETWEEN 1 AND 200
-                      OR i.id ~ '[[:cntrl:]]' THEN 'invalid_id'
-                 WHEN length(i.key) NOT BETWEEN 1 AND 200 THEN 'invalid_routing_key'
-               END AS problem
+               shardflow.start_problem(i.id, i.key, r.version) AS problem
         FROM input i
         LEFT JOIN LATERAL (
             SELECT g.version, g.timeout_s FROM shardflow.registry g WHERE g.name = i.name
@@ -72,30 +107,17 @@ BEGIN
             AND k.slot NOT IN (SELECT o.slot FROM owned o)
             THEN 'slot_moved' END) AS issue
         FROM keyed k
-    ), due_kinds AS MATERIALIZED (
-        -- The kinds of the due workflows an executor would claim (a limited name waiting
-        -- for room, or a kind nobody runs, is left to its claim): up to 50 due entries,
-        -- never a scan of a long queue, each name read by its key. Computed once per
-        -- statement, as are the takers: inlined, both ran again for every start of a
-        -- batch, and a plan made while the tables were small hash-joined the whole of
-        -- workflows whenever the queue held a due entry.
-        SELECT DISTINCT d.kind FROM (
-            SELECT (SELECT w.name || '@' || w.version FROM shardflow.workflows w
-                    WHERE w.id = q.workflow_id
-                      AND NOT EXISTS (SELECT 1 FROM shardflow.limits l WHERE l.name = w.name)
-                   ) AS kind
-            FROM shardflow.ready q WHERE q.run_at <= now() LIMIT 50) d
-        WHERE d.kind IS NOT NULL
     ), takers AS MATERIALIZED (
-        -- Executors taking hand-offs now; not one while due workflows of its own kinds
-        -- queue (a backlog is claimed in order), and none for a name with concurrency
-        -- limits (claims count them, below). An executor whose first 50 due entries are
-        -- all of kinds it cannot claim still takes.
+        -- Executors taking hand-offs now, but none holding kinds that are due in the
+        -- queue, and none for a name with concurrency limits (claims count them, below).
+        -- Computed once per statement: inlined, this ran again for every start of a batch,
+        -- and a plan made while the tables were small hash-joined the whole of workflows
+        -- whenever the queue held a due entry.
         SELECT e.owner, e.lock_key, e.kinds, e.lease_until,
                greatest(coalesce(e.handoff_room, 1), 1) AS room
         FROM shardflow.executors e
         WHERE e.handoff_until > now()
-          AND NOT (e.kinds && ARRAY(SELECT k.kind FROM due_kinds k))
+          AND NOT (e.kinds && (SELECT shardflow.handoff_held_kinds()))
     ), placed AS (
         SELECT c.*, t.owner, t.lock_key, t.lease_until
         FROM checked c
@@ -132,9 +154,8 @@ BEGIN
         SELECT p.lock_key, p.item,
                sum(length(p.item)) OVER (PARTITION BY p.lock_key ORDER BY p.id) / 7000 AS part
         FROM (SELECT DISTINCT ON (c.id) c.lock_key, c.id,
-                     json_build_array(c.id, c.name, c.version, c.input::text, 1,
-                                      now() + make_interval(secs => c.timeout), now(),
-                                      c.key, c.parent, coalesce(c.priority, 0))::text AS item
+                     shardflow.handoff_item(c.id, c.name, c.version, c.input, c.timeout,
+                                            c.key, c.parent, c.priority) AS item
               FROM placed c JOIN ins ON ins.id = c.id AND ins.lease_owner = c.owner
               ORDER BY c.id, c.ord) p
     ), handoff AS (
@@ -183,12 +204,7 @@ BEGIN
     created := false;
     SELECT g.version, g.timeout_s INTO v_version, v_timeout FROM shardflow.registry g
     WHERE g.name = p_name ORDER BY g.registered_at DESC, g.version DESC LIMIT 1;
-    problem := CASE
-        WHEN v_version IS NULL THEN 'unknown_workflow'
-        WHEN p_id IS NULL OR length(p_id) NOT BETWEEN 1 AND 200
-             OR p_id ~ '[[:cntrl:]]' THEN 'invalid_id'
-        WHEN length(v_key) NOT BETWEEN 1 AND 200 THEN 'invalid_routing_key'
-    END;
+    problem := shardflow.start_problem(p_id, v_key, v_version);
     IF problem IS NULL THEN
         -- FOR SHARE, as in the batch query: a slot move's fence waits for this start.
         PERFORM FROM shardflow.slots s WHERE s.slot = start_one.slot AND s.state = 'owned'
@@ -204,15 +220,7 @@ BEGIN
             SELECT e.owner, e.lock_key, e.lease_until INTO v_owner, v_lock, v_until
             FROM shardflow.executors e
             WHERE e.handoff_until > now() AND v_kind = ANY (e.kinds)
-              AND NOT (e.kinds && ARRAY(
-                  SELECT DISTINCT d.kind FROM (
-                      SELECT (SELECT w.name || '@' || w.version FROM shardflow.workflows w
-                              WHERE w.id = q.workflow_id
-                                AND NOT EXISTS (
-                                    SELECT FROM shardflow.limits l WHERE l.name = w.name)
-                             ) AS kind
-                      FROM shardflow.ready q WHERE q.run_at <= now() LIMIT 50) d
-                  WHERE d.kind IS NOT NULL))
+              AND NOT (e.kinds && (SELECT shardflow.handoff_held_kinds()))
             ORDER BY -ln(1.0 - random()) / greatest(coalesce(e.handoff_room, 1), 1)
             LIMIT 1;
         END IF;
@@ -232,10 +240,9 @@ BEGIN
             VALUES (p_id, start_one.slot, coalesce(p_priority, 0));
             PERFORM pg_notify('shardflow_ready', '');
         ELSIF created THEN
-            PERFORM pg_notify('shardflow_handoff_' || v_lock, '[' || json_build_array(
-                p_id, p_name, v_version, p_input::text, 1,
-                now() + make_interval(secs => coalesce(p_timeout, v_timeout)), now(),
-                v_key, p_parent, coalesce(p_priority, 0))::text || ']');
+            PERFORM pg_notify('shardflow_handoff_' || v_lock, '[' || shardflow.handoff_item(
+                p_id, p_name, v_version, p_input, coalesce(p_timeout, v_timeout), v_key,
+                p_parent, p_priority) || ']');
         END IF;
     END IF;
     IF created THEN
