@@ -185,7 +185,8 @@ async def rebalance(args: argparse.Namespace) -> int:
         url = cluster.router_urls[0]
         load = ["--mode", "closed", "--clients", str(args.clients)]
         await _loadgen(url, *load, "--seconds", "3")
-        steady = (await _loadgen(url, *load, "--seconds", str(args.seconds))).summary
+        steady_phase = await _loadgen(url, *load, "--seconds", str(args.seconds))
+        steady = steady_phase.summary
         print(f"steady on 2 shards: {brief(steady)}", flush=True)
         (server,) = cluster.pg.start("shard2")
         dsn = server.dsn(DATABASE)
@@ -232,11 +233,13 @@ async def rebalance(args: argparse.Namespace) -> int:
             t1 = time.time()
             await asyncio.sleep(max(0.0, phase_t0 + args.seconds - time.time()))
             moved.set()
-            during = (await moving).summary
+            during_phase = await moving
+            during = during_phase.summary
             print(f"during the move: {brief(during)}", flush=True)
             # The same load on the grown cluster, once every slot moved: what three shards
             # do on this machine, to tell the cost of moving from the cost of a third shard.
-            after = (await _loadgen(url, *load, "--seconds", str(args.seconds))).summary
+            after_phase = await _loadgen(url, *load, "--seconds", str(args.seconds))
+            after = after_phase.summary
             print(f"after the move, 3 shards: {brief(after)}", flush=True)
             pauses = sorted(
                 float(r["pause_ms"])
@@ -253,6 +256,14 @@ async def rebalance(args: argparse.Namespace) -> int:
     in_move = rate_between(during, t0, t1)
     phases = (steady, during, after)
     print(f"{planned} slots moved in {move_s:.1f} s", flush=True)
+    named = {"steady": steady_phase, "during": during_phase, "after": after_phase}
+    cpu = {name: phase.ms_per_wf() for name, phase in named.items()}
+    for name, phase in named.items():
+        print(
+            f"{name}: {phase.cpu / phase.summary['seconds']:.2f} cores busy; CPU ms per "
+            "workflow by part: " + ", ".join(f"{k} {v}" for k, v in cpu[name].items()),
+            flush=True,
+        )
     print(
         json.dumps(
             {
@@ -274,6 +285,9 @@ async def rebalance(args: argparse.Namespace) -> int:
                 # 0: the shards share the machine; else each one's CPU cap, in cores.
                 "cpu_per_shard": args.cpu_per_shard,
                 "capped_cpu_s": caps.used,
+                # CPU ms per completed workflow of every Shardflow process in each load
+                # phase (the one around the move includes its copies, deletes and vacuums).
+                "cpu_ms_per_wf": {name: per["all"] for name, per in cpu.items()},
                 "during_per_second": during["per_second"],
                 "errors": sum(phase["errors"] for phase in phases),
                 "lost": sum(

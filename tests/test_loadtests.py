@@ -368,6 +368,8 @@ def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing(cpu_per_shard
     assert out["phase_wf_per_s"] > 0 and 0 < out["move_seconds"] < 240
     assert out["pause_p99_ms"] >= out["pause_p50_ms"] > 0
     assert len(out["during_per_second"]) >= 1 and sum(out["during_per_second"]) > 0
+    assert sorted(out["cpu_ms_per_wf"]) == ["after", "during", "steady"]
+    assert all(ms > 0 for ms in out["cpu_ms_per_wf"].values())
 
 
 def test_rate_between_cuts_a_window_out_of_a_timeline() -> None:

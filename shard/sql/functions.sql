@@ -601,13 +601,17 @@ $$;
 
 -- Rows of a slot as JSON, for the copy to the target: finished workflows up to
 -- p_before (pre-copy, while the slot is served), or everything else (after fencing).
+-- json, not jsonb: json_agg writes each row's text as it goes, where to_jsonb and
+-- jsonb_agg built a binary tree of every value first, then printed it (a slot's export
+-- took three times as long, and a move's export was its largest cost; docs/benchmarks.md).
 CREATE OR REPLACE FUNCTION shardflow.export_slot(p_slot integer, p_before timestamptz,
                                                  p_finished boolean)
-RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+RETURNS json LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_ids text[];
-    v_colocated jsonb := '{}'::jsonb;
-    v_rows jsonb;
+    v_names text[] := '{}';
+    v_tables json[] := '{}';
+    v_rows json;
     r record;
 BEGIN
     SELECT coalesce(array_agg(w.id), '{}') INTO v_ids FROM shardflow.workflows w
@@ -618,23 +622,26 @@ BEGIN
                                 OR w.finished_at >= p_before)));
     IF NOT p_finished THEN
         FOR r IN SELECT table_name, slot_column FROM shardflow.colocated LOOP
-            EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(t)), ''[]'') FROM %s t WHERE %I = $1',
+            EXECUTE format('SELECT coalesce(json_agg(t), ''[]'') FROM %s t WHERE %I = $1',
                            r.table_name::regclass, r.slot_column)
                 INTO v_rows USING p_slot;
-            v_colocated := v_colocated || jsonb_build_object(r.table_name, v_rows);
+            v_names := v_names || r.table_name::text;
+            v_tables := v_tables || v_rows;
         END LOOP;
     END IF;
-    RETURN jsonb_build_object(
-        'workflows', (SELECT coalesce(jsonb_agg(to_jsonb(w)), '[]') FROM shardflow.workflows w
+    RETURN json_build_object(
+        'workflows', (SELECT coalesce(json_agg(w), '[]') FROM shardflow.workflows w
                       WHERE w.id = ANY (v_ids)),
-        'steps', (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM shardflow.steps s
+        'steps', (SELECT coalesce(json_agg(s), '[]') FROM shardflow.steps s
                   WHERE s.workflow_id = ANY (v_ids)),
-        'events', (SELECT coalesce(jsonb_agg(to_jsonb(e) - 'id' ORDER BY e.id), '[]')
-                   FROM shardflow.events e WHERE e.workflow_id = ANY (v_ids)),
-        'ready', (SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]') FROM shardflow.ready q
+        -- (each event's id is the source's: the import numbers them afresh, in this order)
+        'events', (SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM shardflow.events e
+                   WHERE e.workflow_id = ANY (v_ids)),
+        'ready', (SELECT coalesce(json_agg(q), '[]') FROM shardflow.ready q
                   WHERE q.workflow_id = ANY (v_ids)),
-        'registry', (SELECT coalesce(jsonb_agg(to_jsonb(g)), '[]') FROM shardflow.registry g),
-        'colocated', v_colocated);
+        'registry', (SELECT coalesce(json_agg(g), '[]') FROM shardflow.registry g),
+        'colocated', (SELECT coalesce(json_object_agg(n, t), '{}')
+                      FROM unnest(v_names, v_tables) AS c(n, t)));
 END
 $$;
 
