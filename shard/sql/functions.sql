@@ -603,7 +603,7 @@ $$;
 -- p_before (pre-copy, while the slot is served), or everything else (after fencing).
 -- json, not jsonb: json_agg writes each row's text as it goes, where to_jsonb and
 -- jsonb_agg built a binary tree of every value first, then printed it (a slot's export
--- took three times as long, and a move's export was its largest cost; docs/benchmarks.md).
+-- took 1.8 times as long, and was a move's largest cost; docs/benchmarks.md).
 CREATE OR REPLACE FUNCTION shardflow.export_slot(p_slot integer, p_before timestamptz,
                                                  p_finished boolean)
 RETURNS json LANGUAGE plpgsql STABLE AS $$
