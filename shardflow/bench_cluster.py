@@ -254,9 +254,9 @@ async def rebalance(args: argparse.Namespace) -> int:
 
     move_s = t1 - t0
     in_move = rate_between(during, t0, t1)
-    phases = (steady, during, after)
     print(f"{planned} slots moved in {move_s:.1f} s", flush=True)
     named = {"steady": steady_phase, "during": during_phase, "after": after_phase}
+    phases = [phase.summary for phase in named.values()]
     cpu = {name: phase.ms_per_wf() for name, phase in named.items()}
     for name, phase in named.items():
         print(

@@ -81,8 +81,9 @@ def _ids_per_shard(cluster: LiveCluster, n: int) -> list[str]:
     i = 0
     while any(len(v) < n for v in ids.values()):
         wid = f"limited-{i}"
-        if len(ids[cluster.shard_of(wid)]) < n:
-            ids[cluster.shard_of(wid)].append(wid)
+        group = ids[cluster.shard_of(wid)]
+        if len(group) < n:
+            group.append(wid)
         i += 1
     return [wid for group in ids.values() for wid in group]
 
