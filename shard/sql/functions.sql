@@ -262,6 +262,8 @@ $$;
 -- writes, fence and outcome NOTIFY of checkpoint_flush_plain (shard/sql/queries.sql) for a
 -- batch of one, statement by statement. Postgres builds every node of that query's plan at
 -- each run; at low load most flushes carry one record and that was most of their cost.
+-- A plain record is still running (steps only: the row is locked, not written) or
+-- finishes its workflow.
 CREATE OR REPLACE FUNCTION shardflow.flush_one(p_records json)
 RETURNS TABLE (id text, cancel_requested boolean, notified bigint)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
@@ -276,21 +278,29 @@ BEGIN
     FROM json_to_recordset(p_records) AS t(id text, epoch bigint, status text, output text,
         error text, run_at timestamptz, next_seq integer, seen_signal integer, parent text,
         steps json);
-    UPDATE shardflow.workflows w SET
-        status = r.status,
-        output = r.output::jsonb,
-        error = r.error::jsonb,
-        next_seq = greatest(w.next_seq, r.next_seq),
-        wake_at = r.run_at,
-        lease_owner = CASE WHEN r.status = 'running' THEN w.lease_owner END,
-        lease_until = CASE WHEN r.status = 'running' THEN w.lease_until END,
-        -- clock_timestamp(), not now(): see _flush_update in queries.sql.
-        finished_at = CASE WHEN r.status IN ('completed', 'failed', 'cancelled')
-                           THEN clock_timestamp() END,
-        updated_at = now()
-    WHERE w.id = r.id AND w.lease_epoch = r.epoch AND (w.status = 'running') IS TRUE
-    RETURNING w.status, w.cancel_requested, w.output, w.error
-    INTO v_status, cancel_requested, v_output, v_error;
+    IF r.status = 'running' THEN
+        -- Steps only (see checkpoint_flush_plain): lock the row under the same fence.
+        SELECT w.status, w.cancel_requested INTO v_status, cancel_requested
+        FROM shardflow.workflows w
+        WHERE w.id = r.id AND w.lease_epoch = r.epoch AND w.status = 'running'
+        FOR NO KEY UPDATE;
+    ELSE
+        UPDATE shardflow.workflows w SET
+            status = r.status,
+            output = r.output::jsonb,
+            error = r.error::jsonb,
+            next_seq = greatest(w.next_seq, r.next_seq),
+            wake_at = r.run_at,
+            lease_owner = NULL,
+            lease_until = NULL,
+            -- clock_timestamp(), not now(): see _flush_update in queries.sql.
+            finished_at = CASE WHEN r.status IN ('completed', 'failed', 'cancelled')
+                               THEN clock_timestamp() END,
+            updated_at = now()
+        WHERE w.id = r.id AND w.lease_epoch = r.epoch AND (w.status = 'running') IS TRUE
+        RETURNING w.status, w.cancel_requested, w.output, w.error
+        INTO v_status, cancel_requested, v_output, v_error;
+    END IF;
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -311,6 +321,24 @@ BEGIN
     id := r.id;
     RETURN NEXT;
 END
+$$;
+
+-- Where a workflow's code resumes (the seq of its next call): the row's next_seq is
+-- written with its state (a suspension, a finish, a transactional step), but a flush of
+-- plain steps in between only locks the row (checkpoint_flush_plain), so the step rows
+-- count too. One backward probe of the steps' key; claims, cancels and retries read it.
+CREATE OR REPLACE FUNCTION shardflow.resume_seq(p_id text, p_next_seq integer)
+RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT greatest(p_next_seq, (SELECT max(s.seq) + 1 FROM shardflow.steps s
+                                 WHERE s.workflow_id = p_id))
+$$;
+
+-- The last change of a workflow: its row's, or its last checkpoint's (a flush of plain
+-- steps leaves the row's updated_at as it was, see resume_seq).
+CREATE OR REPLACE FUNCTION shardflow.last_update(p_id text, p_updated_at timestamptz)
+RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT greatest(p_updated_at, (SELECT max(s.finished_at) FROM shardflow.steps s
+                                   WHERE s.workflow_id = p_id))
 $$;
 
 -- Raise the error for the first problem a start_workflows row reports.
@@ -362,7 +390,7 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
         'input', w.input, 'output', w.output, 'error', w.error - 'compensations',
         'attempt', w.attempt,
         'slot', w.slot, 'routing_key', w.routing_key, 'parent', w.parent,
-        'created_at', w.created_at, 'updated_at', w.updated_at,
+        'created_at', w.created_at, 'updated_at', shardflow.last_update(w.id, w.updated_at),
         'finished_at', w.finished_at, 'wake_at', w.wake_at,
         'steps', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
@@ -404,8 +432,10 @@ BEGIN
     FROM shardflow.workflows w WHERE w.id = p_id;
     UPDATE shardflow.workflows w
     SET cancel_requested = true, signal_seq = w.signal_seq + 1, updated_at = now(),
-        status = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN 'cancelled' ELSE w.status END,
-        finished_at = CASE WHEN w.status = 'pending' AND w.next_seq = 0 THEN clock_timestamp() END
+        status = CASE WHEN w.status = 'pending' AND shardflow.resume_seq(w.id, w.next_seq) = 0
+                      THEN 'cancelled' ELSE w.status END,
+        finished_at = CASE WHEN w.status = 'pending' AND shardflow.resume_seq(w.id, w.next_seq) = 0
+                           THEN clock_timestamp() END
     WHERE w.id = p_id AND w.status NOT IN ('completed', 'failed', 'cancelled')
     RETURNING w.id, w.slot, w.status, w.priority INTO r;
     IF NOT FOUND THEN
@@ -443,7 +473,8 @@ BEGIN
     -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
     -- then updates their workflows), so a claim under way and this never deadlock.
     PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
-    SELECT w.id, w.slot, w.status, w.error, w.next_seq, w.priority INTO r
+    SELECT w.id, w.slot, w.status, w.error, shardflow.resume_seq(w.id, w.next_seq) AS next_seq,
+           w.priority INTO r
     FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
@@ -462,7 +493,7 @@ BEGIN
     DELETE FROM shardflow.steps s WHERE s.workflow_id = p_id AND s.seq >= coalesce(cut, r.next_seq);
     UPDATE shardflow.workflows w
     SET status = 'pending', output = NULL, error = NULL, finished_at = NULL, attempt = 0,
-        next_seq = coalesce(cut, w.next_seq), lease_owner = NULL, lease_until = NULL,
+        next_seq = coalesce(cut, r.next_seq), lease_owner = NULL, lease_until = NULL,
         deadline = w.deadline + (now() - w.created_at), updated_at = now()
     WHERE w.id = p_id;
     INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
@@ -806,8 +837,8 @@ BEGIN
     FROM picked
     WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
     RETURNING w.id, w.name, w.version, w.input::text, w.lease_epoch, w.attempt,
-              w.next_seq, w.signal_seq, w.cancel_requested, w.deadline, w.created_at,
-              w.routing_key, w.parent, w.priority;
+              shardflow.resume_seq(w.id, w.next_seq), w.signal_seq, w.cancel_requested,
+              w.deadline, w.created_at, w.routing_key, w.parent, w.priority;
 END
 $$;
 

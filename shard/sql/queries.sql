@@ -1,6 +1,7 @@
 -- Named queries of the shard runtime, loaded once by shard/queries.py and called
--- by name. Every executor write is fenced on the workflow's lease epoch by an
--- UPDATE of the workflow row that locks it, in the same statement as the write.
+-- by name. Every executor write is fenced on the workflow's lease epoch by a lock of the
+-- workflow row (an UPDATE of it, or FOR NO KEY UPDATE when only steps are added), in the
+-- same statement as the write.
 -- A block named with a leading underscore is a fragment, not a query: it is pasted in
 -- place of each later line "-- use: <its name>" (SQL that two statements share).
 
@@ -202,11 +203,23 @@ SELECT true, c.*, NULL FROM claimed c;
 -- same writes as checkpoint_flush for such records, in a statement a third the size:
 -- Postgres builds every node of a plan at each execution, nodes that return nothing
 -- included, and that was most of a small flush's cost (docs/benchmarks.md).
+-- A record still running adds steps only: its row is locked under the fence (held), not
+-- rewritten, which costs a third less and leaves no dead row version. Its next_seq and
+-- updated_at are read from its step rows instead (shardflow.resume_seq, last_update).
 -- use: _flush_input
-), fenced AS (
+), held AS (
+    SELECT w.id, w.status, w.cancel_requested, w.output, w.error
+    FROM shardflow.workflows w JOIN wf_in i ON i.id = w.id
+    WHERE w.id = ANY (ARRAY(SELECT k.id FROM wf_in k WHERE k.new_status = 'running'))
+      AND i.new_status = 'running' AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
+    FOR NO KEY UPDATE OF w
+), written AS (
     UPDATE shardflow.workflows w SET
 -- use: _flush_update
+      AND i.new_status <> 'running'
     RETURNING w.id, w.status, w.cancel_requested, w.output, w.error
+), fenced AS (
+    SELECT * FROM held UNION ALL SELECT * FROM written
 -- use: _flush_steps_and_outcomes
 )
 SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fenced f;
