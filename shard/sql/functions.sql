@@ -822,7 +822,10 @@ RETURNS TABLE (id text, name text, version text, input text, lease_epoch bigint,
                routing_key text, parent text, priority integer)
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF p_limit <= 0 THEN
+    -- Nothing due (every poll of an idle shard, and of a busy one whose starts are handed
+    -- off): one probe of the run_at index instead of the bands of claimable (0.26-0.37 ms
+    -- of Postgres per poll, ten polls a second per executor).
+    IF p_limit <= 0 OR NOT EXISTS (SELECT FROM shardflow.ready q WHERE q.run_at <= now()) THEN
         RETURN;
     END IF;
     RETURN QUERY
