@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from examples.bench import make_input
-from shard.client import ShardClient
+from shard.client import ShardClient, StartRequest
 from shard.model import ClaimedWorkflow, ClaimRequest, StepRow, WorkflowRecord
 from shard.store import ShardStore
 
@@ -42,32 +42,63 @@ async def row_versions(client: ShardClient, ids: list[str]) -> dict[str, tuple[s
 async def test_a_running_checkpoint_leaves_the_row_and_a_new_claim_replays_its_steps(
     client: ShardClient,
 ):
-    """A flush of one running record (flush_one) and of several (checkpoint_flush_plain)
-    writes the step rows and keeps the workflow's row version; released and claimed again,
-    each workflow comes back with the steps it checkpointed."""
+    """A flush of one running record (flush_one), of several (checkpoint_flush_plain) and
+    one with a claim riding it (checkpoint_flush) writes the step rows and keeps the
+    workflow's row version; released and claimed again, each workflow comes back with
+    the steps it checkpointed."""
     store = ShardStore(client.pool)
-    one, two, three = await started_and_claimed(client, store, 3)
-    before = await row_versions(client, [one.id, two.id, three.id])
+    one, two, three, four = await started_and_claimed(client, store, 4)
+    ids = [one.id, two.id, three.id, four.id]
+    before = await row_versions(client, ids)
     assert await store.checkpoint_flush([steps_done(one, 0)]) == ({one.id: False}, [])
     both = [steps_done(two, 0), steps_done(three, 0, 1)]
     assert await store.checkpoint_flush(both) == ({two.id: False, three.id: False}, [])
     assert await store.checkpoint_flush([steps_done(one, 1)]) == ({one.id: False}, [])
-    assert await row_versions(client, [one.id, two.id, three.id]) == before
+    nothing = ClaimRequest("t-owner", 0, 30.0)
+    assert await store.checkpoint_flush([steps_done(four, 0)], nothing) == ({four.id: False}, [])
+    assert await row_versions(client, ids) == before
 
     document = await client.status(one.id)
     assert [s["seq"] for s in document["steps"]] == [0, 1]
     assert document["updated_at"] == document["steps"][-1]["finished_at"]
 
-    released = [(c.id, c.epoch) for c in (one, two, three)]
-    assert await store.workflow_release_many(released) == 3
-    again = await store.workflow_claim_batch(ClaimRequest("t-owner", 3, 30.0))
-    assert {c.id: c.next_seq for c in again} == {one.id: 2, two.id: 1, three.id: 2}
+    released = [(c.id, c.epoch) for c in (one, two, three, four)]
+    assert await store.workflow_release_many(released) == 4
+    again = await store.workflow_claim_batch(ClaimRequest("t-owner", 4, 30.0))
+    assert {c.id: c.next_seq for c in again} == {one.id: 2, two.id: 1, three.id: 2, four.id: 1}
     histories = await store.history_for(again)
     assert {wid: sorted(h.steps) for wid, h in histories.items()} == {
         one.id: [0, 1],
         two.id: [0],
         three.id: [0, 1],
+        four.id: [0],
     }
+
+
+async def test_a_parent_checkpointed_with_its_finishing_child_is_signalled(client: ShardClient):
+    """A running parent whose child finishes in the same flush is not merely locked: the
+    flush counts the child's finish on the parent's row, as it does for a parent outside
+    the batch."""
+    store = ShardStore(client.pool)
+    await store.registry_add([("w3", "1", None)])
+    await client.start_many([StartRequest("w3", make_input(0), id="parent")])
+    await client.start_many([StartRequest("w3", make_input(1), id="child", parent="parent")])
+    claimed = await store.workflow_claim_batch(ClaimRequest("t-owner", 2, 30.0))
+    by_id = {c.id: c for c in claimed}
+    child = by_id["child"]
+    finished = WorkflowRecord(child.id, child.epoch, 1, 0, "completed", "1", parent="parent")
+    records = [steps_done(by_id["parent"], 0), finished]
+    nothing = ClaimRequest("t-owner", 0, 30.0)
+    assert await store.checkpoint_flush(records, nothing) == (
+        {"parent": False, "child": False},
+        [],
+    )
+    signals = await client.pool.fetchval(
+        "SELECT signal_seq FROM shardflow.workflows WHERE id = 'parent'"
+    )
+    assert signals == 1
+    steps = await client.pool.fetchval("SELECT count(*) FROM shardflow.steps")
+    assert steps == 1
 
 
 async def test_a_stale_running_checkpoint_writes_no_step(client: ShardClient):

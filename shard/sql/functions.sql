@@ -326,19 +326,12 @@ $$;
 -- Where a workflow's code resumes (the seq of its next call): the row's next_seq is
 -- written with its state (a suspension, a finish, a transactional step), but a flush of
 -- plain steps in between only locks the row (checkpoint_flush_plain), so the step rows
--- count too. One backward probe of the steps' key; claims, cancels and retries read it.
+-- count too. One backward probe of the steps' key; cancels and retries read it, and
+-- claim_workflows has the same subquery written out (it runs per claimed row).
 CREATE OR REPLACE FUNCTION shardflow.resume_seq(p_id text, p_next_seq integer)
 RETURNS integer LANGUAGE sql STABLE AS $$
     SELECT greatest(p_next_seq, (SELECT max(s.seq) + 1 FROM shardflow.steps s
                                  WHERE s.workflow_id = p_id))
-$$;
-
--- The last change of a workflow: its row's, or its last checkpoint's (a flush of plain
--- steps leaves the row's updated_at as it was, see resume_seq).
-CREATE OR REPLACE FUNCTION shardflow.last_update(p_id text, p_updated_at timestamptz)
-RETURNS timestamptz LANGUAGE sql STABLE AS $$
-    SELECT greatest(p_updated_at, (SELECT max(s.finished_at) FROM shardflow.steps s
-                                   WHERE s.workflow_id = p_id))
 $$;
 
 -- Raise the error for the first problem a start_workflows row reports.
@@ -390,7 +383,11 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
         'input', w.input, 'output', w.output, 'error', w.error - 'compensations',
         'attempt', w.attempt,
         'slot', w.slot, 'routing_key', w.routing_key, 'parent', w.parent,
-        'created_at', w.created_at, 'updated_at', shardflow.last_update(w.id, w.updated_at),
+        'created_at', w.created_at,
+        -- The row's last change, or its last checkpoint's: a flush of plain steps leaves
+        -- the row's updated_at as it was (see resume_seq).
+        'updated_at', greatest(w.updated_at, (SELECT max(s.finished_at) FROM shardflow.steps s
+                                              WHERE s.workflow_id = w.id)),
         'finished_at', w.finished_at, 'wake_at', w.wake_at,
         'steps', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
@@ -840,7 +837,11 @@ BEGIN
     FROM picked
     WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
     RETURNING w.id, w.name, w.version, w.input::text, w.lease_epoch, w.attempt,
-              shardflow.resume_seq(w.id, w.next_seq), w.signal_seq, w.cancel_requested,
+              -- shardflow.resume_seq, written out: a SQL function with a subquery is
+              -- not inlined, and called per row it ran its own executor each time.
+              greatest(w.next_seq, (SELECT max(s.seq) + 1 FROM shardflow.steps s
+                                    WHERE s.workflow_id = w.id)),
+              w.signal_seq, w.cancel_requested,
               w.deadline, w.created_at, w.routing_key, w.parent, w.priority;
 END
 $$;

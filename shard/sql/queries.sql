@@ -139,13 +139,28 @@ WITH wf_in AS (
     SELECT i.parent, count(*) AS n FROM wf_in i
     WHERE i.parent IS NOT NULL AND i.new_status IN ('completed', 'failed', 'cancelled')
     GROUP BY i.parent
-), fenced AS (
+), held AS (
+    -- Still running and signalled by no child of this batch: locked, not rewritten (as in
+    -- checkpoint_flush_plain).
+    SELECT w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
+           w.cancel_requested, w.priority, w.output, w.error
+    -- A key probe per record (no = ANY here: with the join, each probe sorted the array
+    -- again, and a flush of 300 records took twice as long as the update).
+    FROM wf_in i JOIN shardflow.workflows w ON w.id = i.id
+    WHERE i.new_status = 'running' AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
+      AND NOT EXISTS (SELECT FROM finished_children c WHERE c.parent = i.id)
+    FOR NO KEY UPDATE OF w
+), written AS (
     UPDATE shardflow.workflows w
     SET signal_seq = w.signal_seq + coalesce(
             (SELECT c.n FROM finished_children c WHERE c.parent = w.id), 0),
 -- use: _flush_update
+      AND (i.new_status <> 'running'
+           OR EXISTS (SELECT FROM finished_children c WHERE c.parent = i.id))
     RETURNING w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
               w.cancel_requested, w.priority, w.output, w.error
+), fenced AS (
+    SELECT * FROM held UNION ALL SELECT * FROM written
 -- use: _flush_steps_and_outcomes
 ), rdy AS (
     INSERT INTO shardflow.ready (workflow_id, slot, run_at, priority)
@@ -205,13 +220,14 @@ SELECT true, c.*, NULL FROM claimed c;
 -- included, and that was most of a small flush's cost (docs/benchmarks.md).
 -- A record still running adds steps only: its row is locked under the fence (held), not
 -- rewritten, which costs a third less and leaves no dead row version. Its next_seq and
--- updated_at are read from its step rows instead (shardflow.resume_seq, last_update).
+-- updated_at are read from its step rows instead (shardflow.resume_seq, workflow_status).
 -- use: _flush_input
 ), held AS (
     SELECT w.id, w.status, w.cancel_requested, w.output, w.error
-    FROM shardflow.workflows w JOIN wf_in i ON i.id = w.id
-    WHERE w.id = ANY (ARRAY(SELECT k.id FROM wf_in k WHERE k.new_status = 'running'))
-      AND i.new_status = 'running' AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
+    -- A key probe per record (no = ANY here: with the join, each probe sorted the array
+    -- again, and a flush of 300 records took twice as long as the update).
+    FROM wf_in i JOIN shardflow.workflows w ON w.id = i.id
+    WHERE i.new_status = 'running' AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
     FOR NO KEY UPDATE OF w
 ), written AS (
     UPDATE shardflow.workflows w SET
