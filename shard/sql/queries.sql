@@ -102,6 +102,14 @@ WITH wf_in AS (
     WHERE w.id = ANY (ARRAY(SELECT k.id FROM wf_in k))
       AND w.id = i.id AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
 
+-- name: _flush_held
+    -- The rows of records still running, to lock (a record that only adds steps leaves
+    -- its row as it is). A key probe per record: joined to w.id = ANY (array), as the
+    -- update finds its rows, each probe sorted the array again, and a flush of 300
+    -- records took four times as long as the update (docs/benchmarks.md).
+    FROM wf_in i JOIN shardflow.workflows w ON w.id = i.id
+    WHERE i.new_status = 'running' AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
+
 -- name: _flush_steps_and_outcomes
 ), st AS (
     INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
@@ -144,10 +152,7 @@ WITH wf_in AS (
     -- checkpoint_flush_plain).
     SELECT w.id, w.slot, w.status, i.run_at, w.signal_seq <> i.seen_signal AS signalled,
            w.cancel_requested, w.priority, w.output, w.error
-    -- A key probe per record (no = ANY here: with the join, each probe sorted the array
-    -- again, and a flush of 300 records took twice as long as the update).
-    FROM wf_in i JOIN shardflow.workflows w ON w.id = i.id
-    WHERE i.new_status = 'running' AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
+-- use: _flush_held
       AND NOT EXISTS (SELECT FROM finished_children c WHERE c.parent = i.id)
     FOR NO KEY UPDATE OF w
 ), written AS (
@@ -219,15 +224,13 @@ SELECT true, c.*, NULL FROM claimed c;
 -- Postgres builds every node of a plan at each execution, nodes that return nothing
 -- included, and that was most of a small flush's cost (docs/benchmarks.md).
 -- A record still running adds steps only: its row is locked under the fence (held), not
--- rewritten, which costs a third less and leaves no dead row version. Its next_seq and
--- updated_at are read from its step rows instead (shardflow.resume_seq, workflow_status).
+-- rewritten, which costs a fifth to a third less and leaves no dead row version. Its
+-- next_seq and updated_at are read from its step rows instead (shardflow.resume_seq,
+-- workflow_status).
 -- use: _flush_input
 ), held AS (
     SELECT w.id, w.status, w.cancel_requested, w.output, w.error
-    -- A key probe per record (no = ANY here: with the join, each probe sorted the array
-    -- again, and a flush of 300 records took twice as long as the update).
-    FROM wf_in i JOIN shardflow.workflows w ON w.id = i.id
-    WHERE i.new_status = 'running' AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE
+-- use: _flush_held
     FOR NO KEY UPDATE OF w
 ), written AS (
     UPDATE shardflow.workflows w SET
