@@ -193,7 +193,8 @@ def write(
         "well under locust's gevent, so locust is kept for Shardflow's HTTP scenarios "
         "(`loadtests/locustfile.py`).",
         "- CPU ms per workflow: CPU time of the system's own processes (servers and workers, "
-        "read from /proc), load generator excluded, divided by the workflows completed "
+        "read from /proc, with their children that exit during the phase, such as "
+        "autovacuum workers), load generator excluded, divided by the workflows completed "
         "in the phase.",
         "",
     ]

@@ -32,7 +32,10 @@ def part_of(argv: list[str]) -> str:
 
 
 def _process(pid: int) -> tuple[int, float, str] | None:
-    """(parent pid, CPU seconds, part) of a live process."""
+    """(parent pid, CPU seconds, part) of a live process. The CPU seconds include those
+    of its children that have exited and been waited for (``cutime``, ``cstime``): a
+    Postgres server's autovacuum workers and closed connections' backends exit during a
+    phase, and the postmaster collects their time when it reaps them."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
@@ -41,12 +44,14 @@ def _process(pid: int) -> tuple[int, float, str] | None:
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, part_of(argv)
+    ticks = sum(int(n) for n in fields[11:15])  # utime, stime, cutime, cstime
+    return int(fields[1]), ticks / TICK, part_of(argv)
 
 
 def tree_cpu_parts(roots: Iterable[int], exclude: Iterable[int] = ()) -> dict[str, float]:
-    """CPU seconds used so far by the live descendants of ``roots`` (roots excluded, and
-    ``exclude`` with its own descendants), by part (``part_of``)."""
+    """CPU seconds used so far by the live descendants of ``roots`` and by the children
+    they have reaped (roots excluded, and ``exclude`` with its own descendants), by part
+    (``part_of``; a reaped child counts under its parent's part)."""
     procs = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():

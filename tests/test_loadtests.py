@@ -345,6 +345,32 @@ def test_cpu_by_part_counts_a_busy_child_under_its_program_name() -> None:
         child.wait()
 
 
+_REAPER = """
+import subprocess, sys, time
+burn = "import time\\nx = 0\\nwhile time.process_time() < 0.3: x += 1\\nprint(time.process_time())"
+out = subprocess.run([sys.executable, "-c", burn], capture_output=True, text=True).stdout
+print(out.strip(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_cpu_of_a_child_that_exited_and_was_reaped_still_counts() -> None:
+    """As a postmaster's autovacuum workers do: the grandchild's CPU is counted once its
+    parent (in the tree) has waited for it, under the parent's part."""
+    program = os.path.basename(sys.executable)
+    before = tree_cpu_parts([os.getpid()])
+    with subprocess.Popen(
+        [sys.executable, "-c", _REAPER], stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            grandchild_cpu = float(child.stdout.readline())  # it has exited and been reaped
+            spent = parts_spent(before, tree_cpu_parts([os.getpid()]))
+            assert spent[program] >= grandchild_cpu - 0.02  # one clock tick of rounding
+        finally:
+            child.kill()
+
+
 @pytest.mark.parametrize("cpu_per_shard", [0.0, 0.5])
 def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing(cpu_per_shard: float) -> None:
     if cpu_per_shard and os.geteuid() != 0:
