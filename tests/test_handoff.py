@@ -259,3 +259,40 @@ async def test_a_start_reads_the_queue_backlog_by_key_whatever_its_plan_was_made
         assert (await _status(client, "later-0"))["status"] == "pending"
     finally:
         await conn.close()
+
+
+async def test_a_start_reads_the_backlog_s_kinds_only_when_something_is_due(
+    client: ShardClient, dsn: str
+):
+    """With nothing due in the queue (the common case: starts handed off, timers in the
+    future) a start, alone or in a batch, does not call the function that reads the due
+    entries' kinds; with a due entry it does, and that entry holds the executor back."""
+    await ShardStore(client.pool).registry_add([("w3", "1", 30.0)])
+    conn = await asyncpg.connect(dsn)
+    calls = "SELECT pg_stat_get_xact_function_calls('shardflow.handoff_held_kinds'::regproc)"
+
+    async def start(ids: list[str]) -> tuple[int, list[str]]:
+        """The calls the start made (read within its transaction: this session's counts
+        are pending until it goes idle), and the new workflows' statuses."""
+        async with conn.transaction():
+            await conn.execute("SET LOCAL track_functions = 'pl'")
+            before = await conn.fetchval(calls) or 0
+            await start_many_on(conn, [StartRequest("w3", make_input(0), i) for i in ids])
+            made = (await conn.fetchval(calls) or 0) - before
+        return made, [(await _status(client, i))["status"] for i in ids]
+
+    try:
+        await conn.execute(OPEN, "stand-in", 45, ["w3@1"])
+        await conn.execute(
+            "INSERT INTO shardflow.workflows (id, slot, routing_key, name, version, status,"
+            " input) VALUES ('timer', 0, 'timer', 'w3', '1', 'sleeping', '{}');"
+            "INSERT INTO shardflow.ready (workflow_id, slot, run_at)"
+            " VALUES ('timer', 0, now() + interval '1 hour')"
+        )
+        assert await start(["one"]) == (0, ["running"])
+        assert await start(["two", "three"]) == (0, ["running", "running"])
+        await conn.execute("UPDATE shardflow.ready SET run_at = now() - interval '1 second'")
+        assert await start(["four"]) == (1, ["pending"])
+        assert await start(["five", "six"]) == (1, ["pending", "pending"])
+    finally:
+        await conn.close()
