@@ -1,5 +1,8 @@
 """`shardflow bench engine|recovery`: measured figures, printed with a baseline from the same run.
 
+(`bench http` and `bench rebalance` are in bench_cluster, `bench statements` in
+bench_statements.)
+
 engine: W3 workflows started in batches against one local shard with one executor
 process, and the Postgres ceiling of the same server (pgbench doing what one
 workflow minimally needs). recovery: SIGKILL an executor under load and time how
@@ -26,7 +29,7 @@ from coordinator.local_shard import LocalShard
 from examples.bench import make_input
 from shard import pool as shard_pool
 from shard.client import ShardClient, StartRequest
-from shardflow import bench_cluster
+from shardflow import bench_cluster, bench_statements
 
 CEILING_SCRIPT = """\
 INSERT INTO ceiling_wf (status, input) VALUES ('pending', '{"order_id": 1, "amount": 10.5, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}');
@@ -101,6 +104,7 @@ def add_parser(sub: Any) -> None:
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
     r.set_defaults(handler=_recovery)
+    bench_statements.add_parser(which)
 
 
 async def _load(client: ShardClient, seconds: float, queue: int, batch: int = 256) -> int:

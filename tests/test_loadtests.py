@@ -314,6 +314,38 @@ def test_bench_http_prints_its_figures() -> None:
         assert sum(parts.values()) == pytest.approx(out[f"{phase}cpu_ms_per_wf"], abs=0.01)
 
 
+def test_bench_statements_prints_each_statement_against_the_floor() -> None:
+    """Every statement ran and checked its own answer (a start that handed nothing off,
+    or a flush that wrote nothing, fails the benchmark), and each figure is per call,
+    per row and against the floor of the same rounds."""
+    out = run_module("shardflow", "bench", "statements", "--calls", "14", "--rounds", "2")
+    assert out["rounds"] == 2 and out["calls"] == 14
+    figures = out["statements"]
+    assert list(figures) == [
+        "floor", "start_1", "start_5", "flush_1", "flush_7", "finish_7", "claim_idle"
+    ]  # fmt: skip
+    for name, rows in (("start_5", 5), ("flush_7", 7), ("start_1", 1)):
+        f = figures[name]
+        assert f["us_per_call"] > 0
+        assert f["us_per_row"] == pytest.approx(f["us_per_call"] / rows, abs=0.1)
+        floor = figures["floor"]["us_per_call"]
+        assert f["ratio_to_floor"] == pytest.approx(f["us_per_call"] / floor, abs=0.01)
+    assert figures["floor"]["ratio_to_floor"] == 1.0
+
+
+@pytest.mark.parametrize("argv", [["--calls", "3"], ["--rounds", "0"]])
+def test_bench_statements_refuses_bad_arguments(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shardflow", "bench", "statements", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "bench_failed" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_processes_are_told_apart_by_their_command_line() -> None:
     assert part_of(["postgres: postgres shardflow [local] idle"]) == "postgres"
     assert part_of(["/usr/lib/postgresql/15/bin/postgres", "-D", "/tmp/x"]) == "postgres"

@@ -1,0 +1,207 @@
+"""`shardflow bench statements`: the Postgres CPU of each hot statement, against a floor.
+
+One local durable Postgres with a migrated shard, its slots owned as on a shard of three,
+and a stand-in executor row that takes hand-offs (as a running executor's does). Each
+round runs every hot statement ``--calls`` times on one connection and reads the CPU
+its backend used (``/proc/<pid>/schedstat``, nanoseconds): starts alone and in
+batches, checkpoint flushes of steps and of finishes, an idle claim. The baseline is
+the floor of a durable write, measured in the same rounds: a one-row autocommit INSERT.
+
+The flushes write what the starts created (leased to the stand-in), so every statement
+does its real work; each checks its answer, and a statement that wrote nothing stops the
+benchmark. Whole-path figures move with the machine by a tenth or more within minutes;
+these are per statement and steadier, for telling whether a change to the SQL helped.
+Nothing listens on the shard, so NOTIFYs wake nobody here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from coordinator.launcher import remove_data
+from coordinator.local_shard import LocalShard
+from examples.bench import make_input
+from shard import pool as shard_pool
+from shard.errors import ShardflowError
+from shard.model import StepRow, WorkflowRecord
+from shard.queries import query
+from shard.store import flush_payload
+
+SLOTS, OWNED = 1024, 341  # a shard of three
+OWNER, LOCK_KEY = "bench-stand-in", 4242
+INPUT = json.dumps(make_input(1))
+FLOOR = "INSERT INTO bench_floor (id) VALUES ($1)"
+
+
+class BenchError(ShardflowError):
+    code = "bench_failed"
+
+
+def add_parser(which: Any) -> None:
+    s = which.add_parser("statements", help="Postgres CPU of each hot statement vs a floor")
+    s.add_argument("--calls", type=int, default=700, help="calls of each statement per round")
+    s.add_argument("--rounds", type=int, default=5)
+    s.set_defaults(handler=run)
+
+
+def backend_cpu_ns(pid: int) -> int:
+    """CPU time a process has used so far, in nanoseconds."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+async def _setup(conn: asyncpg.Connection) -> None:
+    await conn.execute(query("registry_add"), ["w3"], ["1"], [None])
+    await conn.execute(
+        "INSERT INTO shardflow.settings (key, value) VALUES ('slots', $1)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        str(SLOTS),
+    )
+    await conn.execute(
+        "INSERT INTO shardflow.slots (slot, epoch) SELECT g, 1 FROM generate_series(0, $1) g",
+        OWNED - 1,
+    )
+    await conn.execute(query("executor_register"), OWNER, LOCK_KEY, 86400.0, "bench", 0)
+    await conn.execute(query("executor_handoff"), OWNER, ["w3@1"], 86400.0, 1_000_000)
+    await conn.execute("CREATE TABLE bench_floor (id text PRIMARY KEY)")
+
+
+async def _ids(conn: asyncpg.Connection, prefix: str, n: int) -> list[str]:
+    """``n`` workflow IDs whose slots this shard owns."""
+    ids: list[str] = await conn.fetchval(
+        "SELECT array_agg(id) FROM (SELECT $1 || g AS id FROM generate_series(1, $2) g) x"
+        " WHERE shardflow.slot_of(id, $3) < $4",
+        prefix,
+        n * 4,
+        SLOTS,
+        OWNED,
+    )
+    if len(ids) < n:
+        raise BenchError("too few IDs in the owned slots; raise the multiplier")
+    return ids[:n]
+
+
+def _record(wid: str, seq: int, finish: bool) -> WorkflowRecord:
+    """A checkpoint record of one step; with ``finish``, the workflow completes with it."""
+    step = StepRow(seq, f"step{seq}", "completed", '{"ok": 1}', None, 1, datetime.now(UTC))
+    return WorkflowRecord(
+        wid,
+        1,
+        status="completed" if finish else "running",
+        output='{"done": true}' if finish else None,
+        next_seq=seq + 1,
+        seen_signal=0,
+        steps=[step],
+    )
+
+
+# A statement's calls: (call number) -> one execution that checks its own answer.
+Call = Callable[[int], Awaitable[None]]
+
+
+async def _measure(pid: int, calls: int, call: Call) -> float:
+    """Microseconds of backend CPU per call."""
+    before = backend_cpu_ns(pid)
+    for i in range(calls):
+        await call(i)
+    return (backend_cpu_ns(pid) - before) / calls / 1000
+
+
+def _check(rows: list[asyncpg.Record], expected: int, what: str, ok: str = "") -> None:
+    if len(rows) != expected or (ok and not all(r[ok] for r in rows)):
+        raise BenchError(f"{what}: {len(rows)} rows answered of {expected}, or not all {ok}")
+
+
+async def _round(conn: asyncpg.Connection, n: int, calls: int) -> dict[str, float]:
+    """Every statement ``calls`` times; microseconds of backend CPU per call of each."""
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    singles = await _ids(conn, f"r{n}a-", calls)
+    batched = await _ids(conn, f"r{n}b-", calls * 5)
+    groups = [batched[i : i + 7] for i in range(0, len(batched) - 6, 7)]
+    start = query("workflow_start_many")
+
+    async def start_ids(ids: list[str]) -> None:
+        k = len(ids)
+        rows = await conn.fetch(start, ids, ["w3"] * k, [INPUT] * k, [None] * k, [None] * k,
+                                [None] * k, None, False)  # fmt: skip
+        if not all(r["created"] and r["status"] == "running" for r in rows):
+            raise BenchError("a start did not create a workflow handed off to the stand-in")
+
+    async def flush(ids: list[str], seq: int, finish: bool) -> None:
+        lean = "checkpoint_flush_one" if len(ids) == 1 else "checkpoint_flush_plain"
+        payload = flush_payload([_record(wid, seq, finish) for wid in ids])
+        _check(await conn.fetch(query(lean), payload), len(ids), lean, "id")
+
+    async def floor(i: int) -> None:
+        await conn.execute(FLOOR, f"r{n}-{i}")
+
+    async def claim(_: int) -> None:
+        _check(await conn.fetch(query("workflow_claim_batch"), OWNER, 16, 30.0, None, None), 0,
+               "an idle claim")  # fmt: skip
+
+    figures = {
+        "floor": await _measure(pid, calls, floor),
+        "start_1": await _measure(pid, calls, lambda i: start_ids(singles[i : i + 1])),
+        "start_5": await _measure(pid, calls, lambda i: start_ids(batched[5 * i : 5 * i + 5])),
+        "flush_1": await _measure(pid, calls, lambda i: flush(singles[i : i + 1], 0, False)),
+        "flush_7": await _measure(pid, len(groups), lambda i: flush(groups[i], 0, False)),
+        "finish_7": await _measure(pid, len(groups), lambda i: flush(groups[i], 1, True)),
+        "claim_idle": await _measure(pid, calls, claim),
+    }
+    # The next round starts from the same table sizes.
+    await conn.execute("DELETE FROM shardflow.workflows; DELETE FROM shardflow.steps;"
+                       " DELETE FROM bench_floor")  # fmt: skip
+    await conn.execute("VACUUM shardflow.workflows, shardflow.steps, bench_floor")
+    return figures
+
+
+# Workflows (or records) per call of each statement, for the per-workflow figure.
+PER_CALL = {"floor": 1, "start_1": 1, "start_5": 5, "flush_1": 1, "flush_7": 7, "finish_7": 7,
+            "claim_idle": 1}  # fmt: skip
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.calls < 7 or args.rounds < 1:
+        raise BenchError("--calls must be at least 7 and --rounds at least 1")
+    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    shard = LocalShard(data, apps=[])
+    rounds: list[dict[str, float]] = []
+    try:
+        await shard.start()
+        conn = await shard_pool.connect(shard.dsn)
+        try:
+            await _setup(conn)
+            await _round(conn, 0, min(args.calls, 50))  # warm-up: plans, caches
+            for n in range(1, args.rounds + 1):
+                rounds.append(await _round(conn, n, args.calls))
+                print(f"round {n}: " + ", ".join(f"{k} {v:.0f}" for k, v in rounds[-1].items())
+                      + " us/call", flush=True)  # fmt: skip
+        finally:
+            await conn.close()
+    finally:
+        shard.stop()
+        remove_data(data)
+    floor = statistics.median(r["floor"] for r in rounds)
+    result: dict[str, dict[str, float]] = {}
+    print(f"{'statement':<11} {'us/call':>8} {'us/row':>7} {'x floor':>8}")
+    for name, per in PER_CALL.items():
+        us = statistics.median(r[name] for r in rounds)
+        result[name] = {
+            "us_per_call": round(us, 1),
+            "us_per_row": round(us / per, 1),
+            "ratio_to_floor": round(us / floor, 2) if floor else 0.0,
+        }
+        print(f"{name:<11} {us:8.0f} {us / per:7.0f} {us / floor if floor else 0:8.2f}")
+    print(json.dumps({"rounds": len(rounds), "calls": args.calls, "statements": result}))
+    return 0
