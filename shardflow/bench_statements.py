@@ -22,19 +22,22 @@ import os
 import statistics
 import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from coordinator.catalog import ensure_database
 from coordinator.launcher import remove_data
 from coordinator.local_shard import LocalShard
 from examples.bench import make_input
 from shard import pool as shard_pool
 from shard.errors import ShardflowError
+from shard.migrate import migrate
 from shard.model import StepRow, WorkflowRecord
-from shard.queries import query
+from shard.queries import load, parse, query
 from shard.store import flush_payload
 
 SLOTS, OWNED = 1024, 341  # a shard of three
@@ -51,6 +54,13 @@ def add_parser(which: Any) -> None:
     s = which.add_parser("statements", help="Postgres CPU of each hot statement vs a floor")
     s.add_argument("--calls", type=int, default=700, help="calls of each statement per round")
     s.add_argument("--rounds", type=int, default=5)
+    s.add_argument(
+        "--against",
+        metavar="CHECKOUT",
+        help="also run another checkout's shard/sql (functions and named queries, over this "
+        "checkout's schema) in a database of its own, taking turns: the same-run baseline "
+        "for a change to the SQL (e.g. a `git worktree` of the commit before)",
+    )
     s.set_defaults(handler=run)
 
 
@@ -107,6 +117,8 @@ def _record(wid: str, seq: int, finish: bool) -> WorkflowRecord:
 
 # A statement's calls: (call number) -> one execution that checks its own answer.
 Call = Callable[[int], Awaitable[None]]
+# A round's figures: microseconds of backend CPU per call, by statement.
+Figures = dict[str, float]
 
 
 async def _measure(pid: int, calls: int, call: Call) -> float:
@@ -122,32 +134,32 @@ def _check(rows: list[asyncpg.Record], expected: int, what: str, ok: str = "") -
         raise BenchError(f"{what}: {len(rows)} rows answered of {expected}, or not all {ok}")
 
 
-async def _round(conn: asyncpg.Connection, n: int, calls: int) -> dict[str, float]:
-    """Every statement ``calls`` times; microseconds of backend CPU per call of each."""
+async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int) -> Figures:
+    """Every statement ``calls`` times (texts from ``q``); microseconds of backend CPU per
+    call of each."""
     pid = await conn.fetchval("SELECT pg_backend_pid()")
     singles = await _ids(conn, f"r{n}a-", calls)
     batched = await _ids(conn, f"r{n}b-", calls * 5)
     groups = [batched[i : i + 7] for i in range(0, len(batched) - 6, 7)]
-    start = query("workflow_start_many")
 
     async def start_ids(ids: list[str]) -> None:
         k = len(ids)
-        rows = await conn.fetch(start, ids, ["w3"] * k, [INPUT] * k, [None] * k, [None] * k,
-                                [None] * k, None, False)  # fmt: skip
+        rows = await conn.fetch(q["workflow_start_many"], ids, ["w3"] * k, [INPUT] * k,
+                                [None] * k, [None] * k, [None] * k, None, False)  # fmt: skip
         if not all(r["created"] and r["status"] == "running" for r in rows):
             raise BenchError("a start did not create a workflow handed off to the stand-in")
 
     async def flush(ids: list[str], seq: int, finish: bool) -> None:
         lean = "checkpoint_flush_one" if len(ids) == 1 else "checkpoint_flush_plain"
         payload = flush_payload([_record(wid, seq, finish) for wid in ids])
-        _check(await conn.fetch(query(lean), payload), len(ids), lean, "id")
+        _check(await conn.fetch(q[lean], payload), len(ids), lean, "id")
 
     async def floor(i: int) -> None:
         await conn.execute(FLOOR, f"r{n}-{i}")
 
     async def claim(_: int) -> None:
-        _check(await conn.fetch(query("workflow_claim_batch"), OWNER, 16, 30.0, None, None), 0,
-               "an idle claim")  # fmt: skip
+        rows = await conn.fetch(q["workflow_claim_batch"], OWNER, 16, 30.0, None, None)
+        _check(rows, 0, "an idle claim")
 
     figures = {
         "floor": await _measure(pid, calls, floor),
@@ -170,38 +182,103 @@ PER_CALL = {"floor": 1, "start_1": 1, "start_5": 5, "flush_1": 1, "flush_7": 7, 
             "claim_idle": 1}  # fmt: skip
 
 
+@dataclass
+class Variant:
+    """The SQL a database runs: this checkout's, or another's functions and named queries
+    over this checkout's schema (``--against``)."""
+
+    label: str
+    queries: dict[str, str]
+    functions: str | None = None  # applied after the migrations; None: this checkout's
+    rounds: list[Figures] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(r[name] for r in self.rounds)
+
+
+def _variants(against: str | None) -> list[Variant]:
+    here = Variant("this", load())
+    if against is None:
+        return [here]
+    sql = Path(against) / "shard" / "sql"
+    try:
+        other = Variant(
+            "against",
+            parse((sql / "queries.sql").read_text(encoding="utf-8")),
+            (sql / "functions.sql").read_text(encoding="utf-8"),
+        )
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"--against {against}: no readable shard/sql there ({exc})") from None
+    return [here, other]
+
+
+async def _database(shard: LocalShard, variant: Variant) -> asyncpg.Connection:
+    """A connection to the variant's own database, set up."""
+    assert shard.server is not None
+    name = shard.database if variant.functions is None else f"bench_{variant.label}"
+    await ensure_database(shard.server, name)
+    conn = await shard_pool.connect(shard.server.dsn(name))
+    await migrate(conn)
+    if variant.functions is not None:
+        await conn.execute(variant.functions)
+    await _setup(conn)
+    return conn
+
+
+def _report(variants: list[Variant], calls: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"rounds": len(variants[0].rounds), "calls": calls}
+    for v in variants:
+        floor = v.median("floor")
+        figures = {}
+        print(f"{v.label}: {'statement':<11} {'us/call':>8} {'us/row':>7} {'x floor':>8}")
+        for name, per in PER_CALL.items():
+            us = v.median(name)
+            figures[name] = {
+                "us_per_call": round(us, 1),
+                "us_per_row": round(us / per, 1),
+                "ratio_to_floor": round(us / floor, 2) if floor else 0.0,
+            }
+            print(f"{v.label}: {name:<11} {us:8.0f} {us / per:7.0f} {us / floor:8.2f}")
+        result["statements" if v.functions is None else "against"] = figures
+    if len(variants) == 2:
+        here, other = variants
+        # Each round ran both variants back to back: the ratio of a round is paired.
+        ratios = {
+            name: round(statistics.median(a[name] / b[name] for a, b in zip(
+                here.rounds, other.rounds, strict=True)), 3)
+            for name in PER_CALL
+        }  # fmt: skip
+        print("this / against (median of the rounds' ratios): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))  # fmt: skip
+        result["ratio_to_against"] = ratios
+    return result
+
+
 async def run(args: argparse.Namespace) -> int:
     if args.calls < 7 or args.rounds < 1:
         raise BenchError("--calls must be at least 7 and --rounds at least 1")
+    variants = _variants(args.against)
     data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
     os.chmod(data, 0o755)
     shard = LocalShard(data, apps=[])
-    rounds: list[dict[str, float]] = []
+    conns: list[asyncpg.Connection] = []
     try:
         await shard.start()
-        conn = await shard_pool.connect(shard.dsn)
-        try:
-            await _setup(conn)
-            await _round(conn, 0, min(args.calls, 50))  # warm-up: plans, caches
-            for n in range(1, args.rounds + 1):
-                rounds.append(await _round(conn, n, args.calls))
-                print(f"round {n}: " + ", ".join(f"{k} {v:.0f}" for k, v in rounds[-1].items())
+        for v in variants:
+            conns.append(await _database(shard, v))
+            await _round(conns[-1], v.queries, 0, min(args.calls, 50))  # warm: plans, caches
+        for n in range(1, args.rounds + 1):
+            # Taking turns, the order reversed every other round.
+            pairs = list(zip(variants, conns, strict=True))
+            for v, conn in pairs if n % 2 else pairs[::-1]:
+                v.rounds.append(await _round(conn, v.queries, n, args.calls))
+                print(f"round {n} {v.label}: "
+                      + ", ".join(f"{k} {x:.0f}" for k, x in v.rounds[-1].items())
                       + " us/call", flush=True)  # fmt: skip
-        finally:
-            await conn.close()
     finally:
+        for conn in conns:
+            await conn.close()
         shard.stop()
         remove_data(data)
-    floor = statistics.median(r["floor"] for r in rounds)
-    result: dict[str, dict[str, float]] = {}
-    print(f"{'statement':<11} {'us/call':>8} {'us/row':>7} {'x floor':>8}")
-    for name, per in PER_CALL.items():
-        us = statistics.median(r[name] for r in rounds)
-        result[name] = {
-            "us_per_call": round(us, 1),
-            "us_per_row": round(us / per, 1),
-            "ratio_to_floor": round(us / floor, 2) if floor else 0.0,
-        }
-        print(f"{name:<11} {us:8.0f} {us / per:7.0f} {us / floor if floor else 0:8.2f}")
-    print(json.dumps({"rounds": len(rounds), "calls": args.calls, "statements": result}))
+    print(json.dumps(_report(variants, args.calls)))
     return 0

@@ -331,9 +331,24 @@ def test_bench_statements_prints_each_statement_against_the_floor() -> None:
         floor = figures["floor"]["us_per_call"]
         assert f["ratio_to_floor"] == pytest.approx(f["us_per_call"] / floor, abs=0.01)
     assert figures["floor"]["ratio_to_floor"] == 1.0
+    assert "against" not in out and "ratio_to_against" not in out
 
 
-@pytest.mark.parametrize("argv", [["--calls", "3"], ["--rounds", "0"]])
+def test_bench_statements_against_another_checkout_takes_turns_with_it() -> None:
+    """--against runs another checkout's SQL in a database of its own (here: this one's),
+    every statement of both, with paired ratios."""
+    out = run_module(
+        "shardflow", "bench", "statements", "--calls", "14", "--rounds", "2",
+        "--against", str(ROOT),
+    )  # fmt: skip
+    assert set(out["against"]) == set(out["statements"]) == set(out["ratio_to_against"])
+    assert all(f["us_per_call"] > 0 for f in out["against"].values())
+    assert all(r > 0 for r in out["ratio_to_against"].values())
+
+
+@pytest.mark.parametrize(
+    "argv", [["--calls", "3"], ["--rounds", "0"], ["--against", "/nonexistent/checkout"]]
+)
 def test_bench_statements_refuses_bad_arguments(argv: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "shardflow", "bench", "statements", *argv],
