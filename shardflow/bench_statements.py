@@ -182,6 +182,10 @@ async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int
     return figures
 
 
+# The named queries a round runs (the other checkout's, with --against).
+NEEDED = {"workflow_start_many", "checkpoint_flush_one", "checkpoint_flush_plain",
+          "workflow_claim_batch"}  # fmt: skip
+
 # Workflows (or records) per call of each statement, for the per-workflow figure.
 PER_CALL = {"floor": 1, "start_1": 1, "start_5": 5, "flush_1": 1, "flush_7": 7, "finish_7": 7,
             "claim_idle": 1}  # fmt: skip
@@ -214,6 +218,9 @@ def _variants(against: str | None) -> list[Variant]:
         )
     except (OSError, ValueError) as exc:
         raise BenchError(f"--against {against}: no readable shard/sql there ({exc})") from None
+    missing = sorted(NEEDED - set(other.queries))
+    if missing:
+        raise BenchError(f"--against {against}: its queries.sql lacks {', '.join(missing)}")
     return [here, other]
 
 
@@ -223,11 +230,22 @@ async def _database(shard: LocalShard, variant: Variant) -> asyncpg.Connection:
     name = shard.database if variant.functions is None else f"bench_{variant.label}"
     await ensure_database(shard.server, name)
     conn = await shard_pool.connect(shard.server.dsn(name))
-    await migrate(conn)
-    if variant.functions is not None:
-        await conn.execute(variant.functions)
-    await _setup(conn)
+    try:
+        await migrate(conn)
+        if variant.functions is not None:
+            await conn.execute(variant.functions)
+        await _setup(conn)
+    except asyncpg.PostgresError as exc:
+        await conn.close()
+        raise BenchError(f"{variant.label}: its SQL does not apply here: {exc}") from None
     return conn
+
+
+async def _checked_round(conn: asyncpg.Connection, v: Variant, n: int, calls: int) -> Figures:
+    try:
+        return await _round(conn, v.queries, n, calls)
+    except asyncpg.PostgresError as exc:
+        raise BenchError(f"{v.label}: a statement failed: {exc}") from None
 
 
 def _report(variants: list[Variant], calls: int) -> dict[str, Any]:
@@ -271,12 +289,12 @@ async def run(args: argparse.Namespace) -> int:
         await shard.start()
         for v in variants:
             conns.append(await _database(shard, v))
-            await _round(conns[-1], v.queries, 0, min(args.calls, 50))  # warm: plans, caches
+            await _checked_round(conns[-1], v, 0, min(args.calls, 50))  # warm: plans, caches
         for n in range(1, args.rounds + 1):
             # Taking turns, the order reversed every other round.
             pairs = list(zip(variants, conns, strict=True))
             for v, conn in pairs if n % 2 else pairs[::-1]:
-                v.rounds.append(await _round(conn, v.queries, n, args.calls))
+                v.rounds.append(await _checked_round(conn, v, n, args.calls))
                 print(f"round {n} {v.label}: "
                       + ", ".join(f"{k} {x:.0f}" for k, x in v.rounds[-1].items())
                       + " us/call", flush=True)  # fmt: skip

@@ -346,10 +346,33 @@ def test_bench_statements_against_another_checkout_takes_turns_with_it() -> None
     assert all(r > 0 for r in out["ratio_to_against"].values())
 
 
+def _checkout(root: Path, functions: str, drop_query: str = "") -> str:
+    """A stand-in checkout: this one's named queries (less one) and the given functions."""
+    sql = root / "shard" / "sql"
+    sql.mkdir(parents=True)
+    queries = (ROOT / "shard" / "sql" / "queries.sql").read_text()
+    if drop_query:
+        queries = queries.replace(f"-- name: {drop_query}\n", "-- name: renamed_away\n")
+    (sql / "queries.sql").write_text(queries)
+    (sql / "functions.sql").write_text(functions)
+    return str(root)
+
+
 @pytest.mark.parametrize(
-    "argv", [["--calls", "3"], ["--rounds", "0"], ["--against", "/nonexistent/checkout"]]
+    "argv",
+    [
+        ["--calls", "3"],
+        ["--rounds", "0"],
+        ["--against", "/nonexistent/checkout"],
+        ["--against", "queries lacking workflow_start_many"],
+        ["--against", "functions that do not apply"],
+    ],
 )
-def test_bench_statements_refuses_bad_arguments(argv: list[str]) -> None:
+def test_bench_statements_refuses_bad_arguments(argv: list[str], tmp_path: Path) -> None:
+    if argv[1] == "queries lacking workflow_start_many":
+        argv = ["--against", _checkout(tmp_path, "", drop_query="workflow_start_many")]
+    elif argv[1] == "functions that do not apply":
+        argv = ["--against", _checkout(tmp_path, "SELECT no_such_function();"), "--calls", "7"]
     done = subprocess.run(
         [sys.executable, "-m", "shardflow", "bench", "statements", *argv],
         cwd=ROOT,
