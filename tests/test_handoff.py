@@ -13,6 +13,7 @@ import asyncpg
 
 from examples.bench import make_input
 from shard.client import ShardClient, StartRequest, start_many_on
+from shard.queries import query
 from shard.store import ShardStore
 
 OPEN = """INSERT INTO shardflow.executors (owner, lock_key, lease_until, kinds, handoff_until)
@@ -294,5 +295,39 @@ async def test_a_start_reads_the_backlog_s_kinds_only_when_something_is_due(
         await conn.execute("UPDATE shardflow.ready SET run_at = now() - interval '1 second'")
         assert await start(["four"]) == (1, ["pending"])
         assert await start(["five", "six"]) == (1, ["pending", "pending"])
+    finally:
+        await conn.close()
+
+
+async def test_starts_and_claims_find_nothing_due_by_index_among_many_timers(
+    client: ShardClient, dsn: str
+):
+    """A shard whose queue holds many future timers and no statistics for it (the queue
+    is analyzed rarely): a start, alone or batched, and an idle claim each find that
+    nothing is due by the run_at index. An EXISTS over `run_at <= now()` was planned as a
+    sequential scan there, and read every timer at every start and every claim poll."""
+    await ShardStore(client.pool).registry_add([("w3", "1", 30.0)])
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(OPEN, "stand-in", 46, ["w3@1"])
+        await conn.execute(
+            "INSERT INTO shardflow.ready (workflow_id, slot, run_at)"
+            " SELECT 'timer-' || g, 0, now() + interval '1 hour'"
+            " FROM generate_series(1, 20000) g"
+        )
+        assert await conn.fetchval(
+            "SELECT last_analyze IS NULL AND last_autoanalyze IS NULL"
+            " FROM pg_stat_user_tables WHERE relname = 'ready'"
+        )
+        async with conn.transaction():
+            one = await start_many_on(conn, [StartRequest("w3", make_input(0), "alone")])
+            batch = [StartRequest("w3", make_input(i), f"batched-{i}") for i in range(3)]
+            many = await start_many_on(conn, batch)
+            claimed = await conn.fetch(query("workflow_claim_batch"), "me", 10, 30.0, None, None)
+            scans = await conn.fetchval(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'ready'"
+            )
+        assert [r.status for r in [*one, *many]] == ["running"] * 4  # handed off
+        assert claimed == [] and scans == 0
     finally:
         await conn.close()

@@ -29,9 +29,12 @@ $$;
 -- takes none (a backlog is claimed in order). A limited name waiting for room, or a kind
 -- nobody runs, is left to its claim and holds nothing back. Up to 50 due entries, never a
 -- scan of a long queue, each name read by its key (plpgsql: its plan is kept per session).
--- Starts call it only when the queue has a due entry (one probe of the run_at index, the
--- common case at any load whose starts are handed off): the call itself was about a
--- tenth of a start batch's CPU.
+-- Starts call it only when the queue has a due entry (the common case at any load whose
+-- starts are handed off has none): the call itself was about a tenth of a start batch's
+-- CPU. "Has a due entry" is min(run_at) <= now(), which Postgres reads off the run_at
+-- index whatever it knows of the table; an EXISTS over run_at <= now() was planned as a
+-- sequential scan while the queue had no statistics (it is analyzed rarely), reading
+-- every future timer. For the same reason the entries below are taken in run_at order.
 CREATE OR REPLACE FUNCTION shardflow.handoff_held_kinds()
 RETURNS text[] LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
@@ -41,7 +44,7 @@ BEGIN
                     WHERE w.id = q.workflow_id
                       AND NOT EXISTS (SELECT FROM shardflow.limits l WHERE l.name = w.name)
                    ) AS kind
-            FROM shardflow.ready q WHERE q.run_at <= now() LIMIT 50) d
+            FROM shardflow.ready q WHERE q.run_at <= now() ORDER BY q.run_at LIMIT 50) d
         WHERE d.kind IS NOT NULL);
 END
 $$;
@@ -120,7 +123,7 @@ BEGIN
                greatest(coalesce(e.handoff_room, 1), 1) AS room
         FROM shardflow.executors e
         WHERE e.handoff_until > now()
-          AND NOT (e.kinds && CASE WHEN EXISTS (SELECT FROM shardflow.ready q WHERE q.run_at <= now())
+          AND NOT (e.kinds && CASE WHEN (SELECT min(q.run_at) FROM shardflow.ready q) <= now()
                                    THEN (SELECT shardflow.handoff_held_kinds())
                                    ELSE '{}' END)
     ), placed AS (
@@ -225,8 +228,7 @@ BEGIN
             SELECT e.owner, e.lock_key, e.lease_until INTO v_owner, v_lock, v_until
             FROM shardflow.executors e
             WHERE e.handoff_until > now() AND v_kind = ANY (e.kinds)
-              AND NOT (e.kinds && CASE WHEN EXISTS (
-                  SELECT FROM shardflow.ready q WHERE q.run_at <= now())
+              AND NOT (e.kinds && CASE WHEN (SELECT min(q.run_at) FROM shardflow.ready q) <= now()
                   THEN (SELECT shardflow.handoff_held_kinds()) ELSE '{}' END)
             ORDER BY -ln(1.0 - random()) / greatest(coalesce(e.handoff_room, 1), 1)
             LIMIT 1;
@@ -828,8 +830,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     -- Nothing due (every poll of an idle shard, and of a busy one whose starts are handed
     -- off): one probe of the run_at index instead of the bands of claimable (0.26-0.37 ms
-    -- of Postgres per poll, ten polls a second per executor).
-    IF p_limit <= 0 OR NOT EXISTS (SELECT FROM shardflow.ready q WHERE q.run_at <= now()) THEN
+    -- of Postgres per poll, ten polls a second per executor). min(), not an EXISTS over
+    -- run_at <= now(): see handoff_held_kinds.
+    IF p_limit <= 0 OR NOT coalesce((SELECT min(q.run_at) FROM shardflow.ready q) <= now(),
+                                    false) THEN
         RETURN;
     END IF;
     RETURN QUERY
