@@ -262,6 +262,24 @@ async def test_a_start_reads_the_queue_backlog_by_key_whatever_its_plan_was_made
         await conn.close()
 
 
+async def _stand_in_with_timers(conn: asyncpg.Connection, lock_key: int, count: int) -> None:
+    """A stand-in executor taking hand-offs of w3, and ``count`` sleeping w3 workflows
+    whose timers are due in an hour."""
+    await conn.execute(OPEN, "stand-in", lock_key, ["w3@1"])
+    await conn.execute(
+        "INSERT INTO shardflow.workflows (id, slot, routing_key, name, version, status, input)"
+        " SELECT 'timer-' || g, 0, 'timer-' || g, 'w3', '1', 'sleeping', '{}'"
+        " FROM generate_series(1, $1::integer) g",
+        count,
+    )
+    await conn.execute(
+        "INSERT INTO shardflow.ready (workflow_id, slot, run_at)"
+        " SELECT 'timer-' || g, 0, now() + interval '1 hour'"
+        " FROM generate_series(1, $1::integer) g",
+        count,
+    )
+
+
 async def test_a_start_reads_the_backlog_s_kinds_only_when_something_is_due(
     client: ShardClient, dsn: str
 ):
@@ -283,13 +301,7 @@ async def test_a_start_reads_the_backlog_s_kinds_only_when_something_is_due(
         return made, [(await _status(client, i))["status"] for i in ids]
 
     try:
-        await conn.execute(OPEN, "stand-in", 45, ["w3@1"])
-        await conn.execute(
-            "INSERT INTO shardflow.workflows (id, slot, routing_key, name, version, status,"
-            " input) VALUES ('timer', 0, 'timer', 'w3', '1', 'sleeping', '{}');"
-            "INSERT INTO shardflow.ready (workflow_id, slot, run_at)"
-            " VALUES ('timer', 0, now() + interval '1 hour')"
-        )
+        await _stand_in_with_timers(conn, 45, 1)
         assert await start(["one"]) == (0, ["running"])
         assert await start(["two", "three"]) == (0, ["running", "running"])
         await conn.execute("UPDATE shardflow.ready SET run_at = now() - interval '1 second'")
@@ -309,12 +321,7 @@ async def test_starts_and_claims_find_nothing_due_by_index_among_many_timers(
     await ShardStore(client.pool).registry_add([("w3", "1", 30.0)])
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(OPEN, "stand-in", 46, ["w3@1"])
-        await conn.execute(
-            "INSERT INTO shardflow.ready (workflow_id, slot, run_at)"
-            " SELECT 'timer-' || g, 0, now() + interval '1 hour'"
-            " FROM generate_series(1, 20000) g"
-        )
+        await _stand_in_with_timers(conn, 46, 20000)
         assert await conn.fetchval(
             "SELECT last_analyze IS NULL AND last_autoanalyze IS NULL"
             " FROM pg_stat_user_tables WHERE relname = 'ready'"
