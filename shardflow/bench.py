@@ -21,10 +21,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from coordinator.launcher import remove_data
 from coordinator.local_shard import LocalShard
 from examples.bench import make_input
 from shard import pool as shard_pool
@@ -214,11 +212,7 @@ def _pgbench(shard: LocalShard, seconds: float) -> float:
 
 
 async def _engine(args: argparse.Namespace) -> int:
-    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
-    os.chmod(data, 0o755)
-    shard = LocalShard(data, apps=["examples.bench"])
-    try:
-        await shard.start()
+    async with bench_cluster.local_shard(["examples.bench"]) as shard:
         gc = ["--gc-interval=0.2", "--gc-retention=3600"] if args.gc_backlog else []
         shard.spawn_executor(*gc, *args.executor_flag)
         await shard.wait_registered("w3")
@@ -255,9 +249,6 @@ async def _engine(args: argparse.Namespace) -> int:
             f"postgres ceiling (pgbench -c 32 -j 2, 5 autocommit statements): {ceiling:.0f} wf/s",
             flush=True,
         )
-    finally:
-        shard.stop()
-        remove_data(data)
     result = {
         "workload": "W3",
         "wf_per_s": round(stats["wf_per_s"], 1),
@@ -273,11 +264,7 @@ async def _engine(args: argparse.Namespace) -> int:
 
 
 async def _recovery(args: argparse.Namespace) -> int:
-    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
-    os.chmod(data, 0o755)
-    shard = LocalShard(data, apps=["examples.bench"])
-    try:
-        await shard.start()
+    async with bench_cluster.local_shard(["examples.bench"]) as shard:
         victim = shard.spawn_executor()
         await shard.wait_registered("w3")
         survivor = shard.spawn_executor()
@@ -322,9 +309,6 @@ async def _recovery(args: argparse.Namespace) -> int:
             f"{len(resumed)} resumed on the survivor",
             flush=True,
         )
-    finally:
-        shard.stop()
-        remove_data(data)
     print(
         json.dumps(
             {

@@ -16,43 +16,67 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coordinator.dev import DevCluster, DevSettings
 from coordinator.launcher import free_port, remove_data
+from coordinator.local_shard import LocalShard
 from shard import pool as shard_pool
 from shardflow.cpu import parts_spent, tree_cpu_parts
+
+
+@contextmanager
+def bench_data() -> Iterator[Path]:
+    """A temporary folder for a benchmark's servers (which run as an unprivileged user
+    when started as root, hence its mode), removed afterwards."""
+    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
+    os.chmod(data, 0o755)
+    try:
+        yield data
+    finally:
+        remove_data(data)
+
+
+@asynccontextmanager
+async def local_shard(apps: list[str]) -> AsyncIterator[LocalShard]:
+    """One started local shard (durable Postgres, migrated) in a temporary folder; its
+    executors (``spawn_executor``) and server are stopped and the folder removed after."""
+    with bench_data() as data:
+        shard = LocalShard(data, apps=apps)
+        try:
+            await shard.start()
+            yield shard
+        finally:
+            shard.stop()
 
 
 @asynccontextmanager
 async def local_cluster(**settings: Any) -> AsyncIterator[DevCluster]:
     """A ready, supervised local cluster in a temporary folder, removed afterwards."""
-    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
-    os.chmod(data, 0o755)
-    values = {
-        "app": ["examples.bench"],
-        "port": str(free_port()),
-        "data": str(data),
-        **{k: str(v) for k, v in settings.items()},
-    }
-    cluster = DevCluster(DevSettings.load(values, env={}))
-    stop = asyncio.Event()
-    supervisor = None
-    try:
-        await cluster.start()
-        supervisor = asyncio.create_task(cluster.supervise(stop))
-        await cluster.wait_ready()
-        yield cluster
-    finally:
-        stop.set()
-        if supervisor is not None:
-            await supervisor
-        cluster.stop()
-        remove_data(data)
+    with bench_data() as data:
+        values = {
+            "app": ["examples.bench"],
+            "port": str(free_port()),
+            "data": str(data),
+            **{k: str(v) for k, v in settings.items()},
+        }
+        cluster = DevCluster(DevSettings.load(values, env={}))
+        stop = asyncio.Event()
+        supervisor = None
+        try:
+            await cluster.start()
+            supervisor = asyncio.create_task(cluster.supervise(stop))
+            await cluster.wait_ready()
+            yield cluster
+        finally:
+            stop.set()
+            if supervisor is not None:
+                await supervisor
+            cluster.stop()
 
 
 @dataclass

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +34,6 @@ from typing import Any
 import asyncpg
 
 from coordinator.catalog import ensure_database
-from coordinator.launcher import remove_data
 from coordinator.local_shard import LocalShard
 from examples.bench import make_input
 from shard import pool as shard_pool
@@ -45,6 +42,7 @@ from shard.migrate import migrate
 from shard.model import StepRow, WorkflowRecord
 from shard.queries import load, parse, query
 from shard.store import flush_payload
+from shardflow.bench_cluster import local_shard
 
 SLOTS, OWNED = 1024, 341  # a shard of three
 OWNER, LOCK_KEY = "bench-stand-in", 4242
@@ -262,12 +260,13 @@ def _report(variants: list[Variant], calls: int) -> dict[str, Any]:
         print(f"{v.label}: {'statement':<11} {'us/call':>8} {'us/row':>7} {'x floor':>8}")
         for name, per in PER_CALL.items():
             us = v.median(name)
+            ratio = us / floor if floor else 0.0
             figures[name] = {
                 "us_per_call": round(us, 1),
                 "us_per_row": round(us / per, 1),
-                "ratio_to_floor": round(us / floor, 2) if floor else 0.0,
+                "ratio_to_floor": round(ratio, 2),
             }
-            print(f"{v.label}: {name:<11} {us:8.0f} {us / per:7.0f} {us / floor:8.2f}")
+            print(f"{v.label}: {name:<11} {us:8.0f} {us / per:7.0f} {ratio:8.2f}")
         result["statements" if v.functions is None else "against"] = figures
     if len(variants) == 2:
         here, other = variants
@@ -287,27 +286,22 @@ async def run(args: argparse.Namespace) -> int:
     if args.calls < 7 or args.rounds < 1:
         raise BenchError("--calls must be at least 7 and --rounds at least 1")
     variants = _variants(args.against)
-    data = Path(tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
-    os.chmod(data, 0o755)
-    shard = LocalShard(data, apps=[])
     conns: list[asyncpg.Connection] = []
-    try:
-        await shard.start()
-        for v in variants:
-            conns.append(await _database(shard, v))
-            await _checked_round(conns[-1], v, 0, min(args.calls, 50))  # warm: plans, caches
-        for n in range(1, args.rounds + 1):
-            # Taking turns, the order reversed every other round.
-            pairs = list(zip(variants, conns, strict=True))
-            for v, conn in pairs if n % 2 else pairs[::-1]:
-                v.rounds.append(await _checked_round(conn, v, n, args.calls))
-                print(f"round {n} {v.label}: "
-                      + ", ".join(f"{k} {x:.0f}" for k, x in v.rounds[-1].items())
-                      + " us/call", flush=True)  # fmt: skip
-    finally:
-        for conn in conns:
-            await conn.close()
-        shard.stop()
-        remove_data(data)
+    async with local_shard(apps=[]) as shard:
+        try:
+            for v in variants:
+                conns.append(await _database(shard, v))
+                await _checked_round(conns[-1], v, 0, min(args.calls, 50))  # warm-up
+            for n in range(1, args.rounds + 1):
+                # Taking turns, the order reversed every other round.
+                pairs = list(zip(variants, conns, strict=True))
+                for v, conn in pairs if n % 2 else pairs[::-1]:
+                    v.rounds.append(await _checked_round(conn, v, n, args.calls))
+                    print(f"round {n} {v.label}: "
+                          + ", ".join(f"{k} {x:.0f}" for k, x in v.rounds[-1].items())
+                          + " us/call", flush=True)  # fmt: skip
+        finally:
+            for conn in conns:
+                await conn.close()
     print(json.dumps(_report(variants, args.calls)))
     return 0
