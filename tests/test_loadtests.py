@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -359,20 +360,20 @@ def _checkout(root: Path, functions: str, drop_query: str = "") -> str:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    "make_argv",
     [
-        ["--calls", "3"],
-        ["--rounds", "0"],
-        ["--against", "/nonexistent/checkout"],
-        ["--against", "queries lacking workflow_start_many"],
-        ["--against", "functions that do not apply"],
+        lambda _: ["--calls", "3"],
+        lambda _: ["--rounds", "0"],
+        lambda _: ["--against", "/nonexistent/checkout"],
+        lambda tmp: ["--against", _checkout(tmp, "", drop_query="workflow_start_many")],
+        lambda tmp: ["--against", _checkout(tmp, "SELECT no_such_function();"), "--calls", "7"],
     ],
+    ids=["few-calls", "no-rounds", "no-checkout", "query-missing", "functions-fail"],
 )
-def test_bench_statements_refuses_bad_arguments(argv: list[str], tmp_path: Path) -> None:
-    if argv[1] == "queries lacking workflow_start_many":
-        argv = ["--against", _checkout(tmp_path, "", drop_query="workflow_start_many")]
-    elif argv[1] == "functions that do not apply":
-        argv = ["--against", _checkout(tmp_path, "SELECT no_such_function();"), "--calls", "7"]
+def test_bench_statements_refuses_bad_arguments(
+    make_argv: Callable[[Path], list[str]], tmp_path: Path
+) -> None:
+    argv = make_argv(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "shardflow", "bench", "statements", *argv],
         cwd=ROOT,
