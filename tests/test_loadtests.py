@@ -44,6 +44,22 @@ def run_module(module: str, *args: str, timeout: float = 600) -> dict[str, Any]:
     return result
 
 
+def run_refused(module: str, *args: str) -> str:
+    """Run ``python -m module args``, which must refuse them: exit code 2 (an argument
+    argparse rejects, or a ShardflowError) and no traceback. Its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -373,16 +389,7 @@ def _checkout(root: Path, functions: str, drop_query: str = "") -> str:
 def test_bench_statements_refuses_bad_arguments(
     make_argv: Callable[[Path], list[str]], tmp_path: Path
 ) -> None:
-    argv = make_argv(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "shardflow", "bench", "statements", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0
-    assert "bench_failed" in done.stderr and "Traceback" not in done.stderr
+    assert "bench_failed" in run_refused("shardflow", "bench", "statements", *make_argv(tmp_path))
 
 
 def test_processes_are_told_apart_by_their_command_line() -> None:
@@ -480,13 +487,6 @@ def test_rate_between_cuts_a_window_out_of_a_timeline() -> None:
 
 @pytest.mark.parametrize("value", ["-0.5", "nan", "lots"])
 def test_bench_rebalance_refuses_a_bad_cpu_cap(value: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "shardflow", "bench", "rebalance", "--cpu-per-shard", value],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    assert "--cpu-per-shard" in run_refused(
+        "shardflow", "bench", "rebalance", "--cpu-per-shard", value
     )
-    assert done.returncode == 2
-    assert "--cpu-per-shard" in done.stderr and "Traceback" not in done.stderr
