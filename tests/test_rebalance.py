@@ -297,17 +297,24 @@ async def test_paused_executor_of_a_moving_slot_is_fenced(growing: LiveCluster):
 
 
 class CountsRunningMoves(Faults):
-    """Counts moves between their first transition and 'done' (the fault points)."""
+    """Counts moves between their first transition and 'done' (the fault points). The
+    first moves wait at their first transition until `parallel` of them are there, so a
+    mover that runs them one by one times out here rather than passing by luck."""
 
-    def __init__(self) -> None:
+    def __init__(self, parallel: int) -> None:
         super().__init__()
+        self.parallel = parallel
         self.running = 0
         self.peak = 0
+        self.full = asyncio.Event()
 
     async def point(self, name: str) -> None:
         if name == "move_precopied":
             self.running += 1
             self.peak = max(self.peak, self.running)
+            if self.running == self.parallel:
+                self.full.set()
+            await asyncio.wait_for(self.full.wait(), timeout=60)
         elif name == "move_done":
             self.running -= 1
         await asyncio.sleep(0.01)  # let the other moves reach their next step
@@ -324,7 +331,7 @@ async def test_moves_run_a_few_at_once_and_never_more(growing: LiveCluster):
             "UPDATE catalog.leader SET term = term + 1 RETURNING term"
         )
     )
-    faults = CountsRunningMoves()
+    faults = CountsRunningMoves(parallel=3)
     mover = Mover(growing.catalog, term, faults, parallel=3)
     try:
         progress: list[int] = []

@@ -21,6 +21,7 @@ from shard.errors import (
     WorkflowNotFoundError,
 )
 from tests.cluster_fixtures import SHARDS, LiveCluster
+from tests.waiting import until
 
 
 async def test_thousand_workflows_across_three_shards(cluster: LiveCluster):
@@ -243,8 +244,12 @@ async def test_overload_is_429_with_retry_after(cluster: LiveCluster):
     client = await cluster.add_router(max_inflight=1)
     doc = await client.start("long_sleep", None)
     url = cluster.routers[0].url
-    poll = asyncio.create_task(_raw(url, "GET", f"/v1/workflows/{doc['id']}/result?timeout=2"))
-    await asyncio.sleep(0.3)  # let the long poll occupy the only slot
+    poll = asyncio.create_task(_raw(url, "GET", f"/v1/workflows/{doc['id']}/result?timeout=3"))
+
+    async def occupied() -> bool:
+        return bool(cluster.routers[0].metrics.inflight._value.get())
+
+    await until(occupied, what="the long poll to hold the only slot")
     status, body, headers = await _raw(url, "GET", "/v1/cluster")
     assert (status, body["error"]["code"]) == (429, "overloaded")
     assert headers["Retry-After"] == "1"
