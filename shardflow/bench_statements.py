@@ -23,6 +23,7 @@ rounds: a change must beat that, or take more rounds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ from shard.errors import ShardflowError
 from shard.migrate import migrate
 from shard.model import StepRow, WorkflowRecord
 from shard.queries import load, parse, query
+from shard.slots import slot_of
 from shard.store import flush_payload
 from shardflow.bench_cluster import local_shard
 
@@ -90,24 +92,10 @@ async def _setup(conn: asyncpg.Connection) -> None:
     await conn.execute("CREATE TABLE bench_floor (id text PRIMARY KEY)")
 
 
-async def _ids(conn: asyncpg.Connection, prefix: str, n: int) -> list[str]:
+def _ids(prefix: str, n: int) -> list[str]:
     """``n`` workflow IDs whose slots this shard owns (a third of all IDs land there)."""
-    ids: list[str] = []
-    tried = 0
-    while len(ids) < n:
-        more = 4 * (n - len(ids)) + 100
-        ids += await conn.fetchval(
-            "SELECT coalesce(array_agg(id), '{}') FROM"
-            " (SELECT $1 || g AS id FROM generate_series($2::integer, $3::integer) g) x"
-            " WHERE shardflow.slot_of(id, $4) < $5",
-            prefix,
-            tried + 1,
-            tried + more,
-            SLOTS,
-            OWNED,
-        )
-        tried += more
-    return ids[:n]
+    ids = (f"{prefix}{g}" for g in itertools.count(1))
+    return list(itertools.islice((i for i in ids if slot_of(i, SLOTS) < OWNED), n))
 
 
 def _record(wid: str, seq: int, finish: bool) -> WorkflowRecord:
@@ -147,8 +135,8 @@ async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int
     """Every statement ``calls`` times (texts from ``q``); microseconds of backend CPU per
     call of each."""
     pid = await conn.fetchval("SELECT pg_backend_pid()")
-    singles = await _ids(conn, f"r{n}a-", calls)
-    batched = await _ids(conn, f"r{n}b-", calls * 5)
+    singles = _ids(f"r{n}a-", calls)
+    batched = _ids(f"r{n}b-", calls * 5)
     groups = [batched[i : i + 7] for i in range(0, len(batched) - 6, 7)]
 
     async def start_ids(ids: list[str]) -> None:
