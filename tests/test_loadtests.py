@@ -60,6 +60,13 @@ def run_refused(module: str, *args: str) -> str:
     return done.stderr
 
 
+def rounding_slack(num: float, den: float, num_step: float, den_step: float, step: float) -> float:
+    """How far a ratio a bench takes before rounding (then rounds to ``step``) can lie from
+    ``num / den``, the two figures as printed (rounded to ``num_step`` and ``den_step``;
+    0: printed as used): half a unit of each rounding."""
+    return step / 2 + num / den * (num_step / 2 / num + den_step / 2 / den)
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -346,11 +353,8 @@ def test_bench_statements_prints_each_statement_against_the_floor() -> None:
         assert f["us_per_call"] > 0
         assert f["us_per_row"] == pytest.approx(f["us_per_call"] / rows, abs=0.1)
         floor = figures["floor"]["us_per_call"]
-        ratio = f["us_per_call"] / floor
-        # The ratio is taken before rounding: the two printed figures (to 0.1 us) and
-        # the ratio (to 0.01) each carry half a unit of rounding.
-        slack = 0.005 + ratio * (0.05 / f["us_per_call"] + 0.05 / floor)
-        assert f["ratio_to_floor"] == pytest.approx(ratio, abs=slack)
+        slack = rounding_slack(f["us_per_call"], floor, 0.1, 0.1, 0.01)
+        assert f["ratio_to_floor"] == pytest.approx(f["us_per_call"] / floor, abs=slack)
     assert figures["floor"]["ratio_to_floor"] == 1.0
     assert "against" not in out and "ratio_to_against" not in out
 
@@ -470,9 +474,9 @@ def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing(cpu_per_shard
     assert out["slots_moved"] == 8
     assert out["lost"] == 0 and out["duplicated"] == 0 and out["errors"] == 0
     assert out["steady_wf_per_s"] > 0 and out["during_move_wf_per_s"] > 0
-    ratio = out["during_move_wf_per_s"] / out["steady_wf_per_s"]
-    # taken before the rate in the move was rounded to 0.1, and itself rounded to 0.001
-    assert out["ratio"] == pytest.approx(ratio, abs=0.0005 + 0.05 / out["steady_wf_per_s"])
+    during, steady = out["during_move_wf_per_s"], out["steady_wf_per_s"]
+    slack = rounding_slack(during, steady, 0.1, 0, 0.001)
+    assert out["ratio"] == pytest.approx(during / steady, abs=slack)
     # the move window lies inside the load phase (which SIGTERM ended once it was over)
     assert out["phase_wf_per_s"] > 0 and 0 < out["move_seconds"] < 240
     assert out["pause_p99_ms"] >= out["pause_p50_ms"] > 0

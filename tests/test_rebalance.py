@@ -331,14 +331,15 @@ async def test_moves_run_a_few_at_once_and_never_more(growing: LiveCluster):
             "UPDATE catalog.leader SET term = term + 1 RETURNING term"
         )
     )
-    faults = CountsRunningMoves(parallel=3)
-    mover = Mover(growing.catalog, term, faults, parallel=3)
+    parallel = 3
+    faults = CountsRunningMoves(parallel)
+    mover = Mover(growing.catalog, term, faults, parallel=parallel)
     try:
         progress: list[int] = []
         assert await mover.run_all(progress.append) == planned
     finally:
         await mover.close()
-    assert faults.peak == 3 and faults.running == 0
+    assert faults.peak == parallel and faults.running == 0
     assert progress == list(range(1, planned + 1))
     assert await _moves_done(growing)
     results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))

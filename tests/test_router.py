@@ -243,11 +243,12 @@ async def test_bearer_tokens(cluster: LiveCluster):
 async def test_overload_is_429_with_retry_after(cluster: LiveCluster):
     client = await cluster.add_router(max_inflight=1)
     doc = await client.start("long_sleep", None)
-    url = cluster.routers[0].url
+    router = cluster.routers[0]
+    url = router.url
     poll = asyncio.create_task(_raw(url, "GET", f"/v1/workflows/{doc['id']}/result?timeout=3"))
 
     async def occupied() -> bool:
-        return bool(cluster.routers[0].metrics.inflight._value.get())
+        return bool(router.metrics.inflight._value.get())
 
     await until(occupied, what="the long poll to hold the only slot")
     status, body, headers = await _raw(url, "GET", "/v1/cluster")
