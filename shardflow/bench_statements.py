@@ -45,6 +45,7 @@ from shard.queries import load, parse, query
 from shard.slots import slot_of
 from shard.store import flush_payload
 from shardflow.bench_cluster import local_shard
+from shardflow.cpu import process_cpu_ns
 
 SLOTS, OWNED = 1024, 341  # a shard of three
 OWNER, LOCK_KEY = "bench-stand-in", 4242
@@ -68,12 +69,6 @@ def add_parser(which: Any) -> None:
         "for a change to the SQL (e.g. a `git worktree` of the commit before)",
     )
     s.set_defaults(handler=run)
-
-
-def backend_cpu_ns(pid: int) -> int:
-    """CPU time a process has used so far, in nanoseconds."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0])
 
 
 async def _setup(conn: asyncpg.Connection) -> None:
@@ -120,10 +115,10 @@ Figures = dict[str, float]
 
 async def _measure(pid: int, calls: int, call: Call) -> float:
     """Microseconds of backend CPU per call."""
-    before = backend_cpu_ns(pid)
+    before = process_cpu_ns(pid)
     for i in range(calls):
         await call(i)
-    return (backend_cpu_ns(pid) - before) / calls / 1000
+    return (process_cpu_ns(pid) - before) / calls / 1000
 
 
 def _check(rows: list[asyncpg.Record], expected: int, what: str, ok: str = "") -> None:

@@ -1,4 +1,5 @@
-"""CPU time of process trees, read from /proc (Linux), for CPU-per-workflow figures."""
+"""CPU time of processes and process trees, read from /proc (Linux), for CPU-per-workflow
+figures."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def part_of(argv: list[str]) -> str:
             return rest[0]
         return module
     return program
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time one process has used so far, in nanoseconds (the scheduler's own count,
+    finer than the clock ticks of ``/proc/<pid>/stat``; its children's not included)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
 
 
 def _process(pid: int) -> tuple[int, float, str] | None:
