@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := shard router coordinator metrics shardflow loadtests
+PACKAGES := -p shardflow -p loadtests
 STAMP := $(VENV)/.installed
 
 .PHONY: run test install lint typecheck pytest bench clean

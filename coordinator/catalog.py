@@ -9,35 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from shard import pool as shard_pool
-from shard.errors import ShardflowError
-from shard.migrate import migrate
-from shard.pool import create_pool
-from shard.queries import parse
-from shard.queries import query as shard_query
+from shardflow.infra import pool as shard_pool
+from shardflow.infra.errors import ShardflowError
+from shardflow.infra.pool import create_pool
+from shardflow.infra.sqlfiles import named_queries
+from shardflow.shard.migrate import migrate
+from shardflow.shard.queries import query as shard_query
 
 if TYPE_CHECKING:
-    from coordinator.launcher import PostgresServer
+    from shardflow.coordinator.launcher import PostgresServer
 
 
 class CatalogError(ShardflowError):
     code = "catalog_error"
 
 
-@cache
-def _queries() -> dict[str, str]:
-    text = resources.files("coordinator").joinpath("sql", "queries.sql").read_text("utf-8")
-    return parse(text)
-
-
 def q(name: str) -> str:
-    return _queries()[name]
+    return named_queries("shardflow.coordinator", "queries.sql")[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +66,7 @@ class Catalog:
         if slots < 1 or slots > 65536:
             raise CatalogError("the slot count must be between 1 and 65536")
         async with self.pool.acquire() as conn:
-            await migrate(conn, "coordinator")
+            await migrate(conn, "shardflow.coordinator")
             await conn.execute(q("settings_init"), str(slots))
 
     async def slot_count(self) -> int:
@@ -100,7 +92,7 @@ class Catalog:
         """Apply new migrations, the catalog's first, then each shard's in turn, while the
         cluster keeps serving. The versions applied now, by "catalog" and shard ID."""
         async with self.pool.acquire() as conn:
-            applied = {"catalog": await migrate(conn, "coordinator")}
+            applied = {"catalog": await migrate(conn, "shardflow.coordinator")}
         for shard in await self.shards():
             shard_conn = await shard_pool.connect(shard.dsn, timeout=10)
             try:

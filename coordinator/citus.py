@@ -15,18 +15,17 @@ trying the layout without a Citus cluster: nothing but the placement differs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from coordinator import operations
-from coordinator.catalog import Catalog
-from shard.errors import ShardflowError
-from shard.pool import SCHEMA_PARAM, close_connection
-from shard.queries import parse
+from shardflow.coordinator import operations
+from shardflow.coordinator.catalog import Catalog
+from shardflow.infra.errors import ShardflowError
+from shardflow.infra.pool import SCHEMA_PARAM, close_connection
+from shardflow.infra.sqlfiles import named_queries
 
-q = parse(resources.files("coordinator").joinpath("sql", "citus.sql").read_text("utf-8"))
+q = named_queries("shardflow.coordinator", "citus.sql")
 
 
 class CitusUnavailableError(ShardflowError):

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator import haproxy
-from coordinator.catalog import Catalog, ensure_database
-from coordinator.launcher import LauncherError, LocalPostgres, die_with_parent, free_port
-from shard.settings import Settings, setting
+from shardflow.coordinator import haproxy
+from shardflow.coordinator.catalog import Catalog, ensure_database
+from shardflow.coordinator.launcher import LauncherError, LocalPostgres, die_with_parent, free_port
+from shardflow.infra.settings import Settings, setting
 
 log = logging.getLogger("shardflow.dev")
 MARKER = "cluster.json"

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from metrics.shard_stats import ShardStats, read_stats
-from shard import pool as shard_pool
-from shard.queries import query
+from shardflow.infra import pool as shard_pool
+from shardflow.metrics.shard_stats import ShardStats, read_stats
+from shardflow.shard.queries import query
 
 
 class ShardProbe:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shard.errors import ShardflowError
+from shardflow.infra.errors import ShardflowError
 
 PG_USER = "shardflow"
 _DEBIAN_BIN = "/usr/lib/postgresql/15/bin"

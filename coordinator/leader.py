@@ -15,17 +15,17 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from coordinator import operations
-from coordinator.catalog import Catalog, q
-from coordinator.health import ShardProbe
-from coordinator.limits import Limiter
-from coordinator.moves import Mover, NotLeader
-from coordinator.schedules import Scheduler
-from metrics.coordinator import CoordinatorMetrics
-from metrics.shard_stats import ShardStats
-from shard.faults import Faults
-from shard.pool import close_connection
-from shard.settings import Settings, setting
+from shardflow.coordinator import operations
+from shardflow.coordinator.catalog import Catalog, q
+from shardflow.coordinator.health import ShardProbe
+from shardflow.coordinator.limits import Limiter
+from shardflow.coordinator.moves import Mover, NotLeader
+from shardflow.coordinator.schedules import Scheduler
+from shardflow.infra.pool import close_connection
+from shardflow.infra.settings import Settings, setting
+from shardflow.metrics.coordinator import CoordinatorMetrics
+from shardflow.metrics.shard_stats import ShardStats
+from shardflow.shard.faults import Faults
 
 log = logging.getLogger("shardflow.coordinator")
 

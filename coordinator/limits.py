@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.catalog import Catalog, q
-from shard.pool import ShardPools
-from shard.queries import query
+from shardflow.coordinator.catalog import Catalog, q
+from shardflow.infra.pool import ShardPools
+from shardflow.shard.queries import query
 
 
 @dataclass

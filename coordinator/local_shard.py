@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from coordinator.catalog import ensure_database
-from coordinator.launcher import LocalPostgres, PostgresServer, die_with_parent
-from shard import pool as shard_pool
-from shard.migrate import migrate
-from shard.queries import query
+from shardflow.coordinator.catalog import ensure_database
+from shardflow.coordinator.launcher import LocalPostgres, PostgresServer, die_with_parent
+from shardflow.infra import pool as shard_pool
+from shardflow.shard.migrate import migrate
+from shardflow.shard.queries import query
 
 
 class LocalShard:

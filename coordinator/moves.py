@@ -24,11 +24,11 @@ from typing import Any
 
 import asyncpg
 
-from coordinator.catalog import Catalog, q
-from shard.dbfaults import is_unavailable
-from shard.faults import Faults
-from shard.pool import ShardPools
-from shard.queries import query
+from shardflow.coordinator.catalog import Catalog, q
+from shardflow.infra.dbfaults import is_unavailable
+from shardflow.infra.pool import ShardPools
+from shardflow.shard.faults import Faults
+from shardflow.shard.queries import query
 
 log = logging.getLogger("shardflow.moves")
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import asyncpg
 
-from coordinator.catalog import Catalog, CatalogError, q
-from coordinator.planner import plan
-from shard import pool as shard_pool
-from shard.queries import query
+from shardflow.coordinator.catalog import Catalog, CatalogError, q
+from shardflow.coordinator.planner import plan
+from shardflow.infra import pool as shard_pool
+from shardflow.shard.queries import query
 
 
 class ClusterConflictError(CatalogError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from shard.errors import ShardflowError
+from shardflow.infra.errors import ShardflowError
 
 
 class PlanError(ShardflowError):

@@ -16,23 +16,24 @@ from typing import Any
 
 import asyncpg
 
-from coordinator.catalog import Catalog, SlotMap, q
-from shard import cron
-from shard.client import StartRequest, start_many_on
-from shard.cron import ScheduleSpec
-from shard.errors import (
+from shardflow.coordinator.catalog import Catalog, SlotMap, q
+from shardflow.infra.errors import (
     InvalidScheduleError,
     ScheduleConflictError,
     ScheduleNotFoundError,
     ShardflowError,
 )
-from shard.pool import ShardPools
-from shard.queries import query
-from shard.slots import slot_of
+from shardflow.infra.pool import ShardPools
+from shardflow.shard import cron
+from shardflow.shard.client import StartRequest, start_many_on
+from shardflow.shard.cron import ScheduleSpec
+from shardflow.shard.model import FINISHED
+from shardflow.shard.queries import query
+from shardflow.shard.slots import slot_of
 
 log = logging.getLogger("shardflow.coordinator")
 
-FINISHED = ("completed", "failed", "cancelled")
+
 DUE_BATCH = 100
 
 

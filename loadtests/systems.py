@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.launcher import die_with_parent, free_port
-from shard.errors import ShardflowError
 from shardflow.bench_cluster import local_cluster
+from shardflow.coordinator.launcher import die_with_parent, free_port
+from shardflow.infra.errors import ShardflowError
 
 RABBITMQ_HOME = Path("/usr/lib/rabbitmq/bin")
 ERLANG_EPMD = "epmd"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from metrics.shard import LATENCY_BUCKETS
+from shardflow.metrics.shard import LATENCY_BUCKETS
 
 
 class CoordinatorMetrics:

@@ -10,9 +10,9 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from metrics.coordinator import CoordinatorMetrics
-from metrics.router import RouterMetrics
-from metrics.shard import ShardMetrics
+from shardflow.metrics.coordinator import CoordinatorMetrics
+from shardflow.metrics.router import RouterMetrics
+from shardflow.metrics.shard import ShardMetrics
 
 HEADER = """# Metrics
 

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 
 import asyncpg
 
-from shard.queries import parse
-
-
-@cache
-def _queries() -> dict[str, str]:
-    return parse(resources.files("metrics").joinpath("sql", "shard_stats.sql").read_text("utf-8"))
+from shardflow.infra.sqlfiles import named_queries
 
 
 @dataclass
@@ -31,7 +24,7 @@ class ShardStats:
 
 
 async def read_stats(conn: asyncpg.Connection | asyncpg.Pool) -> ShardStats:
-    q = _queries()
+    q = named_queries("shardflow.metrics", "shard_stats.sql")
     stats = ShardStats()
     stats.queue = {r["status"]: r["n"] for r in await conn.fetch(q["queue_depth"])}
     row = await conn.fetchrow(q["ready_now"])

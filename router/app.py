@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from metrics.router import RouterMetrics
-from router import handlers, schedules
-from router.errors import HttpError, error_response, from_exception
-from router.settings import RouterSettings
-from router.view import ClusterView
+from shardflow.metrics.router import RouterMetrics
+from shardflow.router import handlers, schedules
+from shardflow.router.errors import HttpError, error_response, from_exception
+from shardflow.router.settings import RouterSettings
+from shardflow.router.view import ClusterView
 
 log = logging.getLogger("shardflow.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -26,7 +26,7 @@ METRICS = web.AppKey("metrics", RouterMetrics)
 
 
 def openapi_document() -> dict[str, Any]:
-    text = resources.files("router").joinpath("openapi.json").read_text(encoding="utf-8")
+    text = resources.files("shardflow.router").joinpath("openapi.json").read_text(encoding="utf-8")
     doc: dict[str, Any] = json.loads(text)
     return doc
 

@@ -15,8 +15,8 @@ import asyncio
 import uuid
 from dataclasses import replace
 
-from shard.client import ShardClient, StartRequest, StartResult, start_each_on
-from shard.waiters import settle
+from shardflow.shard.client import ShardClient, StartRequest, StartResult, start_each_on
+from shardflow.shard.waiters import settle
 
 
 class StartBatcher:

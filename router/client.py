@@ -14,19 +14,16 @@ from typing import Any
 
 import aiohttp
 
-from shard import codec
-from shard.errors import (
+from shardflow.infra.errors import (
     BadRequestError,
     InvalidScheduleError,
     InvalidWorkflowIdError,
     OverloadedError,
-    RequestTooLargeError,
     ResultTimeoutError,
     ScheduleConflictError,
     ScheduleNotFoundError,
     ShardflowError,
     ShardUnavailableError,
-    UnauthorizedError,
     UnknownWorkflowError,
     WorkflowCancelledError,
     WorkflowConflictError,
@@ -34,7 +31,9 @@ from shard.errors import (
     WorkflowFinishedError,
     WorkflowNotFoundError,
 )
-from shard.model import TERMINAL
+from shardflow.router.errors import RequestTooLargeError, UnauthorizedError
+from shardflow.shard import codec
+from shardflow.shard.model import FINISHED
 
 ERRORS: dict[str, type[ShardflowError]] = {
     "bad_request": BadRequestError,
@@ -169,7 +168,7 @@ class Client:
         deadline = None if timeout is None else loop.time() + timeout
         wait = 30.0 if timeout is None else min(30.0, timeout)
         doc = await self.start(workflow, input, wait=wait, **options)
-        if doc["status"] not in TERMINAL:
+        if doc["status"] not in FINISHED:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             doc = await self.wait(doc["id"], left)
         return _output(doc)

@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shard.dbfaults import is_unavailable
-from shard.errors import ShardflowError
+from shardflow.infra.dbfaults import is_unavailable
+from shardflow.infra.errors import ShardflowError
 
 log = logging.getLogger("shardflow.router")
 
@@ -34,6 +34,14 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal": 500,
 }
 RETRY_AFTER = {429: "1", 503: "1"}
+
+
+class UnauthorizedError(ShardflowError):
+    code = "unauthorized"
+
+
+class RequestTooLargeError(ShardflowError):
+    code = "too_large"
 
 
 class HttpError(ShardflowError):

@@ -12,17 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator import operations
-from router import requests as rq
-from router.errors import HttpError
-from router.view import ClusterView
-from shard.client import ShardClient, StartRequest, StartResult, start_each_on
-from shard.errors import (
+from shardflow.coordinator import operations
+from shardflow.infra.errors import (
     ResultTimeoutError,
     ShardflowError,
     SlotMovedError,
     WorkflowNotFoundError,
 )
+from shardflow.router import requests as rq
+from shardflow.router.errors import HttpError
+from shardflow.router.view import ClusterView
+from shardflow.shard.client import ShardClient, StartRequest, StartResult, start_each_on
 
 VIEW = web.AppKey("view", ClusterView)
 

@@ -12,14 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from router.errors import HttpError
-from shard.client import MAX_PRIORITY
-from shard.cron import ScheduleSpec
+from shardflow.router.errors import HttpError
+from shardflow.shard.client import MAX_PRIORITY
+from shardflow.shard.cron import ScheduleSpec
+from shardflow.shard.model import FINISHED, SUSPENDED
 
 # C0 control characters and DEL: not allowed in IDs (the shard's check is [[:cntrl:]]).
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
-STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+STATUSES = ("pending", "running", *SUSPENDED, *FINISHED)
 
 
 def _no_constants(name: str) -> Any:

@@ -6,9 +6,9 @@ import json
 
 from aiohttp import web
 
-from coordinator import schedules
-from router import requests as rq
-from router.handlers import check_known, view_of
+from shardflow.coordinator import schedules
+from shardflow.router import requests as rq
+from shardflow.router.handlers import check_known, view_of
 
 
 async def create(request: web.Request) -> web.Response:

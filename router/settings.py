@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shard.settings import Settings, setting
+from shardflow.infra.settings import Settings, setting
 
 
 @dataclass(frozen=True)

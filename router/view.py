@@ -8,13 +8,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from coordinator.catalog import Catalog, SlotMap
-from metrics.router import RouterMetrics
-from router.batcher import StartBatcher
-from router.settings import RouterSettings
-from shard.client import ShardClient
-from shard.errors import ShardUnavailableError, SlotMovedError
-from shard.slots import slot_of
+from shardflow.coordinator.catalog import Catalog, SlotMap
+from shardflow.infra.errors import ShardUnavailableError, SlotMovedError
+from shardflow.metrics.router import RouterMetrics
+from shardflow.router.batcher import StartBatcher
+from shardflow.router.settings import RouterSettings
+from shardflow.shard.client import ShardClient
+from shardflow.shard.slots import slot_of
 
 log = logging.getLogger("shardflow.router")
 T = TypeVar("T")

@@ -14,9 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from shard import codec
-from shard.dbfaults import is_unavailable
-from shard.errors import (
+from shardflow.infra.dbfaults import is_unavailable
+from shardflow.infra.errors import (
     BadRequestError,
     InvalidWorkflowIdError,
     OverloadedError,
@@ -31,10 +30,11 @@ from shard.errors import (
     WorkflowNotFoundError,
     from_postgres,
 )
-from shard.pool import close_pool, create_pool
-from shard.queries import query
-from shard.sdk import WorkflowDef
-from shard.waiters import ResultWaiters
+from shardflow.infra.pool import close_pool, create_pool
+from shardflow.shard import codec
+from shardflow.shard.queries import query
+from shardflow.shard.sdk import WorkflowDef
+from shardflow.shard.waiters import ResultWaiters
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shard.errors import SerializationError
+from shardflow.infra.errors import SerializationError
 
 _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 

@@ -17,12 +17,12 @@ import asyncio
 import logging
 import time
 
-from metrics.shard import ShardMetrics
-from shard.errors import ShardUnavailableError
-from shard.faults import Faults
-from shard.model import ClaimedWorkflow, ClaimRequest, FlushResult, WorkflowRecord
-from shard.store import ShardStore
-from shard.waiters import settle
+from shardflow.infra.errors import ShardUnavailableError
+from shardflow.metrics.shard import ShardMetrics
+from shardflow.shard.faults import Faults
+from shardflow.shard.model import ClaimedWorkflow, ClaimRequest, FlushResult, WorkflowRecord
+from shardflow.shard.store import ShardStore
+from shardflow.shard.waiters import settle
 
 log = logging.getLogger("shardflow.committer")
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from shard.errors import InvalidScheduleError
+from shardflow.infra.errors import InvalidScheduleError
 
 OVERLAPS = ("skip", "allow")
 MAX_NAME = 100

@@ -28,21 +28,21 @@ from typing import Any
 
 import asyncpg
 
-from metrics.shard import ShardMetrics
-from shard import pool as shard_pool
-from shard.committer import GroupCommitter
-from shard.dbfaults import is_unavailable
-from shard.errors import SettingsError, ShardflowError
-from shard.executor_settings import ExecutorSettings
-from shard.faults import Faults
-from shard.migrate import migrations
-from shard.model import ClaimedWorkflow, ClaimRequest, History
-from shard.pool import create_pool
-from shard.queries import query
-from shard.runner import WorkflowRunner
-from shard.sdk import Registry
-from shard.sqlflow import make_workflow
-from shard.store import ShardStore
+from shardflow.infra import pool as shard_pool
+from shardflow.infra.dbfaults import is_unavailable
+from shardflow.infra.errors import SettingsError, ShardflowError
+from shardflow.infra.pool import create_pool
+from shardflow.metrics.shard import ShardMetrics
+from shardflow.shard.committer import GroupCommitter
+from shardflow.shard.executor_settings import ExecutorSettings
+from shardflow.shard.faults import Faults
+from shardflow.shard.migrate import migrations
+from shardflow.shard.model import ClaimedWorkflow, ClaimRequest, History
+from shardflow.shard.queries import query
+from shardflow.shard.runner import WorkflowRunner
+from shardflow.shard.sdk import Registry
+from shardflow.shard.sqlflow import make_workflow
+from shardflow.shard.store import ShardStore
 
 log = logging.getLogger("shardflow.executor")
 GC_LOCK_KEY = 7358201947

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shard.settings import Settings, setting
+from shardflow.infra.settings import Settings, setting
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class ExecutorSettings(Settings):
 
     def validate(self) -> None:
         super().validate()
-        from shard.errors import SettingsError
+        from shardflow.infra.errors import SettingsError
 
         if not self.app:
             raise SettingsError(

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shard.errors import SettingsError
+from shardflow.infra.errors import SettingsError
 
 POINTS = (
     "executor_registered",

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from shard.queries import parse
+from shardflow.infra.sqlfiles import parse
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -26,7 +26,7 @@ class Migration:
     sql: str
 
 
-def migrations(package: str = "shard") -> list[Migration]:
+def migrations(package: str = "shardflow.shard") -> list[Migration]:
     folder = resources.files(package).joinpath("sql", "migrations")
     found = []
     for entry in folder.iterdir():
@@ -38,7 +38,8 @@ def migrations(package: str = "shard") -> list[Migration]:
 
 
 async def migrate(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any], package: str = "shard"
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any],
+    package: str = "shardflow.shard",
 ) -> list[int]:
     """Bring the schema of ``package`` (shard or coordinator) up to date.
 

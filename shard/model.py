@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-TERMINAL = ("completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")  # every status a workflow ends in
 SUSPENDED = ("sleeping", "waiting")
 
 
@@ -94,7 +94,7 @@ class WorkflowRecord:
     def plain(self) -> bool:
         """Whether flushing this record writes its own rows only: it neither suspends (a
         ready entry to queue) nor finishes a child (a parent to signal)."""
-        return self.status not in SUSPENDED and (self.parent is None or self.status not in TERMINAL)
+        return self.status not in SUSPENDED and (self.parent is None or self.status not in FINISHED)
 
     def merge(self, other: WorkflowRecord) -> None:
         self.steps.extend(other.steps)

@@ -10,21 +10,28 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
-from metrics.shard import ShardMetrics
-from shard import codec
-from shard.client import StartRequest, start_many_on
-from shard.committer import GroupCommitter
-from shard.dbfaults import is_unavailable
-from shard.errors import (
+from shardflow.infra.dbfaults import is_unavailable
+from shardflow.infra.errors import (
     NonDeterminismError,
     ShardUnavailableError,
     WorkflowConflictError,
     WorkflowTimeoutError,
 )
-from shard.faults import Faults
-from shard.model import ClaimedWorkflow, FlushResult, History, StepRow, WorkflowRecord
-from shard.queries import query
-from shard.runtime import (
+from shardflow.metrics.shard import ShardMetrics
+from shardflow.shard import codec
+from shardflow.shard.client import StartRequest, start_many_on
+from shardflow.shard.committer import GroupCommitter
+from shardflow.shard.faults import Faults
+from shardflow.shard.model import (
+    FINISHED,
+    ClaimedWorkflow,
+    FlushResult,
+    History,
+    StepRow,
+    WorkflowRecord,
+)
+from shardflow.shard.queries import query
+from shardflow.shard.runtime import (
     Context,
     Fenced,
     Lost,
@@ -34,8 +41,8 @@ from shard.runtime import (
     error_record,
     with_timeout,
 )
-from shard.sdk import Registry, StepDef, WorkflowDef
-from shard.store import ShardStore
+from shardflow.shard.sdk import Registry, StepDef, WorkflowDef
+from shardflow.shard.store import ShardStore
 
 log = logging.getLogger("shardflow.runner")
 
@@ -134,7 +141,7 @@ class WorkflowRunner:
             if is_unavailable(exc):
                 raise Lost() from exc
             raise
-        if not rows or rows[0]["status"] not in ("completed", "failed", "cancelled"):
+        if not rows or rows[0]["status"] not in FINISHED:
             return None
         return dict(rows[0])
 
@@ -170,7 +177,7 @@ class WorkflowRunner:
         except Lost:
             run.abandon_unsaved()
             return False
-        if result.applied and state["status"] in ("completed", "failed", "cancelled"):
+        if result.applied and state["status"] in FINISHED:
             self.metrics.workflows_completed.labels(self.shard, claimed.name, state["status"]).inc()
             self.metrics.workflow_duration.labels(self.shard, claimed.name).observe(
                 max(0.0, time.time() - claimed.created_at.timestamp())

@@ -18,8 +18,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shard import codec
-from shard.errors import (
+from shardflow.infra.errors import (
     ChildWorkflowFailedError,
     EventTimeoutError,
     NonDeterminismError,
@@ -29,10 +28,11 @@ from shard.errors import (
     StepFailedError,
     StepTimeoutError,
 )
-from shard.model import ClaimedWorkflow, FlushResult, History, StepRow
+from shardflow.shard import codec
+from shardflow.shard.model import ClaimedWorkflow, FlushResult, History, StepRow
 
 if TYPE_CHECKING:
-    from shard.sdk import StepDef
+    from shardflow.shard.sdk import StepDef
 
 _CURRENT: ContextVar[WorkflowRun | None] = ContextVar("shardflow_run", default=None)
 

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from shard.cron import ScheduleSpec
-from shard.errors import SettingsError
-from shard.runtime import current_run
+from shardflow.infra.errors import SettingsError
+from shardflow.shard.cron import ScheduleSpec
+from shardflow.shard.runtime import current_run
 
 WorkflowFn = Callable[..., Awaitable[Any]]
 

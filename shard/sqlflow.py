@@ -19,8 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from shard.errors import NonRetryableError
-from shard.sdk import StepDef, WorkflowDef, step
+from shardflow.infra.errors import NonRetryableError
+from shardflow.shard.sdk import StepDef, WorkflowDef, step
 
 DEFAULT_RETRIES = 3
 

@@ -11,11 +11,17 @@ from typing import Any
 
 import asyncpg
 
-from shard import codec
-from shard.model import ClaimedWorkflow, ClaimRequest, History, RecordedStep, WorkflowRecord
-from shard.pool import quiet_target
-from shard.queries import query
-from shard.sdk import WorkflowDef
+from shardflow.infra.pool import quiet_target
+from shardflow.shard import codec
+from shardflow.shard.model import (
+    ClaimedWorkflow,
+    ClaimRequest,
+    History,
+    RecordedStep,
+    WorkflowRecord,
+)
+from shardflow.shard.queries import query
+from shardflow.shard.sdk import WorkflowDef
 
 _flush_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import asyncpg
 
-from shard import pool as shard_pool
-from shard.dbfaults import is_unavailable
-from shard.errors import ResultTimeoutError, WorkflowNotFoundError
-from shard.model import TERMINAL
-from shard.queries import query
+from shardflow.infra import pool as shard_pool
+from shardflow.infra.dbfaults import is_unavailable
+from shardflow.infra.errors import ResultTimeoutError, WorkflowNotFoundError
+from shardflow.shard.model import FINISHED
+from shardflow.shard.queries import query
 
 # Seconds an expected workflow's outcome is kept for a wait that may come.
 KEEP_EXPECTED = 10.0
@@ -186,7 +186,7 @@ class ResultWaiters:
         found = set()
         for row in rows:
             found.add(row["id"])
-            if row["status"] in TERMINAL:
+            if row["status"] in FINISHED:
                 self._settle(row["id"], dict(row))
         for wid in set(ids) - found:  # not on this shard (or never started)
             self._settle(wid, WorkflowNotFoundError(f"unknown workflow ID {wid!r}", id=wid))

@@ -23,11 +23,11 @@ import tempfile
 import time
 from typing import Any
 
-from coordinator.local_shard import LocalShard
 from examples.bench import make_input
-from shard import pool as shard_pool
-from shard.client import ShardClient, StartRequest
 from shardflow import bench_cluster, bench_statements
+from shardflow.coordinator.local_shard import LocalShard
+from shardflow.infra import pool as shard_pool
+from shardflow.shard.client import ShardClient, StartRequest
 
 CEILING_SCRIPT = """\
 INSERT INTO ceiling_wf (status, input) VALUES ('pending', '{"order_id": 1, "amount": 10.5, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}');

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.dev import DevCluster, DevSettings
-from coordinator.launcher import free_port, remove_data
-from coordinator.local_shard import LocalShard
-from shard import pool as shard_pool
+from shardflow.coordinator.dev import DevCluster, DevSettings
+from shardflow.coordinator.launcher import free_port, remove_data
+from shardflow.coordinator.local_shard import LocalShard
 from shardflow.cpu import parts_spent, tree_cpu_parts
+from shardflow.infra import pool as shard_pool
 
 
 @contextmanager
@@ -196,10 +196,10 @@ MAX_PHASE = 240.0
 
 
 async def rebalance(args: argparse.Namespace) -> int:
-    from coordinator import operations
-    from coordinator.catalog import Catalog, ensure_database
-    from coordinator.dev import DATABASE, Child, executor_child
     from shardflow.cgroups import ShardCaps
+    from shardflow.coordinator import operations
+    from shardflow.coordinator.catalog import Catalog, ensure_database
+    from shardflow.coordinator.dev import DATABASE, Child, executor_child
 
     # --cpu-per-shard 0: no groups at all (the shards share the machine)
     caps = ShardCaps(args.cpu_per_shard or None, f"shardflow-bench-{os.getpid()}")

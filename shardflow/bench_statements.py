@@ -34,18 +34,19 @@ from typing import Any
 
 import asyncpg
 
-from coordinator.catalog import ensure_database
-from coordinator.local_shard import LocalShard
 from examples.bench import make_input
-from shard import pool as shard_pool
-from shard.errors import ShardflowError
-from shard.migrate import migrate
-from shard.model import StepRow, WorkflowRecord
-from shard.queries import load, parse, query
-from shard.slots import slot_of
-from shard.store import flush_payload
 from shardflow.bench_cluster import local_shard
+from shardflow.coordinator.catalog import ensure_database
+from shardflow.coordinator.local_shard import LocalShard
 from shardflow.cpu import process_cpu_ns
+from shardflow.infra import pool as shard_pool
+from shardflow.infra.errors import ShardflowError
+from shardflow.infra.sqlfiles import parse
+from shardflow.shard.migrate import migrate
+from shardflow.shard.model import StepRow, WorkflowRecord
+from shardflow.shard.queries import load, query
+from shardflow.shard.slots import slot_of
+from shardflow.shard.store import flush_payload
 
 SLOTS, OWNED = 1024, 341  # a shard of three
 OWNER, LOCK_KEY = "bench-stand-in", 4242

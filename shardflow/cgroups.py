@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shard.errors import ShardflowError
+from shardflow.infra.errors import ShardflowError
 
 if TYPE_CHECKING:
-    from coordinator.dev import DevCluster
+    from shardflow.coordinator.dev import DevCluster
 
 ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
@@ -157,7 +157,7 @@ def descendants(pid: int) -> list[int]:
 def cap_shard(cluster: DevCluster, shard: str, cores: float, prefix: str) -> CpuGroup:
     """A new group ``prefix-shard`` capped at ``cores``, holding the shard's Postgres server
     (so every backend it starts later too) and the executors the cluster runs for it."""
-    from coordinator.dev import is_executor_of
+    from shardflow.coordinator.dev import is_executor_of
 
     server = cluster.pg.servers[shard].process
     if server is None:

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from shard import pool as shard_pool
-from shard.dbfaults import is_unavailable
-from shard.errors import ShardflowError
+from shardflow.infra import pool as shard_pool
+from shardflow.infra.dbfaults import is_unavailable
+from shardflow.infra.errors import ShardflowError
 
 # Collections after 50,000 net allocations (CPython's default: 700), the older generations
 # after 20 and 50 of the younger ones.
@@ -71,12 +71,12 @@ async def unless_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Even
 
 
 async def _executor(args: argparse.Namespace) -> int:
-    from metrics.exporter import serve_metrics
-    from shard.executor import Executor
-    from shard.executor_settings import ExecutorSettings
-    from shard.faults import Faults
-    from shard.logs import configure
-    from shard.sdk import Registry
+    from shardflow.infra.logs import configure
+    from shardflow.metrics.exporter import serve_metrics
+    from shardflow.shard.executor import Executor
+    from shardflow.shard.executor_settings import ExecutorSettings
+    from shardflow.shard.faults import Faults
+    from shardflow.shard.sdk import Registry
 
     settings = ExecutorSettings.load(vars(args))
     configure(settings.log_level)
@@ -106,8 +106,8 @@ async def _executor(args: argparse.Namespace) -> int:
 
 async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
     """The workflows this executor runs, and the cron schedules they declare."""
-    from coordinator import schedules
-    from coordinator.catalog import Catalog, q
+    from shardflow.coordinator import schedules
+    from shardflow.coordinator.catalog import Catalog, q
 
     catalog = await Catalog.connect(dsn, pool_size=1)
     try:
@@ -125,9 +125,9 @@ async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
 
 
 async def _dev(args: argparse.Namespace) -> int:
-    from coordinator.dev import DevCluster, DevSettings
-    from shard.logs import configure
+    from shardflow.coordinator.dev import DevCluster, DevSettings
     from shardflow.demo import print_welcome, run_demo
+    from shardflow.infra.logs import configure
 
     settings = DevSettings.load(vars(args))
     configure("info")
@@ -149,10 +149,10 @@ async def _dev(args: argparse.Namespace) -> int:
 
 
 async def _coordinator(args: argparse.Namespace) -> int:
-    from coordinator.leader import Coordinator, CoordinatorSettings
-    from metrics.exporter import serve_metrics
-    from shard.faults import Faults
-    from shard.logs import configure
+    from shardflow.coordinator.leader import Coordinator, CoordinatorSettings
+    from shardflow.infra.logs import configure
+    from shardflow.metrics.exporter import serve_metrics
+    from shardflow.shard.faults import Faults
 
     settings = CoordinatorSettings.load(vars(args))
     configure("info")
@@ -180,7 +180,7 @@ async def _cluster(args: argparse.Namespace) -> int:
 
 async def _migrate(args: argparse.Namespace) -> int:
 
-    from shard.migrate import migrate
+    from shardflow.shard.migrate import migrate
 
     conn = await shard_pool.connect(args.dsn)
     try:
@@ -192,9 +192,9 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _router(args: argparse.Namespace) -> int:
-    from router.app import RouterServer
-    from router.settings import RouterSettings
-    from shard.logs import configure
+    from shardflow.infra.logs import configure
+    from shardflow.router.app import RouterServer
+    from shardflow.router.settings import RouterSettings
 
     settings = RouterSettings.load(vars(args))
     configure(settings.log_level)
@@ -211,7 +211,7 @@ async def _router(args: argparse.Namespace) -> int:
 
 
 async def _citus_init(args: argparse.Namespace) -> int:
-    from coordinator.citus import init
+    from shardflow.coordinator.citus import init
 
     layout = await init(
         args.dsn,
@@ -248,9 +248,9 @@ async def _healthcheck(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from coordinator.dev import DevSettings
-    from router.settings import RouterSettings
-    from shard.executor_settings import ExecutorSettings
+    from shardflow.coordinator.dev import DevSettings
+    from shardflow.router.settings import RouterSettings
+    from shardflow.shard.executor_settings import ExecutorSettings
 
     parser = argparse.ArgumentParser(prog="shardflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", type=int, default=0, help="start this many demo workflows first")
     p.set_defaults(handler=_dev)
 
-    from coordinator.leader import CoordinatorSettings
     from shardflow.cluster_cli import add_cluster_parser
+    from shardflow.coordinator.leader import CoordinatorSettings
 
     p = sub.add_parser("coordinator", help="leader election, health and slot moves")
     CoordinatorSettings.add_arguments(p)

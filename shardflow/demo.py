@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from examples.bench import make_input
-from router.client import Client
+from shardflow.router.client import Client
 
 console = Console()
 

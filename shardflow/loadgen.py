@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from examples.bench import make_input
-from shard.model import TERMINAL
+from shardflow.shard.model import FINISHED
 
 
 class LoadError(Exception):
@@ -70,7 +70,7 @@ class HttpDriver:
             doc = json.loads(await resp.read())
             if resp.status not in (200, 201):
                 raise LoadError(f"start {resp.status}")
-        if doc["status"] in TERMINAL:
+        if doc["status"] in FINISHED:
             return
         while True:
             async with self.session.get(

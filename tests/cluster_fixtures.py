@@ -9,14 +9,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from coordinator.catalog import Catalog
-from coordinator.launcher import LocalPostgres, PostgresServer
-from router.app import RouterServer
-from router.client import Client
-from router.settings import RouterSettings
-from shard.executor import Executor
-from shard.sdk import Registry
-from shard.slots import slot_of
+from shardflow.coordinator.catalog import Catalog
+from shardflow.coordinator.launcher import LocalPostgres, PostgresServer
+from shardflow.router.app import RouterServer
+from shardflow.router.client import Client
+from shardflow.router.settings import RouterSettings
+from shardflow.shard.executor import Executor
+from shardflow.shard.sdk import Registry
+from shardflow.shard.slots import slot_of
 from tests.conftest import _make_template, create_database, settings_for
 
 SLOTS = 64

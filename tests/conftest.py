@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from coordinator.launcher import LocalPostgres, PostgresServer
-from shard.client import ShardClient
-from shard.executor import Executor
-from shard.executor_settings import ExecutorSettings
-from shard.migrate import migrate
-from shard.sdk import Registry
+from shardflow.coordinator.launcher import LocalPostgres, PostgresServer
+from shardflow.shard.client import ShardClient
+from shardflow.shard.executor import Executor
+from shardflow.shard.executor_settings import ExecutorSettings
+from shardflow.shard.migrate import migrate
+from shardflow.shard.sdk import Registry
 from tests.background import stop_all
 
 ROOT = Path(__file__).resolve().parent.parent

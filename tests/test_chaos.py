@@ -8,9 +8,9 @@ import random
 import signal
 from typing import Any
 
-from coordinator import operations
-from coordinator.launcher import LocalPostgres
-from router.client import Client
+from shardflow.coordinator import operations
+from shardflow.coordinator.launcher import LocalPostgres
+from shardflow.router.client import Client
 from tests.cluster_fixtures import LiveCluster
 from tests.conftest import ExecutorProcess
 from tests.test_rebalance import _check_cluster, _spawn_coordinator, _start_load

@@ -9,9 +9,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from shard.errors import SettingsError
-from shard.executor import Executor
-from shard.sdk import Registry
+from shardflow.infra.errors import SettingsError
+from shardflow.shard.executor import Executor
+from shardflow.shard.sdk import Registry
 from tests.cluster_fixtures import LiveCluster
 from tests.conftest import settings_for
 from tests.test_rebalance import _moves_done, _run_coordinator

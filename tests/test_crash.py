@@ -11,9 +11,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from coordinator.launcher import LocalPostgres, free_port
-from shard.client import ShardClient, StartRequest
-from shard.errors import ShardUnavailableError
+from shardflow.coordinator.launcher import LocalPostgres, free_port
+from shardflow.infra.errors import ShardUnavailableError
+from shardflow.shard.client import ShardClient, StartRequest
 from tests.conftest import ExecutorProcess
 from tests.waiting import status_becomes, until
 

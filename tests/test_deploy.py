@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import yaml
 
-from coordinator import citus
-from coordinator.catalog import Catalog
-from coordinator.launcher import PostgresServer, free_port
-from metrics.exporter import serve_metrics
-from router.settings import RouterSettings
-from shard.executor_settings import ExecutorSettings
 from shardflow.cli import build_parser
+from shardflow.coordinator import citus
+from shardflow.coordinator.catalog import Catalog
+from shardflow.coordinator.launcher import PostgresServer, free_port
+from shardflow.metrics.exporter import serve_metrics
+from shardflow.router.settings import RouterSettings
+from shardflow.shard.executor_settings import ExecutorSettings
 from tests.conftest import ROOT, create_database
 
 DEPLOY = ROOT / "deploy"
@@ -103,7 +103,7 @@ def test_compose_commands_and_environment_load_with_the_real_settings(stack):
             for dsn in filter(None, [getattr(settings, "dsn", None), settings.catalog]):
                 assert _dsn_host(dsn) in compose, (name, dsn)
         elif args.command == "coordinator":
-            from coordinator.leader import CoordinatorSettings
+            from shardflow.coordinator.leader import CoordinatorSettings
 
             settings = CoordinatorSettings.load(vars(args), env)
             assert settings.metrics_port == 9100 and settings.metrics_host == "0.0.0.0"

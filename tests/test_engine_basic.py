@@ -11,15 +11,6 @@ import asyncpg
 import pytest
 
 from examples.bench import make_input
-from metrics.shard import ShardMetrics
-from shard.client import StartResult, start_each_on, start_many_on
-from shard.committer import GroupCommitter
-from shard.errors import SlotMovedError
-from shard.faults import Faults
-from shard.model import ClaimedWorkflow, ClaimRequest, StepRow, WorkflowRecord
-from shard.queries import query
-from shard.slots import slot_of
-from shard.store import ShardStore, flush_args, flush_payload
 from shardflow import (
     InvalidWorkflowIdError,
     SerializationError,
@@ -30,6 +21,15 @@ from shardflow import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from shardflow.infra.errors import SlotMovedError
+from shardflow.metrics.shard import ShardMetrics
+from shardflow.shard.client import StartResult, start_each_on, start_many_on
+from shardflow.shard.committer import GroupCommitter
+from shardflow.shard.faults import Faults
+from shardflow.shard.model import ClaimedWorkflow, ClaimRequest, StepRow, WorkflowRecord
+from shardflow.shard.queries import query
+from shardflow.shard.slots import slot_of
+from shardflow.shard.store import ShardStore, flush_args, flush_payload
 
 
 async def test_w3_completes_and_records_three_steps(client: ShardClient, start_executor: Any):
@@ -156,8 +156,8 @@ async def test_failed_step_fails_workflow_with_its_error(client: ShardClient, st
 
 
 def test_a_deadlock_or_serialization_failure_is_a_retryable_error():
-    from shard.client import translate
-    from shard.errors import OverloadedError
+    from shardflow.infra.errors import OverloadedError
+    from shardflow.shard.client import translate
 
     for sqlstate in ("40P01", "40001"):
         error = type("PgError", (Exception,), {"sqlstate": sqlstate})("collided")
@@ -205,7 +205,7 @@ async def test_a_router_waits_for_what_it_started_without_reading_back(
     """Workflows a router's batcher created while its listener was up are expected: a wait
     for one reads nothing back, whether it comes before the completion or after it (the
     outcome heard meanwhile is kept). A workflow started elsewhere is read back once."""
-    from router.batcher import StartBatcher
+    from shardflow.router.batcher import StartBatcher
 
     await start_executor()
     results = client.results

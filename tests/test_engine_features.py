@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from examples.bench import make_input
-from shard.sdk import Registry, step, workflow
 from shardflow import (
     Context,
     ShardClient,
@@ -16,6 +15,7 @@ from shardflow import (
     WorkflowFinishedError,
     WorkflowNotFoundError,
 )
+from shardflow.shard.sdk import Registry, step, workflow
 from tests.apps import basic
 from tests.waiting import status_becomes
 

@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 
 from examples.bench import make_input
-from shard.client import ShardClient, StartRequest, start_many_on
-from shard.queries import query
-from shard.store import ShardStore
+from shardflow.shard.client import ShardClient, StartRequest, start_many_on
+from shardflow.shard.queries import query
+from shardflow.shard.store import ShardStore
 
 OPEN = """INSERT INTO shardflow.executors (owner, lock_key, lease_until, kinds, handoff_until)
 VALUES ($1, $2, now() + interval '1 minute', $3::text[], now() + interval '1 minute')"""
@@ -212,7 +212,7 @@ async def test_a_hand_off_whose_notify_never_came_goes_back_to_the_queue(
     """A start whose NOTIFY fired where the executor does not listen (a Citus worker) or was
     lost: the workflow is leased to a live executor that does not know it. Its sweep finds
     it and gives it back; it then runs."""
-    monkeypatch.setattr("shard.executor.HANDOFF_SWEEP", 0.2)
+    monkeypatch.setattr("shardflow.shard.executor.HANDOFF_SWEEP", 0.2)
     executor = await start_executor()
     async with client.pool.acquire() as conn:
         await conn.execute(

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from coordinator import haproxy
-from router.client import Client
+from shardflow.coordinator import haproxy
+from shardflow.router.client import Client
 from tests.conftest import ROOT
 from tests.test_dev import Dev
 from tests.waiting import until

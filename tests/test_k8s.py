@@ -9,8 +9,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from router.settings import RouterSettings
-from shard.executor_settings import ExecutorSettings
+from shardflow.router.settings import RouterSettings
+from shardflow.shard.executor_settings import ExecutorSettings
 from tests.conftest import ROOT
 from tests.kustomize import render
 

@@ -11,11 +11,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from coordinator.limits import Demand, Limiter, fair_split, new_shares
-from shard.client import ShardClient
-from shard.errors import SettingsError
-from shard.sdk import workflow
 from shardflow.cli import _register_in_catalog
+from shardflow.coordinator.limits import Demand, Limiter, fair_split, new_shares
+from shardflow.infra.errors import SettingsError
+from shardflow.shard.client import ShardClient
+from shardflow.shard.sdk import workflow
 from tests.cluster_fixtures import SHARDS, LiveCluster
 
 APP = "tests.apps.limited"

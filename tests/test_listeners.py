@@ -14,12 +14,12 @@ from typing import Any
 import asyncpg
 
 from examples.bench import make_input
-from router.batcher import StartBatcher
-from shard import pool as shard_pool
-from shard.executor import Executor
-from shard.faults import Faults
-from shard.sdk import Registry
 from shardflow import ShardClient, StartRequest
+from shardflow.infra import pool as shard_pool
+from shardflow.router.batcher import StartBatcher
+from shardflow.shard.executor import Executor
+from shardflow.shard.faults import Faults
+from shardflow.shard.sdk import Registry
 from tests.conftest import settings_for
 from tests.test_engine_basic import until_listening
 from tests.waiting import until

@@ -12,9 +12,9 @@ import aiohttp
 import asyncpg
 from prometheus_client import generate_latest
 
-from coordinator.launcher import LocalPostgres
-from coordinator.leader import Coordinator, CoordinatorSettings
-from metrics.docs import render, rows
+from shardflow.coordinator.launcher import LocalPostgres
+from shardflow.coordinator.leader import Coordinator, CoordinatorSettings
+from shardflow.metrics.docs import render, rows
 from tests.background import RUNNING
 from tests.cluster_fixtures import SHARDS, LiveCluster
 from tests.test_rebalance import _start_load

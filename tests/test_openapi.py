@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from router.app import build_app, openapi_document
-from router.settings import RouterSettings
+from shardflow.router.app import build_app, openapi_document
+from shardflow.router.settings import RouterSettings
 
 DOC = openapi_document()
 

@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shard.client import ShardClient
-from shard.errors import BadRequestError
+from shardflow.infra.errors import BadRequestError
+from shardflow.shard.client import ShardClient
 from tests.cluster_fixtures import LiveCluster
 
 W3_INPUT = {"order_id": 1, "amount": 1.0, "pad": "p"}

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from coordinator import operations
-from coordinator.catalog import CatalogError
-from coordinator.launcher import PostgresServer
-from coordinator.leader import Coordinator, CoordinatorSettings
-from coordinator.moves import Mover
-from router.client import Client
-from shard.client import ShardClient
-from shard.errors import WorkflowFailedError
-from shard.faults import Faults
+from shardflow.coordinator import operations
+from shardflow.coordinator.catalog import CatalogError
+from shardflow.coordinator.launcher import PostgresServer
+from shardflow.coordinator.leader import Coordinator, CoordinatorSettings
+from shardflow.coordinator.moves import Mover
+from shardflow.infra.errors import WorkflowFailedError
+from shardflow.router.client import Client
+from shardflow.shard.client import ShardClient
+from shardflow.shard.faults import Faults
 from tests.background import RUNNING
 from tests.cluster_fixtures import SHARDS, SLOTS, LiveCluster
 from tests.conftest import ROOT, create_database
@@ -261,7 +261,7 @@ async def test_move_rolls_back_when_the_target_stays_down(growing: LiveCluster, 
 
 
 async def test_paused_executor_of_a_moving_slot_is_fenced(growing: LiveCluster):
-    from coordinator.launcher import free_port
+    from shardflow.coordinator.launcher import free_port
     from tests.conftest import ExecutorProcess
     from tests.test_crash import _metric, _stopped
 
@@ -379,8 +379,8 @@ async def test_precopy_and_live_copy_split_a_slot_at_the_horizon(dsn: str):
     read is not in the pre-copy (its snapshot cannot see it) but is in the live copy: the
     two exports of a slot never both miss a row. The horizon is read in its own statement
     before the pre-copy's snapshot, as the mover does."""
-    from shard import pool as shard_pool
-    from shard.queries import query
+    from shardflow.infra import pool as shard_pool
+    from shardflow.shard.queries import query
 
     conns = [await shard_pool.connect(dsn) for _ in range(2)]
     flusher, mover = conns
@@ -414,8 +414,8 @@ async def test_a_workflow_retried_after_the_precopy_moves_in_its_new_state(
     carries its new state, and the target must keep that one, not the pre-copied failure
     (it kept the first copy of every row, so the retry was lost in the move). The mover's
     own statements, in its order, on two real databases."""
-    from shard import pool as shard_pool
-    from shard.queries import query
+    from shardflow.infra import pool as shard_pool
+    from shardflow.shard.queries import query
 
     await start_executor()
     wid = await client.start("retry_me", {"key": uuid.uuid4().hex, "fail_times": 4})
@@ -505,8 +505,8 @@ async def test_a_slots_rows_arrive_on_the_target_as_they_were(dsn: str, pg: Post
     """Pre-copy and live copy of a slot carry every column of its workflows, steps, events,
     ready entries and co-located rows unchanged, JSON nulls, escapes and fractions of a
     second included, and nothing of another slot."""
-    from shard import pool as shard_pool
-    from shard.queries import query
+    from shardflow.infra import pool as shard_pool
+    from shardflow.shard.queries import query
 
     target_dsn = await create_database(pg)
     source, target = await shard_pool.connect(dsn), await shard_pool.connect(target_dsn)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shard.client import ShardClient
-from shard.errors import WorkflowConflictError, WorkflowFailedError, WorkflowNotFoundError
+from shardflow.infra.errors import WorkflowConflictError, WorkflowFailedError, WorkflowNotFoundError
+from shardflow.shard.client import ShardClient
 from tests.cluster_fixtures import LiveCluster
 
 

@@ -9,10 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from coordinator.launcher import LocalPostgres
 from examples.bench import make_input
-from router.client import Client
-from shard.errors import (
+from shardflow.coordinator.launcher import LocalPostgres
+from shardflow.infra.errors import (
     InvalidWorkflowIdError,
     ShardUnavailableError,
     UnknownWorkflowError,
@@ -20,6 +19,8 @@ from shard.errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from shardflow.router.client import Client
+from shardflow.shard.model import FINISHED
 from tests.cluster_fixtures import SHARDS, LiveCluster
 from tests.waiting import until
 
@@ -205,7 +206,7 @@ async def test_a_start_can_wait_for_the_outcome(cluster: LiveCluster):
     status, waiting, _ = await _raw(
         url, "POST", "/v1/workflows?wait=0.3", json={"workflow": "approval", "input": {}}
     )
-    assert status == 201 and waiting["status"] not in ("completed", "failed", "cancelled")
+    assert status == 201 and waiting["status"] not in FINISHED
     assert "output" not in waiting
     assert await client.send_event(waiting["id"], "approved", 5)
     assert await client.result(waiting["id"], timeout=30) == {"payload": 5, "second": None}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from metrics.router import RouterMetrics
-from router.settings import RouterSettings
-from router.view import ClusterView
-from shard.slots import slot_of
+from shardflow.metrics.router import RouterMetrics
+from shardflow.router.settings import RouterSettings
+from shardflow.router.view import ClusterView
+from shardflow.shard.slots import slot_of
 from tests.cluster_fixtures import SLOTS, LiveCluster
 
 

@@ -8,8 +8,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shard.client import ShardClient
-from shard.errors import WorkflowCancelledError, WorkflowConflictError, WorkflowFailedError
+from shardflow.infra.errors import (
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowFailedError,
+)
+from shardflow.shard.client import ShardClient
 from tests.waiting import status_becomes, until
 
 APP = "examples.orders"

@@ -11,12 +11,16 @@ from typing import Any
 
 import pytest
 
-from coordinator import schedules
-from coordinator.schedules import Scheduler
-from router.client import Client
-from shard.cron import ScheduleSpec, workflow_id, zone
-from shard.errors import InvalidScheduleError, ScheduleConflictError, ScheduleNotFoundError
 from shardflow.cli import _register_in_catalog
+from shardflow.coordinator import schedules
+from shardflow.coordinator.schedules import Scheduler
+from shardflow.infra.errors import (
+    InvalidScheduleError,
+    ScheduleConflictError,
+    ScheduleNotFoundError,
+)
+from shardflow.router.client import Client
+from shardflow.shard.cron import ScheduleSpec, workflow_id, zone
 from tests.cluster_fixtures import SHARDS, LiveCluster
 from tests.test_rebalance import _spawn_coordinator
 from tests.waiting import until

@@ -9,10 +9,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coordinator.launcher import LocalPostgres, PostgresServer
-from shard.migrate import migrate, migrations
-from shard.queries import load, parse, sql_text
-from shard.slots import slot_of
+from shardflow.coordinator.launcher import LocalPostgres, PostgresServer
+from shardflow.infra.sqlfiles import parse, sql_text
+from shardflow.shard.migrate import migrate, migrations
+from shardflow.shard.queries import load
+from shardflow.shard.slots import slot_of
 from tests.conftest import create_database
 
 DATA = Path(__file__).parent / "data"
@@ -47,8 +48,8 @@ async def test_migrations_give_exactly_schema_sql(pg: PostgresServer, pg_cluster
         await conn.close()
     conn = await asyncpg.connect(reference)
     try:
-        await conn.execute(sql_text("schema.sql"))
-        await conn.execute(sql_text("functions.sql"))
+        await conn.execute(sql_text("shardflow.shard", "schema.sql"))
+        await conn.execute(sql_text("shardflow.shard", "functions.sql"))
     finally:
         await conn.close()
     assert _dump(pg_cluster, migrated) == _dump(pg_cluster, reference)

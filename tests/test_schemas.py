@@ -13,11 +13,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coordinator import citus, operations
-from coordinator.catalog import Catalog
-from coordinator.launcher import PostgresServer
-from shard.errors import SettingsError
-from shard.pool import connect, in_schema, schema_of
+from shardflow.coordinator import citus, operations
+from shardflow.coordinator.catalog import Catalog
+from shardflow.coordinator.launcher import PostgresServer
+from shardflow.infra.errors import SettingsError
+from shardflow.infra.pool import connect, in_schema, schema_of
 from tests.cluster_fixtures import LiveCluster
 from tests.conftest import ROOT, create_database
 from tests.test_rebalance import _moves_done, _run_coordinator

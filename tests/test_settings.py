@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.launcher import free_port
-from shard.errors import SettingsError
-from shard.executor_settings import ExecutorSettings
-from shard.faults import Faults
+from shardflow.coordinator.launcher import free_port
+from shardflow.infra.errors import SettingsError
+from shardflow.shard.executor_settings import ExecutorSettings
+from shardflow.shard.faults import Faults
 from tests.conftest import ROOT
 
 

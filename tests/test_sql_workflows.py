@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shard.client import ShardClient
-from shard.errors import WorkflowFailedError
+from shardflow.infra.errors import WorkflowFailedError
+from shardflow.shard.client import ShardClient
 from tests.cluster_fixtures import SHARDS, LiveCluster
 from tests.waiting import status_becomes
 

@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shard.client import ShardClient
-from shard.store import ShardStore
+from shardflow.shard.client import ShardClient
+from shardflow.shard.store import ShardStore
 
 START = (
     "SELECT id, slot, status, created, conflict, problem FROM shardflow.start_workflows("

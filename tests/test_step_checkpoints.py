@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from examples.bench import make_input
-from shard.client import ShardClient, StartRequest
-from shard.model import ClaimedWorkflow, ClaimRequest, StepRow, WorkflowRecord
-from shard.store import ShardStore
+from shardflow.shard.client import ShardClient, StartRequest
+from shardflow.shard.model import ClaimedWorkflow, ClaimRequest, StepRow, WorkflowRecord
+from shardflow.shard.store import ShardStore
 
 STARTED = datetime(2026, 11, 27, 6, 0, 0, 123456, tzinfo=UTC)
 

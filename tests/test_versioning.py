@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shard.client import ShardClient
-from shard.sdk import Registry
 from shardflow import Context, step, workflow
+from shardflow.shard.client import ShardClient
+from shardflow.shard.sdk import Registry
 from tests.waiting import status_becomes, until
 
 

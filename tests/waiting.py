@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shard.client import ShardClient
+from shardflow.shard.client import ShardClient
 
 
 async def until(check: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "") -> Any:

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Self
 
-from shard.errors import SettingsError
+from shardflow.infra.errors import SettingsError
 
 ENV_PREFIX = "SHARDFLOW_"
 

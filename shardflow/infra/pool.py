@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from shard.errors import SettingsError
+from shardflow.infra.errors import SettingsError
 
 DEFAULT_SCHEMA = "shardflow"
 SCHEMA_PARAM = "shardflow.schema"

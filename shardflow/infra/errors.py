@@ -63,14 +63,6 @@ class BadRequestError(ShardflowError):
     code = "bad_request"
 
 
-class UnauthorizedError(ShardflowError):
-    code = "unauthorized"
-
-
-class RequestTooLargeError(ShardflowError):
-    code = "too_large"
-
-
 class OverloadedError(ShardflowError):
     code = "overloaded"
 
