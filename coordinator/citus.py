@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from shardflow.coordinator import operations
-from shardflow.coordinator.catalog import Catalog
+from shardflow.catalog import admin as operations
+from shardflow.catalog.store import Catalog
 from shardflow.infra.errors import ShardflowError
 from shardflow.infra.pool import SCHEMA_PARAM, close_connection
 from shardflow.infra.sqlfiles import named_queries

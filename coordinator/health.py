@@ -16,7 +16,7 @@ import asyncpg
 
 from shardflow.infra import pool as shard_pool
 from shardflow.metrics.shard_stats import ShardStats, read_stats
-from shardflow.shard.queries import query
+from shardflow.shard.admin import ShardAdmin
 
 
 class ShardProbe:
@@ -41,7 +41,7 @@ class ShardProbe:
         conn = self._conns.get(dsn)
         if conn is None or conn.is_closed():
             conn = self._conns[dsn] = await shard_pool.connect(dsn, timeout=self.timeout)
-        await conn.fetchval(query("schema_version"))
+        await ShardAdmin(conn).schema_version()
         return await read_stats(conn)
 
     def server_pid(self, dsn: str) -> int | None:

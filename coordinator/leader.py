@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from shardflow.coordinator import operations
-from shardflow.coordinator.catalog import Catalog, q
+from shardflow.catalog import admin as operations
+from shardflow.catalog.store import Catalog
 from shardflow.coordinator.health import ShardProbe
 from shardflow.coordinator.limits import Limiter
 from shardflow.coordinator.moves import Mover, NotLeader
@@ -97,13 +97,13 @@ class Coordinator:
             raise
         try:
             while not stop.is_set():
-                if await lock.fetchval(q("leader_try_lock")):
+                if await catalog.leader_try_lock(lock):
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.poll_interval)
             else:
                 return
-            self.term = int(await catalog.pool.fetchval(q("leader_take"), self.name))
+            self.term = await catalog.leader_take(self.name)
             self.is_leader = True
             self.leader_event.set()
             self.metrics.is_leader.set(1)
@@ -204,10 +204,10 @@ class Coordinator:
                 healthy = False
             self.metrics.shard_up.labels(shard.id).set(1 if healthy else 0)
             if not healthy and shard.state == "active":
-                await catalog.pool.fetchval(q("shard_set_state"), shard.id, "down")
+                await catalog.shard_set_state(shard.id, "down")
                 log.warning("event=shard_down shard=%s", shard.id)
             elif healthy and shard.state == "down":
-                await catalog.pool.fetchval(q("shard_set_state"), shard.id, "active")
+                await catalog.shard_set_state(shard.id, "active")
                 log.info("event=shard_up shard=%s", shard.id)
             else:
-                await catalog.pool.execute(q("shard_checked"), shard.id)
+                await catalog.shard_checked(shard.id)

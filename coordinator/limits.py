@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardflow.coordinator.catalog import Catalog, q
+from shardflow.catalog.store import Catalog
 from shardflow.infra.pool import ShardPools
-from shardflow.shard.queries import query
+from shardflow.shard.admin import ShardAdmin
 
 
 @dataclass
@@ -66,9 +66,7 @@ class Limiter:
 
     async def share_out(self) -> int:
         """One round over every limited name; how many shares changed."""
-        limits = {
-            r["name"]: int(r["max_running"]) for r in await self.catalog.pool.fetch(q("limit_list"))
-        }
+        limits = await self.catalog.limits()
         if not limits:
             return 0
         names = sorted(limits)
@@ -76,7 +74,7 @@ class Limiter:
         demand: dict[str, list[Demand]] = {n: [] for n in names}
         for shard in shards:
             pool = await self._pools.get(shard.dsn)
-            for r in await pool.fetch(query("limits_demand"), names):
+            for r in await ShardAdmin(pool).limits_demand(names):
                 demand[r["name"]].append(
                     Demand(shard.id, r["share"] or 0, r["running"], r["queued"])
                 )
@@ -92,5 +90,5 @@ class Limiter:
                     )
         for shard_id, name, limit, share in lowered + raised:  # never above the limit between
             pool = await self._pools.get(dsn[shard_id])
-            await pool.execute(query("limit_share_set"), name, limit, share)
+            await ShardAdmin(pool).limit_share_set(name, limit, share)
         return len(lowered) + len(raised)

@@ -18,17 +18,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from shardflow.coordinator.catalog import Catalog, q
+from shardflow.catalog.store import Catalog
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.pool import ShardPools
+from shardflow.shard.admin import ShardAdmin
 from shardflow.shard.faults import Faults
-from shardflow.shard.queries import query
+
+T = TypeVar("T")
+
+
+class GaveUp(Exception):
+    """A shard stayed unreachable for longer than a step may wait."""
+
 
 log = logging.getLogger("shardflow.moves")
 
@@ -91,7 +99,7 @@ class Mover:
         self._dsns: dict[str, str] = {}
 
     async def live_moves(self) -> list[MoveRow]:
-        rows = await self.catalog.pool.fetch(q("moves_live"))
+        rows = await self.catalog.moves_live()
         return [
             MoveRow(
                 r["id"],
@@ -133,20 +141,7 @@ class Mover:
         return done
 
     async def _advance(self, move: MoveRow, to: str, **fields: Any) -> None:
-        row = await self.catalog.pool.fetchval(
-            q("move_advance"),
-            move.id,
-            move.phase,
-            to,
-            self.term,
-            fields.get("epoch"),
-            fields.get("precopy_before"),
-            fields.get("fenced_at"),
-            fields.get("rows"),
-            fields.get("pause_ms"),
-            fields.get("error"),
-        )
-        if row is None:
+        if not await self.catalog.move_advance(move.id, move.phase, to, self.term, fields):
             raise NotLeader(f"move {move.id}: term {self.term} is no longer the leader's")
         move.phase = to
         await self.faults.point(f"move_{to}")
@@ -164,30 +159,29 @@ class Mover:
     async def close(self) -> None:
         await self._pools.close()
 
-    async def _on(self, shard_id: str, sql: str, *args: Any) -> Any:
-        return await (await self._pool(shard_id)).fetchval(sql, *args)
+    async def _on(self, shard_id: str, call: Callable[[ShardAdmin], Awaitable[T]]) -> T:
+        return await call(ShardAdmin(await self._pool(shard_id)))
 
     async def _retrying(
         self,
         move: MoveRow,
         what: str,
         shard_id: str,
-        sql: str,
-        *args: Any,
+        call: Callable[[ShardAdmin], Awaitable[T]],
         give_up: float | None = None,
-    ) -> Any:
-        """Run on a shard, waiting out its outages; None after ``give_up`` seconds."""
+    ) -> T:
+        """Run on a shard, waiting out its outages; GaveUp after ``give_up`` seconds."""
         started = time.monotonic()
         delay = 0.1
         while True:
             try:
-                return await self._on(shard_id, sql, *args)
+                return await self._on(shard_id, call)
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
                 self._dsns.pop(shard_id, None)
-                await self.catalog.pool.execute(
-                    q("move_note_error"), move.id, f"{what}: {shard_id} unavailable: {exc!r}"
+                await self.catalog.move_note_error(
+                    move.id, f"{what}: {shard_id} unavailable: {exc!r}"
                 )
                 log.warning(
                     "event=move_wait move=%d slot=%d step=%s shard=%s error=%r",
@@ -198,7 +192,7 @@ class Mover:
                     exc,
                 )
                 if give_up is not None and time.monotonic() - started > give_up:
-                    return None
+                    raise GaveUp(what) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -218,70 +212,63 @@ class Mover:
                 move,
                 "precopy import",
                 move.target,
-                query("slot_import"),
-                move.id,
-                "precopy",
-                move.slot,
-                0,
-                data,
+                lambda shard: shard.slot_import(move.id, "precopy", move.slot, 0, data),
             )
             await self._advance(move, "precopied", precopy_before=before, rows=max(0, rows))
             move.precopy_before = before
             await self.rate.spend(rows)  # the slot is still served: waiting costs nothing
         if move.phase == "precopied":
-            current = await self.catalog.pool.fetchrow(q("slot_epoch"), move.slot)
-            assert current is not None
-            epoch = int(current["epoch"]) + 1
-            await self._retrying(move, "fence", move.source, query("slot_fence"), move.slot, epoch)
+            epoch = await self.catalog.slot_epoch(move.slot) + 1
+            await self._retrying(
+                move, "fence", move.source, lambda shard: shard.slot_fence(move.slot, epoch)
+            )
             await self._advance(move, "fenced", epoch=epoch, fenced_at=datetime.now(UTC))
             move.epoch = epoch
             move.fenced_at = datetime.now(UTC)
         if move.phase == "fenced":
             assert move.epoch is not None and move.precopy_before is not None
+            epoch, before = move.epoch, move.precopy_before
             data = await self._retrying(
                 move,
                 "export",
                 move.source,
-                query("slot_export"),
-                move.slot,
-                move.precopy_before,
-                False,
+                lambda shard: shard.slot_export(move.slot, before, False),
             )
-            rows = await self._retrying(
-                move,
-                "copy",
-                move.target,
-                query("slot_import"),
-                move.id,
-                "live",
-                move.slot,
-                move.epoch,
-                data,
-                give_up=self.rollback_after,
-            )
-            if rows is None:
+            try:
+                rows = await self._retrying(
+                    move,
+                    "copy",
+                    move.target,
+                    lambda shard: shard.slot_import(move.id, "live", move.slot, epoch, data),
+                    give_up=self.rollback_after,
+                )
+            except GaveUp:
                 await self._roll_back(move)
                 return
             await self._advance(move, "copied", rows=max(0, rows))
             live_rows = rows
         if move.phase == "copied":
             assert move.epoch is not None
+            epoch = move.epoch
             await self._retrying(
-                move, "own", move.target, query("slot_own"), move.slot, move.epoch, "incoming"
+                move,
+                "own",
+                move.target,
+                lambda shard: shard.slot_own(move.slot, epoch, "incoming"),
             )
-            flipped = await self.catalog.pool.fetchval(
-                q("slot_flip"), move.slot, move.target, move.source, move.epoch, self.term
+            flipped = await self.catalog.slot_flip(
+                move.slot, move.target, move.source, move.epoch, self.term
             )
-            log.info(
-                "event=slot_flipped move=%d slot=%d now=%s", move.id, move.slot, flipped is not None
-            )
+            log.info("event=slot_flipped move=%d slot=%d now=%s", move.id, move.slot, flipped)
             pause = None
             if move.fenced_at is not None:
                 pause = (datetime.now(UTC) - move.fenced_at).total_seconds() * 1000
                 self.pauses_ms.append(pause)
             await self._advance(move, "flipped", pause_ms=pause)
         if move.phase == "flipped":
-            await self._retrying(move, "drop", move.source, query("slot_drop"), move.slot)
+            await self._retrying(
+                move, "drop", move.source, lambda shard: shard.slot_drop(move.slot)
+            )
             await self._advance(move, "done")
             await self.rate.spend(live_rows)  # paid once the pause is over
         log.info("event=move_done move=%d slot=%d phase=%s", move.id, move.slot, move.phase)
@@ -293,12 +280,11 @@ class Mover:
         while True:
             try:
                 async with (await self._pool(move.source)).acquire() as conn:
-                    horizon = await conn.fetchval(query("slot_precopy_horizon"))
-                    before = await self.catalog.pool.fetchval(
-                        q("move_set_horizon"), move.id, horizon
-                    )
+                    shard = ShardAdmin(conn)
+                    horizon = await shard.slot_precopy_horizon()
+                    before = await self.catalog.move_set_horizon(move.id, horizon)
                     async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        data = await conn.fetchval(query("slot_export"), move.slot, before, True)
+                        data = await shard.slot_export(move.slot, before, True)
                     return before, data
             except Exception as exc:
                 if not is_unavailable(exc):
@@ -310,27 +296,30 @@ class Mover:
     async def _roll_back(self, move: MoveRow) -> None:
         """The target stayed down before the copy landed: A serves the slot again."""
         assert move.epoch is not None
+        epoch = move.epoch
         await self._advance(move, "rolled_back", error="target unreachable: rolled back")
         await self._retrying(
-            move, "unfence", move.source, query("slot_own"), move.slot, move.epoch + 1, "moving"
+            move,
+            "unfence",
+            move.source,
+            lambda shard: shard.slot_own(move.slot, epoch + 1, "moving"),
         )
         log.warning("event=move_rolled_back move=%d slot=%d", move.id, move.slot)
 
     async def clean_rolled_back(self) -> None:
         """Drop copies left 'incoming' on shards by rolled-back moves (once reachable)."""
-        rows = await self.catalog.pool.fetch(q("moves_recent"), 200)
+        rows = await self.catalog.moves_recent(200)
         rolled = {(r["target"], r["slot"]) for r in rows if r["phase"] == "rolled_back"}
         live = {(m.target, m.slot) for m in await self.live_moves()}
         for shard_id, slot in rolled - live:
             try:
                 incoming = await self._incoming(shard_id)
                 if slot in incoming:
-                    await self._on(shard_id, query("slot_drop"), slot)
+                    await ShardAdmin(await self._pool(shard_id)).slot_drop(slot)
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
                 self._dsns.pop(shard_id, None)
 
     async def _incoming(self, shard_id: str) -> set[int]:
-        pool = await self._pool(shard_id)
-        return {r["slot"] for r in await pool.fetch(query("slots_incoming"))}
+        return await ShardAdmin(await self._pool(shard_id)).slots_incoming()

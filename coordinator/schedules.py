@@ -11,104 +11,25 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
-from shardflow.coordinator.catalog import Catalog, SlotMap, q
+from shardflow.catalog.store import Catalog, SlotMap
 from shardflow.infra.errors import (
-    InvalidScheduleError,
-    ScheduleConflictError,
-    ScheduleNotFoundError,
     ShardflowError,
 )
 from shardflow.infra.pool import ShardPools
 from shardflow.shard import cron
+from shardflow.shard.admin import ShardAdmin
 from shardflow.shard.client import StartRequest, start_many_on
 from shardflow.shard.cron import ScheduleSpec
 from shardflow.shard.model import FINISHED
-from shardflow.shard.queries import query
 from shardflow.shard.slots import slot_of
 
 log = logging.getLogger("shardflow.coordinator")
 
 
 DUE_BATCH = 100
-
-
-def _doc(row: asyncpg.Record) -> dict[str, Any]:
-    def stamp(value: datetime | None) -> str | None:
-        return None if value is None else value.astimezone(UTC).isoformat()
-
-    return {
-        "name": row["name"],
-        "workflow": row["workflow"],
-        "cron": row["cron"],
-        "timezone": row["timezone"],
-        "overlap": row["overlap"],
-        "input": None if row["input"] is None else json.loads(row["input"]),
-        "source": row["source"],
-        "next_tick": stamp(row["next_tick"]),
-        "last_tick": stamp(row["last_tick"]),
-        "last_workflow": row["last_workflow"],
-        "fired": row["fired"],
-        "skipped": row["skipped"],
-        "created_at": stamp(row["created_at"]),
-    }
-
-
-async def create(
-    catalog: Catalog, name: str, workflow: str, spec: ScheduleSpec, input_json: str | None
-) -> dict[str, Any]:
-    """A schedule made at run time; ``ScheduleConflictError`` when the name is taken."""
-    cron.check_name(name)
-    first = spec.next_after(datetime.now(UTC))
-    created = await catalog.pool.fetchval(
-        q("schedule_create"),
-        name,
-        workflow,
-        spec.cron,
-        spec.timezone,
-        spec.overlap,
-        input_json,
-        first,
-    )
-    if created is None:
-        raise ScheduleConflictError(f"a schedule named {name!r} exists; delete it first")
-    return await get(catalog, name)
-
-
-async def declare(catalog: Catalog, name: str, spec: ScheduleSpec) -> None:
-    """A schedule declared in code (``@workflow(schedule=...)``): idempotent."""
-    first = spec.next_after(datetime.now(UTC))
-    await catalog.pool.execute(
-        q("schedule_declare"), name, spec.cron, spec.timezone, spec.overlap, first
-    )
-
-
-async def list_all(catalog: Catalog) -> list[dict[str, Any]]:
-    return [_doc(r) for r in await catalog.pool.fetch(q("schedule_list"))]
-
-
-def _existing_name(name: str) -> str:
-    """A name looked up: one that no schedule can have (a NUL, say) is simply not found."""
-    try:
-        return cron.check_name(name)
-    except InvalidScheduleError:
-        raise ScheduleNotFoundError(f"no schedule named {name!r}") from None
-
-
-async def get(catalog: Catalog, name: str) -> dict[str, Any]:
-    row = await catalog.pool.fetchrow(q("schedule_get"), _existing_name(name))
-    if row is None:
-        raise ScheduleNotFoundError(f"no schedule named {name!r}")
-    return _doc(row)
-
-
-async def delete(catalog: Catalog, name: str) -> None:
-    if await catalog.pool.fetchval(q("schedule_delete"), _existing_name(name)) is None:
-        raise ScheduleNotFoundError(f"no schedule named {name!r}")
 
 
 class Scheduler:
@@ -127,7 +48,7 @@ class Scheduler:
 
     async def fire_due(self) -> int:
         """Fire every due schedule once; how many ticks were handled (fired or skipped)."""
-        due = await self.catalog.pool.fetch(q("schedules_due"), DUE_BATCH)
+        due = await self.catalog.schedules_due(DUE_BATCH)
         if not due:
             return 0
         slot_map = await self.catalog.slot_map()
@@ -158,10 +79,10 @@ class Scheduler:
             pool = await self._pool(slot_map, wid)
             await start_many_on(pool, [StartRequest(row["workflow"], payload, id=wid)])
             started = wid
-        advanced = await self.catalog.pool.execute(
-            q("schedule_advance"), name, row["next_tick"], spec.next_after(tick), tick, started
+        advanced = await self.catalog.schedule_advance(
+            name, row["next_tick"], spec.next_after(tick), tick, started
         )
-        if advanced.endswith(" 0"):
+        if not advanced:
             return 0  # another coordinator moved it first: its workflow is ours too
         if started is None:
             self.skipped += 1
@@ -175,5 +96,5 @@ class Scheduler:
         if workflow_id is None:
             return False
         pool = await self._pool(slot_map, workflow_id)
-        status = await pool.fetchval(query("workflow_state"), workflow_id)
+        status = await ShardAdmin(pool).workflow_state(workflow_id)
         return status is not None and status not in FINISHED

@@ -32,3 +32,8 @@ async def w3(ctx: Context, order: dict[str, Any]) -> dict[str, Any]:
 
 def make_input(i: int) -> dict[str, Any]:
     return {"order_id": i, "amount": round(10 + (i % 1000) * 0.25, 2), "pad": "x" * 64}
+
+
+def demo_input(i: int) -> tuple[str, dict[str, Any]]:
+    """The i-th workflow of `shardflow dev --demo N` (the bulk load of `make run`)."""
+    return "w3", make_input(i)

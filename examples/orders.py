@@ -105,3 +105,23 @@ async def order_fulfillment(ctx: Context, order: dict[str, Any]) -> dict[str, An
         parcel["fail"] = order.get("fail_at") == "ship"
         shipments.append(await ctx.child(ship, parcel))
     return {"reserved": reserved, "charged": charged, "shipments": shipments}
+
+
+# The saga three ways: approved; refused (compensated); failing at charge_payment.
+DEMO_ORDERS: dict[str, dict[str, Any]] = {
+    "approved": {},
+    "refused": {},
+    "failing": {"fail_at": "charge_payment"},
+}
+
+
+async def demo_story(client: Any, stamp: int) -> dict[str, str]:
+    """What `shardflow dev --demo` shows of the saga: three orders, two approval events
+    sent by the demo (a person, in real life); their workflow IDs by label."""
+    orders = {}
+    for kind, extra in DEMO_ORDERS.items():
+        order = {"order_id": f"demo-{stamp}-{kind}", "amount": 42.0, "items": ["book", "lamp"]}
+        orders[f"order ({kind})"] = (await client.start("order_fulfillment", order | extra))["id"]
+    for kind, decision in (("approved", True), ("refused", False)):
+        await client.send_event(orders[f"order ({kind})"], "approved", {"approved": decision})
+    return orders

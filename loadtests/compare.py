@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import report
+from loadtests.bench_cluster import Phase, brief, loadgen_phase
 from loadtests.systems import SYSTEMS, Running
-from shardflow.bench_cluster import Phase, brief, loadgen_phase
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("closed", "open")

@@ -85,7 +85,7 @@ async def run_locust(url: str, user: str, users: int, seconds: float) -> dict[st
 async def main_async(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.url:
         return await run_locust(args.url, args.user, args.users, args.seconds)
-    from shardflow.bench_cluster import local_cluster
+    from loadtests.bench_cluster import local_cluster
 
     async with local_cluster(shards=3) as cluster:
         return await run_locust(cluster.router_urls[0], args.user, args.users, args.seconds)

@@ -24,7 +24,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from examples.bench import make_input
-from shardflow.loadgen import LoadError, install_uvloop
+from loadtests.loadgen import LoadError, install_uvloop
 
 QUEUES = ("w3.reserve", "w3.charge", "w3.notify")
 PREFETCH = 256

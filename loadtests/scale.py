@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loadtests.bench_cluster import _loadgen, local_cluster
+from loadtests.cgroups import ShardCaps
 from loadtests.compare import RESULTS
-from shardflow.bench_cluster import _loadgen, local_cluster
-from shardflow.cgroups import ShardCaps
 
 NEAR_LIMIT = 0.9  # of all cores busy
 

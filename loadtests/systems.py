@@ -1,7 +1,7 @@
 """Start each compared system fresh, in its durable configuration, and stop it afterwards.
 
 Every server and worker is a child of the runner, so the CPU they use is the CPU of the
-runner's process tree minus the load generator's (``shardflow.cpu.tree_cpu_parts``).
+runner's process tree minus the load generator's (``loadtests.cpu.tree_cpu_parts``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardflow.bench_cluster import local_cluster
-from shardflow.coordinator.launcher import die_with_parent, free_port
+from loadtests.bench_cluster import local_cluster
+from shardflow.devcluster.launcher import die_with_parent, free_port
 from shardflow.infra.errors import ShardflowError
 
 RABBITMQ_HOME = Path("/usr/lib/rabbitmq/bin")

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shardflow.coordinator import operations
+from shardflow.catalog import admin as operations
 from shardflow.infra.errors import (
     ResultTimeoutError,
     ShardflowError,

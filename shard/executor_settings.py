@@ -16,6 +16,9 @@ class ExecutorSettings(Settings):
     app: list[str] = setting(
         [], help="module(s) defining the workflows to run, e.g. examples.bench (repeatable)"
     )
+    app_dir: str | None = setting(
+        None, help="folder the app modules are imported from (default: the working directory)"
+    )
     shard: str = setting("0", help="shard ID (as in the catalog), used in metrics and logs")
     catalog: str | None = setting(
         None, help="DSN of the cluster catalog, where the workflow names are registered"

@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 FINISHED = ("completed", "failed", "cancelled")  # every status a workflow ends in
 SUSPENDED = ("sleeping", "waiting")
+
+
+class Row(Protocol):
+    """A row by column name: an asyncpg Record, or a dict decoded from JSON."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,40 @@ class ClaimedWorkflow:
     routing_key: str = ""
     parent: str | None = None
     priority: int = 0
+
+    @classmethod
+    def decode(cls, row: Row) -> ClaimedWorkflow:
+        """The one decoding of a claimed workflow, by column name: a row of
+        ``claim_workflows`` (a claim, or one riding a flush) or an item of a hand-off
+        NOTIFY (a JSON object of the same names; a new start, so no history yet)."""
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            version=row["version"],
+            input=row["input"],
+            epoch=int(row["lease_epoch"]),
+            attempt=_fresh(row, "attempt") or 0,
+            next_seq=_fresh(row, "next_seq") or 0,
+            signal_seq=_fresh(row, "signal_seq") or 0,
+            cancel_requested=bool(_fresh(row, "cancel_requested")),
+            deadline=_timestamp(row["deadline"]),
+            created_at=_timestamp(row["created_at"]) or datetime.fromtimestamp(0),
+            routing_key=row["routing_key"] or "",
+            parent=row["parent"],
+            priority=int(row["priority"] or 0),
+        )
+
+
+def _fresh(row: Row, key: str) -> Any:
+    """A column a hand-off leaves out: a new start has none of it yet."""
+    try:
+        return row[key]
+    except KeyError:
+        return None
+
+
+def _timestamp(value: datetime | str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True, slots=True)

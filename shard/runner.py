@@ -41,7 +41,7 @@ from shardflow.shard.runtime import (
     error_record,
     with_timeout,
 )
-from shardflow.shard.sdk import Registry, StepDef, WorkflowDef
+from shardflow.shard.sdk import AnyStep, AnyWorkflow, Registry
 from shardflow.shard.store import ShardStore
 
 log = logging.getLogger("shardflow.runner")
@@ -92,7 +92,7 @@ class WorkflowRunner:
     async def transactional_step(
         self,
         run: WorkflowRun,
-        step: StepDef,
+        step: AnyStep,
         seq: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -145,7 +145,7 @@ class WorkflowRunner:
             return None
         return dict(rows[0])
 
-    def step_retried(self, run: WorkflowRun, step: StepDef) -> None:
+    def step_retried(self, run: WorkflowRun, step: AnyStep) -> None:
         self.metrics.step_retries.labels(self.shard, run.claimed.name).inc()
 
     # -- one instance -------------------------------------------------------------------
@@ -184,7 +184,7 @@ class WorkflowRunner:
             )
         return True
 
-    async def _drive(self, run: WorkflowRun, definition: WorkflowDef) -> dict[str, Any]:
+    async def _drive(self, run: WorkflowRun, definition: AnyWorkflow) -> dict[str, Any]:
         try:
             # A cancelled run replays its history (so that its compensations are known)
             # and stops at its first new call.
@@ -216,7 +216,7 @@ class WorkflowRunner:
                 log.warning("event=compensation_failed workflow=%s error=%r", run.id, failure)
         return {"status": status, "error": codec.dumps(error, "error")}
 
-    async def _call(self, run: WorkflowRun, definition: WorkflowDef) -> Any:
+    async def _call(self, run: WorkflowRun, definition: AnyWorkflow) -> Any:
         # The context is made here, not kept by the run: a run <-> context cycle per
         # workflow left ~30,000 objects per collection to the cyclic garbage collector
         # (pauses of 30-130 ms in the executor under load).

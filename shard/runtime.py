@@ -32,7 +32,7 @@ from shardflow.shard import codec
 from shardflow.shard.model import ClaimedWorkflow, FlushResult, History, StepRow
 
 if TYPE_CHECKING:
-    from shardflow.shard.sdk import StepDef
+    from shardflow.shard.sdk import AnyStep
 
 _CURRENT: ContextVar[WorkflowRun | None] = ContextVar("shardflow_run", default=None)
 
@@ -102,7 +102,7 @@ class RunServices(Protocol):
     async def transactional_step(
         self,
         run: WorkflowRun,
-        step: StepDef,
+        step: AnyStep,
         seq: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -110,7 +110,7 @@ class RunServices(Protocol):
         started: datetime,
     ) -> tuple[Any, bool]: ...
 
-    def step_retried(self, run: WorkflowRun, step: StepDef) -> None: ...
+    def step_retried(self, run: WorkflowRun, step: AnyStep) -> None: ...
 
     async def start_child(self, run: WorkflowRun, workflow: str, input: Any, child_id: str) -> None:
         """Start a child on the parent's shard, with the parent's routing key (idempotent)."""
@@ -138,7 +138,7 @@ class WorkflowRun:
         self._unsaved: list[Awaitable[FlushResult]] = []
         # Saga state: completed steps that have a compensation (position, step, arguments,
         # result); a cancelled run replays its history and stops at the first new call.
-        self.compensable: list[tuple[int, StepDef, tuple[Any, ...], dict[str, Any], Any]] = []
+        self.compensable: list[tuple[int, AnyStep, tuple[Any, ...], dict[str, Any], Any]] = []
         self.cancelling = claimed.cancel_requested
         self.compensating = False
 
@@ -216,12 +216,12 @@ class WorkflowRun:
 
     # -- steps -----------------------------------------------------------------
     def call_step(
-        self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, step: AnyStep, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         return self._step(step, self.next_seq(), args, kwargs)
 
     async def _step(
-        self, step: StepDef, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, step: AnyStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         rec = self.recorded(seq, step.name)
         if rec is not None:
@@ -266,7 +266,7 @@ class WorkflowRun:
             return self._completed(seq, step, args, kwargs, value)
 
     def _completed(
-        self, seq: int, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
+        self, seq: int, step: AnyStep, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any
     ) -> Any:
         if step.compensate is not None:
             self.compensable.append((seq, step, args, kwargs, value))

@@ -11,14 +11,30 @@ import asyncio
 import functools
 import inspect
 import types
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    overload,
+)
 
 from shardflow.infra.errors import SettingsError
 from shardflow.shard.cron import ScheduleSpec
 from shardflow.shard.runtime import current_run
 
+if TYPE_CHECKING:
+    import asyncpg
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 WorkflowFn = Callable[..., Awaitable[Any]]
 
 
@@ -35,7 +51,10 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class StepDef:
+class StepDef(Generic[P, R]):
+    """A declared step. Called from a workflow it is checkpointed; its type is the
+    function's own (a transactional step's without its connection parameter)."""
+
     name: str
     fn: Callable[..., Any]
     policy: RetryPolicy
@@ -44,21 +63,22 @@ class StepDef:
     is_async: bool
     # Saga: the step that undoes this one, called with this step's arguments and then
     # its result, when the workflow fails or is cancelled after this step completed.
-    compensate: StepDef | None = None
+    compensate: AnyStep | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         run = current_run()
         if run is None:
             return self.call_direct(*args, **kwargs)
         return run.call_step(self, args, kwargs)
 
-    async def call_direct(self, *args: Any, **kwargs: Any) -> Any:
+    async def call_direct(self, *args: Any, **kwargs: Any) -> R:
         """Run the body once, outside any workflow (tests, scripts)."""
         if self.transactional:
             raise TypeError(
                 f"transactional step {self.name} needs a connection: call it from a workflow"
             )
-        return await self.invoke(args, kwargs)
+        result: R = await self.invoke(args, kwargs)
+        return result
 
     async def invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.is_async:
@@ -68,21 +88,41 @@ class StepDef:
 
 
 @dataclass(frozen=True)
-class WorkflowDef:
+class WorkflowDef(Generic[P, R]):
+    """A declared workflow; called directly (tests, scripts) it runs its function."""
+
     name: str
     version: str
-    fn: WorkflowFn
+    fn: Callable[P, Awaitable[R]]
     timeout: float | None = None
     schedule: ScheduleSpec | None = None
     max_running: int | None = None  # at once, across the cluster
     max_running_per_shard: int | None = None
 
-    async def __call__(self, ctx: Any, input: Any) -> Any:
-        return await self.fn(ctx, input)
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.fn(*args, **kwargs)
+
+
+AnyStep = StepDef[..., Any]
+AnyWorkflow = WorkflowDef[..., Any]
+
+
+class _StepDecorator(Protocol):
+    """What ``@step(...)`` returns for a plain step: async or plain ``def``."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> StepDef[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> StepDef[P, R]: ...
 
 
 @overload
-def step(fn: Callable[..., Any], /) -> StepDef: ...
+def step(fn: Callable[P, Coroutine[Any, Any, R]], /) -> StepDef[P, R]: ...
+
+
+@overload
+def step(fn: Callable[P, R], /) -> StepDef[P, R]: ...
 
 
 @overload
@@ -94,9 +134,25 @@ def step(
     max_backoff: float = 30.0,
     timeout: float | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-    transactional: bool = False,
-    compensate: StepDef | Callable[..., Any] | None = None,
-) -> Callable[[Callable[..., Any]], StepDef]: ...
+    transactional: Literal[True],
+    compensate: AnyStep | Callable[..., Any] | None = None,
+) -> Callable[
+    [Callable[Concatenate[asyncpg.Connection[Any], P], Coroutine[Any, Any, R]]], StepDef[P, R]
+]: ...
+
+
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retries: int = 3,
+    backoff: float = 0.5,
+    max_backoff: float = 30.0,
+    timeout: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    transactional: Literal[False] = False,
+    compensate: AnyStep | Callable[..., Any] | None = None,
+) -> _StepDecorator: ...
 
 
 def step(
@@ -110,7 +166,7 @@ def step(
     timeout: float | None = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     transactional: bool = False,
-    compensate: StepDef | Callable[..., Any] | None = None,
+    compensate: AnyStep | Callable[..., Any] | None = None,
 ) -> Any:
     """Declare a step: its result is checkpointed and returned as recorded on replay.
 
@@ -128,11 +184,11 @@ def step(
     on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     undo = compensate if isinstance(compensate, StepDef) or compensate is None else step(compensate)
 
-    def wrap(f: Callable[..., Any]) -> StepDef:
+    def wrap(f: Callable[..., Any]) -> AnyStep:
         is_async = inspect.iscoroutinefunction(f)
         if transactional and not is_async:
             raise SettingsError(f"transactional step {f.__qualname__} must be async def")
-        definition = StepDef(
+        definition: AnyStep = StepDef(
             name=name or f.__qualname__,
             fn=f,
             policy=RetryPolicy(retries, backoff, max_backoff, on),
@@ -147,7 +203,7 @@ def step(
 
 
 @overload
-def workflow(fn: WorkflowFn, /) -> WorkflowDef: ...
+def workflow(fn: Callable[P, Awaitable[R]], /) -> WorkflowDef[P, R]: ...
 
 
 @overload
@@ -161,7 +217,7 @@ def workflow(
     overlap: str = "skip",
     max_running: int | None = None,
     max_running_per_shard: int | None = None,
-) -> Callable[[WorkflowFn], WorkflowDef]: ...
+) -> Callable[[Callable[P, Awaitable[R]]], WorkflowDef[P, R]]: ...
 
 
 def workflow(
@@ -197,7 +253,7 @@ def workflow(
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
             raise SettingsError(f"{label} must be a whole number of at least 1, not {cap!r}")
 
-    def wrap(f: WorkflowFn) -> WorkflowDef:
+    def wrap(f: WorkflowFn) -> AnyWorkflow:
         if not inspect.iscoroutinefunction(f):
             raise SettingsError(f"workflow {f.__qualname__} must be async def")
         return WorkflowDef(
@@ -218,40 +274,46 @@ class Registry:
     """The workflows an executor can run: its code's, by name, and every version of the
     workflows defined in SQL on its shard (``add_version``)."""
 
-    workflows: dict[str, WorkflowDef] = field(default_factory=dict)
-    versions: dict[tuple[str, str], WorkflowDef] = field(default_factory=dict)
+    workflows: dict[str, AnyWorkflow] = field(default_factory=dict)
+    versions: dict[tuple[str, str], AnyWorkflow] = field(default_factory=dict)
 
-    def add(self, definition: WorkflowDef) -> None:
+    def add(self, definition: AnyWorkflow) -> None:
         existing = self.workflows.get(definition.name)
         if existing is not None and existing is not definition:
             raise SettingsError(f"workflow {definition.name} is defined twice")
         self.workflows[definition.name] = definition
         self.versions[(definition.name, definition.version)] = definition
 
-    def add_version(self, definition: WorkflowDef) -> None:
+    def add_version(self, definition: AnyWorkflow) -> None:
         """One version of a workflow that is not the code's (a SQL definition)."""
         if definition.name not in self.workflows:
             self.versions[(definition.name, definition.version)] = definition
 
-    def get(self, name: str, version: str | None = None) -> WorkflowDef | None:
+    def get(self, name: str, version: str | None = None) -> AnyWorkflow | None:
         if version is not None:
             return self.versions.get((name, version))
         return self.workflows.get(name)
 
     @classmethod
-    def from_modules(cls, modules: Iterable[types.ModuleType | str]) -> Registry:
-        import importlib
+    def from_modules(
+        cls, modules: Iterable[types.ModuleType | str], app_dir: str | None = None
+    ) -> Registry:
+        """The workflows of these modules; names are imported from ``app_dir`` (default:
+        the working directory) and PYTHONPATH, a failed import is a SettingsError."""
+        from shardflow.shard.apps import import_apps
 
+        names = [m for m in modules if isinstance(m, str)]
+        loaded = iter(import_apps(names, app_dir))
         registry = cls()
         for module in modules:
-            mod = importlib.import_module(module) if isinstance(module, str) else module
+            mod = next(loaded) if isinstance(module, str) else module
             for value in vars(mod).values():
                 if isinstance(value, WorkflowDef):
                     registry.add(value)
         return registry
 
     @classmethod
-    def of(cls, *definitions: WorkflowDef) -> Registry:
+    def of(cls, *definitions: AnyWorkflow) -> Registry:
         registry = cls()
         for definition in definitions:
             registry.add(definition)

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from shardflow.infra.errors import NonRetryableError
-from shardflow.shard.sdk import StepDef, WorkflowDef, step
+from shardflow.shard.sdk import AnyStep, AnyWorkflow, WorkflowDef, step
 
 DEFAULT_RETRIES = 3
 
@@ -67,7 +67,7 @@ async def _run(conn: asyncpg.Connection, sql: str, *values: str) -> Any:
     return _plain(value)
 
 
-def _sql_step(workflow: str, spec: dict[str, Any]) -> StepDef:
+def _sql_step(workflow: str, spec: dict[str, Any]) -> AnyStep:
     name = str(spec["name"])
     sql, undo_sql = str(spec["sql"]), spec.get("compensate")
 
@@ -88,7 +88,7 @@ def _sql_step(workflow: str, spec: dict[str, Any]) -> StepDef:
     )(run)
 
 
-def make_workflow(name: str, version: str, definition: dict[str, Any]) -> WorkflowDef:
+def make_workflow(name: str, version: str, definition: dict[str, Any]) -> AnyWorkflow:
     """The WorkflowDef that interprets one version of a SQL definition."""
     plan: list[Any] = []
     for spec in definition["steps"]:

@@ -21,7 +21,7 @@ from shardflow.shard.model import (
     WorkflowRecord,
 )
 from shardflow.shard.queries import query
-from shardflow.shard.sdk import WorkflowDef
+from shardflow.shard.sdk import AnyWorkflow
 
 _flush_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -118,7 +118,7 @@ class ShardStore:
             [t for _, _, t in names],
         )
 
-    async def limits_set(self, definitions: Sequence[WorkflowDef]) -> None:
+    async def limits_set(self, definitions: Sequence[AnyWorkflow]) -> None:
         """Record the concurrency limits the code declares; drop those it no longer does."""
         limited = [d for d in definitions if d.max_running or d.max_running_per_shard]
         await self.pool.execute(
@@ -147,7 +147,7 @@ class ShardStore:
     async def workflow_claim_batch(self, request: ClaimRequest) -> list[ClaimedWorkflow]:
         """Claim due workflows: any kind (``request.kinds`` None), or only those in it."""
         rows = await self.pool.fetch(query("workflow_claim_batch"), *_claim_args(request))
-        return [ClaimedWorkflow(*row) for row in rows]
+        return [ClaimedWorkflow.decode(row) for row in rows]
 
     async def history_for(self, claimed: Sequence[ClaimedWorkflow]) -> dict[str, History]:
         """Recorded steps and events of the claimed workflows that have any."""
@@ -183,7 +183,7 @@ class ShardStore:
             query("checkpoint_flush"), *flush_args(records, claim)
         )
         applied = {row["id"]: row["cancel_requested"] for row in rows if not row["claimed"]}
-        claimed = [ClaimedWorkflow(*row[1:-1]) for row in rows if row["claimed"]]
+        claimed = [ClaimedWorkflow.decode(row) for row in rows if row["claimed"]]
         return applied, claimed
 
     async def workflow_release_many(self, items: Sequence[tuple[str, int]]) -> int:

@@ -10,7 +10,7 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from shardflow.infra import pool as shard_pool
@@ -80,7 +80,9 @@ async def _executor(args: argparse.Namespace) -> int:
 
     settings = ExecutorSettings.load(vars(args))
     configure(settings.log_level)
-    executor = Executor(settings, Registry.from_modules(settings.app), faults=Faults.from_env())
+    executor = Executor(
+        settings, Registry.from_modules(settings.app, settings.app_dir), faults=Faults.from_env()
+    )
     stop = stop_event_on_signals()
     runner = None
     if settings.metrics_port is not None:
@@ -106,8 +108,8 @@ async def _executor(args: argparse.Namespace) -> int:
 
 async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
     """The workflows this executor runs, and the cron schedules they declare."""
-    from shardflow.coordinator import schedules
-    from shardflow.coordinator.catalog import Catalog, q
+    from shardflow.catalog import schedules
+    from shardflow.catalog.store import Catalog
 
     catalog = await Catalog.connect(dsn, pool_size=1)
     try:
@@ -116,20 +118,19 @@ async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
         for w in definitions:
             if w.schedule is not None:
                 await schedules.declare(catalog, w.name, w.schedule)
-            if w.max_running is not None:
-                await catalog.pool.execute(q("limit_set"), w.name, w.max_running)
-            else:
-                await catalog.pool.execute(q("limit_clear"), w.name)
+            await catalog.limit_set(w.name, w.max_running)
     finally:
         await catalog.close()
 
 
 async def _dev(args: argparse.Namespace) -> int:
-    from shardflow.coordinator.dev import DevCluster, DevSettings
     from shardflow.demo import print_welcome, run_demo
+    from shardflow.devcluster.dev import DevCluster, DevSettings
     from shardflow.infra.logs import configure
+    from shardflow.shard.apps import import_apps
 
     settings = DevSettings.load(vars(args))
+    apps = import_apps(settings.app, settings.app_dir)  # refused here, not in a restart loop
     configure("info")
     stop = stop_event_on_signals()
     cluster = DevCluster(settings)
@@ -139,7 +140,7 @@ async def _dev(args: argparse.Namespace) -> int:
         await cluster.wait_ready()
         print_welcome(cluster)
         if args.demo:
-            await run_demo(cluster.url, args.demo, settings.token)
+            await run_demo(cluster.url, args.demo, apps, settings.token)
             print("serving until Ctrl-C ...", flush=True)
         await stop.wait()
         await supervisor
@@ -248,11 +249,13 @@ async def _healthcheck(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shardflow.coordinator.dev import DevSettings
+    from shardflow import __version__
+    from shardflow.devcluster.dev import DevSettings
     from shardflow.router.settings import RouterSettings
     from shardflow.shard.executor_settings import ExecutorSettings
 
     parser = argparse.ArgumentParser(prog="shardflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"shardflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("executor", help="run workflows of one shard")
@@ -310,21 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(handler=_healthcheck)
-
-    from shardflow import bench
-
-    bench.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    # App modules (--app, the examples) are importable from the current directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    run_command(args.handler, args)
+
+
+def run_command(
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: Any
+) -> None:
+    """Run a command's handler and exit with its code; a ShardflowError or an unreachable
+    server is one line on stderr and exit code 2, never a traceback."""
     try:
-        code = run_async(args.handler(args))
+        code = run_async(handler(args))
     except ShardflowError as exc:
         print(f"shardflow: error [{exc.code}]: {exc}", file=sys.stderr)
         code = 2

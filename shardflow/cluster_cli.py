@@ -12,8 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from shardflow.coordinator import operations
-from shardflow.coordinator.catalog import Catalog, CatalogError
+from shardflow.catalog import admin as operations
+from shardflow.catalog.store import Catalog, CatalogError
 
 console = Console()
 

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from examples.bench import make_input
 from shardflow.router.client import Client
 
 console = Console()
@@ -41,66 +40,60 @@ def print_welcome(cluster: Any) -> None:
     console.print(f"  curl -s {url}/v1/cluster")
 
 
-# The order saga three ways: approved; refused (compensated); failing at charge_payment.
-ORDERS: dict[str, dict[str, Any]] = {
-    "approved": {},
-    "refused": {},
-    "failing": {"fail_at": "charge_payment"},
-}
-
-
-async def run_demo(url: str, total: int, token: str | None = None) -> None:
+async def run_demo(url: str, total: int, apps: list[Any], token: str | None = None) -> None:
+    """The demo of `shardflow dev --demo N`, made of the app modules' own hooks (none is
+    required): ``demo_input(i) -> (workflow, input)`` gives the bulk load of N workflows,
+    ``async demo_story(client, stamp) -> {label: workflow ID}`` starts a few workflows to
+    show (and drives them: events), summarised once they finish."""
     stamp = int(time.time())
+    inputs = [m.demo_input for m in apps if callable(getattr(m, "demo_input", None))]
+    stories = [m.demo_story for m in apps if callable(getattr(m, "demo_story", None))]
     latencies: list[float] = []
+    elapsed = 0.0
     async with Client(url, token) as client:
-        orders = {
-            kind: (
-                await client.start(
-                    "order_fulfillment",
-                    {"order_id": f"demo-{stamp}-{kind}", "amount": 42.0, "items": ["book", "lamp"]}
-                    | extra,
-                )
-            )["id"]
-            for kind, extra in ORDERS.items()
-        }
-        sem = asyncio.Semaphore(64)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("W3 workflows through the router", total=total)
+        shown: dict[str, str] = {}
+        for story in stories:
+            shown |= await story(client, stamp)
+        if inputs:
+            sem = asyncio.Semaphore(64)
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress:
+                task = progress.add_task("workflows through the router", total=total)
 
-            async def one(i: int) -> None:
-                async with sem:
-                    t0 = time.perf_counter()
-                    started = await client.start("w3", make_input(i), id=f"demo-{stamp}-{i}")
-                    await client.result(started["id"], timeout=60)
-                    latencies.append(time.perf_counter() - t0)
-                    progress.advance(task)
+                async def one(i: int) -> None:
+                    name, payload = inputs[i % len(inputs)](i)
+                    async with sem:
+                        t0 = time.perf_counter()
+                        started = await client.start(name, payload, id=f"demo-{stamp}-{i}")
+                        await client.result(started["id"], timeout=60)
+                        latencies.append(time.perf_counter() - t0)
+                        progress.advance(task)
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(total)))
-            elapsed = time.perf_counter() - t0
-        for kind, decision in (("approved", True), ("refused", False)):
-            await client.send_event(orders[kind], "approved", {"approved": decision})
-        for wid in orders.values():
+                t0 = time.perf_counter()
+                await asyncio.gather(*(one(i) for i in range(total)))
+                elapsed = time.perf_counter() - t0
+        for wid in shown.values():
             await client.wait(wid, timeout=60)
-        outcomes = {kind: await client.status(wid) for kind, wid in orders.items()}
+        outcomes = {label: await client.status(wid) for label, wid in shown.items()}
         cluster = await client.cluster()
     latencies.sort()
     table = Table(title="demo summary")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("W3 workflows completed", str(total))
-    table.add_row("throughput (64 clients, start + long-poll)", f"{total / elapsed:.0f} wf/s")
-    table.add_row("start-to-result p50", f"{latencies[len(latencies) // 2] * 1000:.1f} ms")
-    table.add_row("start-to-result p99", f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
+    if latencies:
+        table.add_row("workflows completed", str(total))
+        table.add_row("throughput (64 clients, start + long-poll)", f"{total / elapsed:.0f} wf/s")
+        table.add_row("start-to-result p50", f"{latencies[len(latencies) // 2] * 1000:.1f} ms")
+        p99 = latencies[int(len(latencies) * 0.99)]
+        table.add_row("start-to-result p99", f"{p99 * 1000:.1f} ms")
     for shard in cluster["shards"]:
         table.add_row(f"{shard['id']} slots", str(shard["slots"]))
-    for kind, doc in outcomes.items():
+    for label, doc in outcomes.items():
         undo = ", ".join(doc.get("compensations") or []) or "none"
-        table.add_row(f"order ({kind})", f"{doc['status']}; compensations: {undo}")
+        table.add_row(label, f"{doc['status']}; compensations: {undo}")
     console.print(table)

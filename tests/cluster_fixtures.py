@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shardflow.coordinator.catalog import Catalog
-from shardflow.coordinator.launcher import LocalPostgres, PostgresServer
+from shardflow.catalog.store import Catalog
+from shardflow.devcluster.launcher import LocalPostgres, PostgresServer
 from shardflow.router.app import RouterServer
 from shardflow.router.client import Client
 from shardflow.router.settings import RouterSettings

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from shardflow.coordinator.launcher import LocalPostgres, PostgresServer
+from shardflow.devcluster.launcher import LocalPostgres, PostgresServer
 from shardflow.shard.client import ShardClient
 from shardflow.shard.executor import Executor
 from shardflow.shard.executor_settings import ExecutorSettings

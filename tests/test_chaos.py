@@ -8,8 +8,8 @@ import random
 import signal
 from typing import Any
 
-from shardflow.coordinator import operations
-from shardflow.coordinator.launcher import LocalPostgres
+from shardflow.catalog import admin as operations
+from shardflow.devcluster.launcher import LocalPostgres
 from shardflow.router.client import Client
 from tests.cluster_fixtures import LiveCluster
 from tests.conftest import ExecutorProcess

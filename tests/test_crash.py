@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shardflow.coordinator.launcher import LocalPostgres, free_port
+from shardflow.devcluster.launcher import LocalPostgres, free_port
 from shardflow.infra.errors import ShardUnavailableError
 from shardflow.shard.client import ShardClient, StartRequest
 from tests.conftest import ExecutorProcess

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from shardflow.catalog.store import Catalog
 from shardflow.cli import build_parser
 from shardflow.coordinator import citus
-from shardflow.coordinator.catalog import Catalog
-from shardflow.coordinator.launcher import PostgresServer, free_port
+from shardflow.devcluster.launcher import PostgresServer, free_port
 from shardflow.metrics.exporter import serve_metrics
 from shardflow.router.settings import RouterSettings
 from shardflow.shard.executor_settings import ExecutorSettings

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardflow.coordinator.launcher import LocalPostgres, free_port, remove_data
+from shardflow.devcluster.launcher import LocalPostgres, free_port, remove_data
 from shardflow.router.app import openapi_document
 from tests.conftest import ROOT
 
@@ -327,7 +327,7 @@ def test_sync_client_for_scripts(dev: Dev):
 
 
 def test_a_crash_loop_backs_off():
-    from shardflow.coordinator.dev import restart_delay
+    from shardflow.devcluster.dev import restart_delay
 
     assert [restart_delay(n) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
 
@@ -335,7 +335,7 @@ def test_a_crash_loop_backs_off():
 async def test_a_router_that_cannot_start_is_reported_with_the_end_of_its_log(tmp_path: Path):
     """wait_ready's error carries the child's own words: a benchmark's cluster folder, and
     the log in it, is gone by the time anyone reads the error."""
-    from shardflow.coordinator.dev import DevCluster, DevSettings
+    from shardflow.devcluster.dev import DevCluster, DevSettings
 
     data = tmp_path / "cluster"
     data.mkdir()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from examples.bench import make_input
 from shardflow.shard.client import ShardClient, StartRequest, start_many_on
+from shardflow.shard.model import ClaimedWorkflow
 from shardflow.shard.queries import query
 from shardflow.shard.store import ShardStore
 
@@ -50,10 +50,16 @@ async def test_a_start_leases_to_an_open_executor_and_names_the_workflow_on_its_
             "queued": False,
         }
         (item,) = json.loads(await asyncio.wait_for(got.get(), 10))
-        assert item[:3] == ["handed", "w3", "1"] and item[4] == 1
-        assert json.loads(item[3]) == make_input(7)
-        assert datetime.fromisoformat(item[5]) > datetime.fromisoformat(item[6])  # deadline
-        assert item[7:] == ["handed", None, 0]
+        claimed = ClaimedWorkflow.decode(item)
+        assert (claimed.id, claimed.name, claimed.version, claimed.epoch) == (
+            "handed",
+            "w3",
+            "1",
+            1,
+        )
+        assert json.loads(claimed.input) == make_input(7)
+        assert claimed.deadline is not None and claimed.deadline > claimed.created_at
+        assert (claimed.routing_key, claimed.parent, claimed.priority) == ("handed", None, 0)
         # A kind the executor lacks is queued for a claim; being one it could never claim,
         # it does not keep the executor from taking the next start of its own kind.
         echo = await client.start("echoing", 1)
@@ -61,7 +67,7 @@ async def test_a_start_leases_to_an_open_executor_and_names_the_workflow_on_its_
         after_echo = await client.start("w3", make_input(11))
         assert (await _status(client, after_echo))["lease_owner"] == "stand-in"
         (item,) = json.loads(await asyncio.wait_for(got.get(), 10))
-        assert item[0] == after_echo
+        assert item["id"] == after_echo
         async with client.pool.acquire() as conn:
             # Due workflows of its own kinds do: a backlog is claimed in its order.
             await conn.execute("UPDATE shardflow.executors SET handoff_until = NULL")
@@ -162,7 +168,7 @@ async def test_a_batch_of_starts_is_handed_off_in_payloads_under_the_notify_limi
                 break
             await asyncio.sleep(0.05)
         assert len(got) > 1 and all(len(p) < 8000 for p in got)
-        assert sorted(item[0] for p in got for item in json.loads(p)) == sorted(ids)
+        assert sorted(item["id"] for p in got for item in json.loads(p)) == sorted(ids)
     finally:
         await listener.close()
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from shardflow.coordinator import haproxy
+from shardflow.devcluster import haproxy
 from shardflow.router.client import Client
 from tests.conftest import ROOT
 from tests.test_dev import Dev

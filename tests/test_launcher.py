@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shardflow.coordinator import launcher
-from shardflow.coordinator.launcher import LocalPostgres, remove_data
+from shardflow.devcluster import launcher
+from shardflow.devcluster.launcher import LocalPostgres, remove_data
 from tests.conftest import ROOT
 
 
@@ -96,7 +96,7 @@ def test_killed_launcher_leaves_no_server(tmp_path: Path):
 
 
 def test_missing_binaries_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    from shardflow.coordinator import launcher
+    from shardflow.devcluster import launcher
 
     monkeypatch.setattr(launcher.glob, "glob", lambda _: [])
     monkeypatch.setattr(launcher.shutil, "which", lambda _: None)

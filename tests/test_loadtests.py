@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from loadtests import compare, report, scale
+from loadtests.bench_cluster import Phase, local_cluster
+from loadtests.cgroups import CgroupError, CpuGroup
+from loadtests.cpu import part_of, parts_spent, tree_cpu_parts
+from loadtests.loadgen import rate_between
 from loadtests.locust_run import run_locust
-from shardflow.bench_cluster import Phase, local_cluster
-from shardflow.cgroups import CgroupError, CpuGroup
-from shardflow.cpu import part_of, parts_spent, tree_cpu_parts
-from shardflow.loadgen import rate_between
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -324,9 +324,7 @@ def leftover_groups(prefix: str = "shardflow-scale-") -> list[Path]:
 
 
 def test_bench_http_prints_its_figures() -> None:
-    out = run_module(
-        "shardflow", "bench", "http", "--seconds", "1", "--clients", "4", "--rate", "20"
-    )
+    out = run_module("loadtests.bench", "http", "--seconds", "1", "--clients", "4", "--rate", "20")
     assert out["workload"] == "W3" and out["shards"] == 3 and out["errors"] == 0
     assert out["closed_wf_per_s"] > 0 and out["open_rate"] == 20
     assert out["closed_p99_ms"] >= out["closed_p50_ms"] > 0
@@ -342,7 +340,7 @@ def test_bench_statements_prints_each_statement_against_the_floor() -> None:
     """Every statement ran and checked its own answer (a start that handed nothing off,
     or a flush that wrote nothing, fails the benchmark), and each figure is per call,
     per row and against the floor of the same rounds."""
-    out = run_module("shardflow", "bench", "statements", "--calls", "14", "--rounds", "2")
+    out = run_module("loadtests.bench", "statements", "--calls", "14", "--rounds", "2")
     assert out["rounds"] == 2 and out["calls"] == 14
     figures = out["statements"]
     assert list(figures) == [
@@ -363,7 +361,7 @@ def test_bench_statements_against_another_checkout_takes_turns_with_it() -> None
     """--against runs another checkout's SQL in a database of its own (here: this one's),
     every statement of both, with paired ratios."""
     out = run_module(
-        "shardflow", "bench", "statements", "--calls", "14", "--rounds", "2",
+        "loadtests.bench", "statements", "--calls", "14", "--rounds", "2",
         "--against", str(ROOT),
     )  # fmt: skip
     assert set(out["against"]) == set(out["statements"]) == set(out["ratio_to_against"])
@@ -397,7 +395,7 @@ def _checkout(root: Path, functions: str, drop_query: str = "") -> str:
 def test_bench_statements_refuses_bad_arguments(
     make_argv: Callable[[Path], list[str]], tmp_path: Path
 ) -> None:
-    assert "bench_failed" in run_refused("shardflow", "bench", "statements", *make_argv(tmp_path))
+    assert "bench_failed" in run_refused("loadtests.bench", "statements", *make_argv(tmp_path))
 
 
 def test_processes_are_told_apart_by_their_command_line() -> None:
@@ -462,7 +460,7 @@ def test_bench_rebalance_moves_a_third_of_the_slots_losing_nothing(cpu_per_shard
     if cpu_per_shard and os.geteuid() != 0:
         pytest.fail("--cpu-per-shard writes cgroup quotas: run the suite as root (CI does)")
     out = run_module(
-        *("shardflow", "bench", "rebalance", "--seconds", "1", "--clients", "4", "--slots", "24"),
+        *("loadtests.bench", "rebalance", "--seconds", "1", "--clients", "4", "--slots", "24"),
         *("--cpu-per-shard", str(cpu_per_shard)),
     )
     assert out["cpu_per_shard"] == cpu_per_shard
@@ -497,5 +495,5 @@ def test_rate_between_cuts_a_window_out_of_a_timeline() -> None:
 @pytest.mark.parametrize("value", ["-0.5", "nan", "lots"])
 def test_bench_rebalance_refuses_a_bad_cpu_cap(value: str) -> None:
     assert "--cpu-per-shard" in run_refused(
-        "shardflow", "bench", "rebalance", "--cpu-per-shard", value
+        "loadtests.bench", "rebalance", "--cpu-per-shard", value
     )

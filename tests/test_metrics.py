@@ -12,8 +12,8 @@ import aiohttp
 import asyncpg
 from prometheus_client import generate_latest
 
-from shardflow.coordinator.launcher import LocalPostgres
 from shardflow.coordinator.leader import Coordinator, CoordinatorSettings
+from shardflow.devcluster.launcher import LocalPostgres
 from shardflow.metrics.docs import render, rows
 from tests.background import RUNNING
 from tests.cluster_fixtures import SHARDS, LiveCluster

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from shardflow.coordinator.launcher import free_port
+from shardflow.devcluster.launcher import free_port
 from tests.conftest import ROOT
 from tests.test_dev import Dev, request
 

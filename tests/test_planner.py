@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shardflow.catalog.planner import PlanError, plan
 from shardflow.coordinator import moves
-from shardflow.coordinator.planner import PlanError, plan
 
 shards = st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=64)
 

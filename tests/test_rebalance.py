@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from shardflow.coordinator import operations
-from shardflow.coordinator.catalog import CatalogError
-from shardflow.coordinator.launcher import PostgresServer
+from shardflow.catalog import admin as operations
+from shardflow.catalog.store import CatalogError
 from shardflow.coordinator.leader import Coordinator, CoordinatorSettings
 from shardflow.coordinator.moves import Mover
+from shardflow.devcluster.launcher import PostgresServer
 from shardflow.infra.errors import WorkflowFailedError
 from shardflow.router.client import Client
 from shardflow.shard.client import ShardClient
@@ -261,7 +261,7 @@ async def test_move_rolls_back_when_the_target_stays_down(growing: LiveCluster, 
 
 
 async def test_paused_executor_of_a_moving_slot_is_fenced(growing: LiveCluster):
-    from shardflow.coordinator.launcher import free_port
+    from shardflow.devcluster.launcher import free_port
     from tests.conftest import ExecutorProcess
     from tests.test_crash import _metric, _stopped
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from examples.bench import make_input
-from shardflow.coordinator.launcher import LocalPostgres
+from shardflow.devcluster.launcher import LocalPostgres
 from shardflow.infra.errors import (
     InvalidWorkflowIdError,
     ShardUnavailableError,

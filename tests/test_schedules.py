@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from shardflow.catalog import schedules
 from shardflow.cli import _register_in_catalog
-from shardflow.coordinator import schedules
 from shardflow.coordinator.schedules import Scheduler
 from shardflow.infra.errors import (
     InvalidScheduleError,

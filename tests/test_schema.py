@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shardflow.coordinator.launcher import LocalPostgres, PostgresServer
+from shardflow.devcluster.launcher import LocalPostgres, PostgresServer
 from shardflow.infra.sqlfiles import parse, sql_text
 from shardflow.shard.migrate import migrate, migrations
 from shardflow.shard.queries import load

@@ -13,9 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shardflow.coordinator import citus, operations
-from shardflow.coordinator.catalog import Catalog
-from shardflow.coordinator.launcher import PostgresServer
+from shardflow.catalog import admin as operations
+from shardflow.catalog.store import Catalog
+from shardflow.coordinator import citus
+from shardflow.devcluster.launcher import PostgresServer
 from shardflow.infra.errors import SettingsError
 from shardflow.infra.pool import connect, in_schema, schema_of
 from tests.cluster_fixtures import LiveCluster

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow.coordinator.launcher import free_port
+from shardflow.devcluster.launcher import free_port
 from shardflow.infra.errors import SettingsError
 from shardflow.shard.executor_settings import ExecutorSettings
 from shardflow.shard.faults import Faults

@@ -49,15 +49,17 @@ BEGIN
 END
 $$;
 
--- One item of a hand-off NOTIFY: what a claim would return (the columns of
--- ClaimedWorkflow, shard/executor.py _on_handoff), as a JSON array.
+-- One item of a hand-off NOTIFY: what a claim would return, as a JSON object with the
+-- column names of claim_workflows (decoded by ClaimedWorkflow.decode, shard/model.py).
 CREATE OR REPLACE FUNCTION shardflow.handoff_item(
     p_id text, p_name text, p_version text, p_input jsonb, p_timeout double precision,
     p_key text, p_parent text, p_priority integer)
 RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT json_build_array(p_id, p_name, p_version, p_input::text, 1,
-                            now() + make_interval(secs => p_timeout), now(),
-                            p_key, p_parent, coalesce(p_priority, 0))::text
+    SELECT json_build_object('id', p_id, 'name', p_name, 'version', p_version,
+                             'input', p_input::text, 'lease_epoch', 1,
+                             'deadline', now() + make_interval(secs => p_timeout),
+                             'created_at', now(), 'routing_key', p_key, 'parent', p_parent,
+                             'priority', coalesce(p_priority, 0))::text
 $$;
 
 -- Start many workflows in one statement (the hot path of every start).

@@ -2,7 +2,7 @@
 
 Each starts a whole `shardflow dev`-style cluster (durable Postgres servers, executor,
 router and coordinator processes) in a temporary folder and drives it with the asyncio
-load generator in its own process (`shardflow.loadgen`), so the figures include every
+load generator in its own process (`loadtests.loadgen`), so the figures include every
 Shardflow process and exclude the load generator.
 """
 
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardflow.coordinator.dev import DevCluster, DevSettings
-from shardflow.coordinator.launcher import free_port, remove_data
-from shardflow.coordinator.local_shard import LocalShard
-from shardflow.cpu import parts_spent, tree_cpu_parts
+from loadtests.cpu import parts_spent, tree_cpu_parts
+from shardflow.devcluster.dev import DevCluster, DevSettings
+from shardflow.devcluster.launcher import free_port, remove_data
+from shardflow.devcluster.local_shard import LocalShard
 from shardflow.infra import pool as shard_pool
 
 
@@ -133,7 +133,7 @@ def brief(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _loadgen(url: str, *extra: str, until: Awaitable[Any] | None = None) -> Phase:
-    return await loadgen_phase("shardflow.loadgen", "--url", url, *extra, until=until)
+    return await loadgen_phase("loadtests.loadgen", "--url", url, *extra, until=until)
 
 
 async def http(args: argparse.Namespace) -> int:
@@ -196,10 +196,11 @@ MAX_PHASE = 240.0
 
 
 async def rebalance(args: argparse.Namespace) -> int:
-    from shardflow.cgroups import ShardCaps
-    from shardflow.coordinator import operations
-    from shardflow.coordinator.catalog import Catalog, ensure_database
-    from shardflow.coordinator.dev import DATABASE, Child, executor_child
+    from loadtests.cgroups import ShardCaps
+    from shardflow.catalog import admin as operations
+    from shardflow.catalog.store import Catalog
+    from shardflow.devcluster.dev import DATABASE, Child, executor_child
+    from shardflow.devcluster.launcher import ensure_database
 
     # --cpu-per-shard 0: no groups at all (the shards share the machine)
     caps = ShardCaps(args.cpu_per_shard or None, f"shardflow-bench-{os.getpid()}")
@@ -274,7 +275,7 @@ async def rebalance(args: argparse.Namespace) -> int:
             counts = await _ids_per_shard(catalog)
         finally:
             await catalog.close()
-    from shardflow.loadgen import percentile, rate_between
+    from loadtests.loadgen import percentile, rate_between
 
     move_s = t1 - t0
     in_move = rate_between(during, t0, t1)

@@ -7,10 +7,10 @@ from typing import Any
 
 import asyncpg
 
-from shardflow.coordinator.catalog import Catalog, CatalogError, q
-from shardflow.coordinator.planner import plan
+from shardflow.catalog.planner import plan
+from shardflow.catalog.store import Catalog, CatalogError
 from shardflow.infra import pool as shard_pool
-from shardflow.shard.queries import query
+from shardflow.shard.admin import ShardAdmin
 
 
 class ClusterConflictError(CatalogError):
@@ -19,26 +19,17 @@ class ClusterConflictError(CatalogError):
     code = "cluster_conflict"
 
 
-async def _live_moves(catalog: Catalog) -> list[Any]:
-    return list(await catalog.pool.fetch(q("moves_live")))
-
-
 async def _queue(catalog: Catalog, active: list[str]) -> int:
     smap = await catalog.slot_map()
     moves = plan(smap.owners, active)
     if moves:
-        await catalog.pool.execute(
-            q("moves_plan"),
-            [m.slot for m in moves],
-            [m.source for m in moves],
-            [m.target for m in moves],
-        )
+        await catalog.moves_plan([(m.slot, m.source, m.target) for m in moves])
     return len(moves)
 
 
 async def rebalance(catalog: Catalog) -> int:
     """Plan an even spread over the active shards; returns the number of moves queued."""
-    if await _live_moves(catalog):
+    if await catalog.moves_live():
         raise ClusterConflictError("a rebalance is already in progress; wait for it to finish")
     active = [s.id for s in await catalog.shards() if s.state == "active"]
     return await _queue(catalog, active)
@@ -51,22 +42,19 @@ async def drain(catalog: Catalog, shard_id: str) -> int:
     others = [s.id for s in shards.values() if s.id != shard_id and s.state == "active"]
     if not others:
         raise ClusterConflictError(f"cannot drain {shard_id}: it is the last active shard")
-    if await _live_moves(catalog):
+    if await catalog.moves_live():
         raise ClusterConflictError("moves are in progress; wait for them to finish")
-    await catalog.pool.execute(q("shard_set_state"), shard_id, "draining")
+    await catalog.shard_set_state(shard_id, "draining")
     return await _queue(catalog, others)
 
 
 async def remove(catalog: Catalog, shard_id: str) -> None:
     if shard_id not in {s.id for s in await catalog.shards()}:
         raise CatalogError(f"unknown shard {shard_id}")
-    async with catalog.pool.acquire() as conn, conn.transaction():
-        await conn.execute(q("moves_forget_shard"), shard_id)
-        if await conn.fetchval(q("shard_remove"), shard_id) is None:  # rolls back
-            raise ClusterConflictError(
-                f"shard {shard_id} still owns slots or takes part in a move: drain it first"
-            )
-    await catalog.pool.execute(q("registry_remove_shard"), shard_id)
+    if not await catalog.shard_remove(shard_id):
+        raise ClusterConflictError(
+            f"shard {shard_id} still owns slots or takes part in a move: drain it first"
+        )
 
 
 async def status(catalog: Catalog) -> dict[str, Any]:
@@ -74,8 +62,8 @@ async def status(catalog: Catalog) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for owner in smap.owners:
         counts[owner] = counts.get(owner, 0) + 1
-    leader = await catalog.pool.fetchrow(q("leader_get"))
-    moves = await _live_moves(catalog)
+    leader = await catalog.leader()
+    moves = await catalog.moves_live()
     return {
         "slots": smap.slots,
         "map_version": smap.version,
@@ -135,7 +123,7 @@ async def define_workflow(catalog: Catalog, name: str, definition: str) -> str:
     for shard in await catalog.shards():
         conn = await shard_pool.connect(shard.dsn, timeout=10)
         try:
-            version = str(await conn.fetchval(query("define_workflow"), name, definition))
+            version = await ShardAdmin(conn).define_workflow(name, definition)
         except asyncpg.InvalidParameterValueError as exc:
             raise CatalogError(f"workflow {name} refused: {exc}") from None
         finally:

@@ -1,4 +1,5 @@
-"""`shardflow bench engine|recovery`: measured figures, printed with a baseline from the same run.
+"""`python -m loadtests.bench engine|http|rebalance|statements|recovery`: measured figures,
+printed with a baseline from the same run.
 
 (`bench http` and `bench rebalance` are in bench_cluster, `bench statements` in
 bench_statements.)
@@ -21,11 +22,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Any
 
 from examples.bench import make_input
-from shardflow import bench_cluster, bench_statements
-from shardflow.coordinator.local_shard import LocalShard
+from loadtests import bench_cluster, bench_statements
+from shardflow.cli import run_command
+from shardflow.devcluster.local_shard import LocalShard
 from shardflow.infra import pool as shard_pool
 from shardflow.shard.client import ShardClient, StartRequest
 
@@ -57,8 +58,10 @@ def _cores(text: str) -> float:
     return value
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmarks (figures and a same-run baseline)")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench", description="benchmarks (figures and a same-run baseline)"
+    )
     which = p.add_subparsers(dest="bench", required=True)
     e = which.add_parser("engine", help="W3 throughput of one shard vs the Postgres ceiling")
     e.add_argument("--seconds", type=float, default=20.0)
@@ -103,6 +106,14 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
     r.set_defaults(handler=_recovery)
     bench_statements.add_parser(which)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs one benchmark with the CLI's loop and error handling: a ShardflowError (a bad
+    argument found late, a failed benchmark) is one line and exit code 2."""
+    args = build_parser().parse_args(argv)
+    run_command(args.handler, args)
 
 
 async def _load(client: ShardClient, seconds: float, queue: int, batch: int = 256) -> int:
@@ -319,3 +330,7 @@ async def _recovery(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+if __name__ == "__main__":
+    main()

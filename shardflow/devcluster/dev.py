@@ -21,10 +21,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardflow.coordinator import haproxy
-from shardflow.coordinator.catalog import Catalog, ensure_database
-from shardflow.coordinator.launcher import LauncherError, LocalPostgres, die_with_parent, free_port
+from shardflow.catalog.store import Catalog
+from shardflow.devcluster import haproxy
+from shardflow.devcluster.launcher import (
+    LauncherError,
+    LocalPostgres,
+    die_with_parent,
+    ensure_database,
+    free_port,
+)
 from shardflow.infra.settings import Settings, setting
+from shardflow.shard.apps import child_env
 
 log = logging.getLogger("shardflow.dev")
 MARKER = "cluster.json"
@@ -34,6 +41,9 @@ DATABASE = "shardflow"
 @dataclass(frozen=True)
 class DevSettings(Settings):
     app: list[str] = setting([], help="app module(s) the executors load (repeatable)")
+    app_dir: str | None = setting(
+        None, help="folder the app modules are imported from (default: the working directory)"
+    )
     shards: int = setting(3, help="number of shard Postgres servers", minimum=1)
     slots: int = setting(1024, help="hash slots, fixed when the cluster is created", minimum=1)
     executors_per_shard: int = setting(1, help="executor processes per shard", minimum=1)
@@ -256,7 +266,7 @@ class DevCluster:
 
     def _prometheus(self) -> Child:
         """deploy/prometheus's config and rules, reading the targets written above."""
-        deploy = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+        deploy = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
         binary = shutil.which("prometheus")
         if binary is None or not deploy.is_dir():
             raise LauncherError(
@@ -295,7 +305,7 @@ class DevCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": os.getcwd()},
+                env=child_env(self.settings.app_dir),
                 preexec_fn=die_with_parent,
             )
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from shardflow.coordinator.catalog import ensure_database
-from shardflow.coordinator.launcher import LocalPostgres, PostgresServer, die_with_parent
+from shardflow.devcluster.launcher import (
+    LocalPostgres,
+    PostgresServer,
+    die_with_parent,
+    ensure_database,
+)
 from shardflow.infra import pool as shard_pool
+from shardflow.shard.apps import child_env
 from shardflow.shard.migrate import migrate
 from shardflow.shard.queries import query
 
@@ -53,7 +57,7 @@ class LocalShard:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})},
+            env={**child_env(None), **(env or {})},
             preexec_fn=die_with_parent,  # no executor outlives a killed launcher
         )
         log.close()

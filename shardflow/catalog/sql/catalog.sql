@@ -1,6 +1,6 @@
 -- The cluster catalog: shards, the slot map (slot -> shard, epoch per slot, one map
 -- version), the workflow registry and cluster settings. Small; any Postgres.
--- Reference schema; coordinator/sql/migrations/*.sql must produce exactly it.
+-- Reference schema; shardflow/catalog/sql/migrations/*.sql must produce exactly it.
 
 CREATE SCHEMA IF NOT EXISTS catalog;
 

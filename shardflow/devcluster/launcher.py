@@ -25,7 +25,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+
+from shardflow.catalog.store import q
 from shardflow.infra.errors import ShardflowError
+from shardflow.infra.pool import close_connection
 
 PG_USER = "shardflow"
 _DEBIAN_BIN = "/usr/lib/postgresql/15/bin"
@@ -424,3 +428,21 @@ def local_postgres(base: Path, *names: str, durable: bool = True) -> Iterator[Lo
     with LocalPostgres(base, durable=durable) as cluster:
         cluster.start(*names)
         yield cluster
+
+
+async def ensure_database(server: PostgresServer, name: str) -> None:
+    """Create database ``name`` (a constant of ours, quoted as an identifier) on a local
+    server if missing. An existing one is reached directly: a server's autovacuum visits
+    every database something ever connected to (starting a worker process each time),
+    so the admin database is connected to only to create."""
+    try:
+        await (await asyncpg.connect(server.dsn(name))).close()
+        return
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    conn = await asyncpg.connect(server.dsn())
+    try:
+        if not await conn.fetchval(q("database_exists"), name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await close_connection(conn)

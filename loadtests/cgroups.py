@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from shardflow.infra.errors import ShardflowError
 
 if TYPE_CHECKING:
-    from shardflow.coordinator.dev import DevCluster
+    from shardflow.devcluster.dev import DevCluster
 
 ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
@@ -157,7 +157,7 @@ def descendants(pid: int) -> list[int]:
 def cap_shard(cluster: DevCluster, shard: str, cores: float, prefix: str) -> CpuGroup:
     """A new group ``prefix-shard`` capped at ``cores``, holding the shard's Postgres server
     (so every backend it starts later too) and the executors the cluster runs for it."""
-    from shardflow.coordinator.dev import is_executor_of
+    from shardflow.devcluster.dev import is_executor_of
 
     server = cluster.pg.servers[shard].process
     if server is None:

@@ -35,10 +35,10 @@ from typing import Any
 import asyncpg
 
 from examples.bench import make_input
-from shardflow.bench_cluster import local_shard
-from shardflow.coordinator.catalog import ensure_database
-from shardflow.coordinator.local_shard import LocalShard
-from shardflow.cpu import process_cpu_ns
+from loadtests.bench_cluster import local_shard
+from loadtests.cpu import process_cpu_ns
+from shardflow.devcluster.launcher import ensure_database
+from shardflow.devcluster.local_shard import LocalShard
 from shardflow.infra import pool as shard_pool
 from shardflow.infra.errors import ShardflowError
 from shardflow.infra.sqlfiles import parse
