@@ -193,6 +193,15 @@ class Variant:
         return statistics.median(r[name] for r in self.rounds)
 
 
+def _functions_of(sql: Path) -> str:
+    """Another checkout's SQL API: sql/functions/*.sql in order (sql/functions.sql before
+    they were split by concept)."""
+    split = sorted((sql / "functions").glob("*.sql"))
+    if not split:
+        return (sql / "functions.sql").read_text(encoding="utf-8")
+    return "\n".join(p.read_text(encoding="utf-8") for p in split)
+
+
 def _variants(against: str | None) -> list[Variant]:
     here = Variant("this", load())
     if against is None:
@@ -202,7 +211,7 @@ def _variants(against: str | None) -> list[Variant]:
         other = Variant(
             "against",
             parse((sql / "queries.sql").read_text(encoding="utf-8")),
-            (sql / "functions.sql").read_text(encoding="utf-8"),
+            _functions_of(sql),
         )
     except (OSError, ValueError) as exc:
         raise BenchError(f"--against {against}: no readable shard/sql there ({exc})") from None

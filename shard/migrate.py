@@ -2,7 +2,8 @@
 
 ``migrate`` records what it applied in ``shardflow.schema_migrations`` and takes an
 advisory lock, so concurrent runs and repeated runs change nothing. The SQL API
-(``functions.sql``) is re-applied every time, so it always matches the code.
+(``sql/functions/*.sql``, by concept, in file name order) is re-applied every time, so
+it always matches the code.
 """
 
 from __future__ import annotations
@@ -37,14 +38,23 @@ def migrations(package: str = "shardflow.shard") -> list[Migration]:
     return found
 
 
+def function_files(package: str = "shardflow.shard") -> list[str]:
+    """The texts of the package's SQL API files, in the order ``migrate`` applies them."""
+    folder = resources.files(package).joinpath("sql", "functions")
+    if not folder.is_dir():
+        return []
+    entries = sorted((e for e in folder.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name)
+    return [e.read_text(encoding="utf-8") for e in entries]
+
+
 async def migrate(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any],
     package: str = "shardflow.shard",
 ) -> list[int]:
     """Bring the schema of ``package`` (shard or coordinator) up to date.
 
-    Returns the versions applied now. The package's ``sql/functions.sql``, if any,
-    is re-applied every time.
+    Returns the versions applied now. The package's ``sql/functions/*.sql``, if any,
+    are re-applied every time.
     """
     sql = resources.files(package).joinpath("sql")
     q = parse(sql.joinpath("migrate.sql").read_text(encoding="utf-8"))
@@ -59,7 +69,6 @@ async def migrate(
             await conn.execute(migration.sql)
             await conn.execute(q["record"], migration.version, migration.name)
             applied_now.append(migration.version)
-        functions = sql.joinpath("functions.sql")
-        if functions.is_file():
-            await conn.execute(functions.read_text(encoding="utf-8"))
+        for text in function_files(package):
+            await conn.execute(text)
     return applied_now

@@ -47,9 +47,23 @@ READY = "shardflow dev cluster"
 
 
 class Dev:
-    def __init__(self, data: Path, *extra: str) -> None:
+    """``shardflow dev`` run by ``python`` (this environment's, or an installed wheel's) in
+    ``cwd``, with ``app``; ready once ``workflow`` is registered on both shards."""
+
+    def __init__(
+        self,
+        data: Path,
+        *extra: str,
+        python: str = sys.executable,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+        app: str = "tests.apps.basic",
+        workflow: str = "w3",
+    ) -> None:
         self.data = data
         self.extra = list(extra)
+        self.python, self.cwd, self.app, self.workflow = python, cwd, app, workflow
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT)} if env is None else env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,7 +80,7 @@ class Dev:
         self.log = log
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                self.python,
                 "-m",
                 "shardflow",
                 "dev",
@@ -75,7 +89,7 @@ class Dev:
                 "--slots",
                 "32",
                 "--app",
-                "tests.apps.basic",
+                self.app,
                 "--port",
                 str(self.port),
                 "--data",
@@ -84,11 +98,11 @@ class Dev:
                 "false",
                 *self.extra,
             ],
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=self.env,
             start_new_session=True,
         )
         deadline = time.monotonic() + 90
@@ -99,7 +113,7 @@ class Dev:
                 # only one shard knows yet would be refused. The banner comes after.
                 if (
                     code == 200
-                    and "w3" in doc["workflows"]
+                    and self.workflow in doc["workflows"]
                     and len(doc["shards"]) == 2
                     and self.banners() > ready_before
                 ):

@@ -11,7 +11,7 @@ import pytest
 
 from shardflow.devcluster.launcher import LocalPostgres, PostgresServer
 from shardflow.infra.sqlfiles import parse, sql_text
-from shardflow.shard.migrate import migrate, migrations
+from shardflow.shard.migrate import function_files, migrate, migrations
 from shardflow.shard.queries import load
 from shardflow.shard.slots import slot_of
 from tests.conftest import create_database
@@ -49,7 +49,8 @@ async def test_migrations_give_exactly_schema_sql(pg: PostgresServer, pg_cluster
     conn = await asyncpg.connect(reference)
     try:
         await conn.execute(sql_text("shardflow.shard", "schema.sql"))
-        await conn.execute(sql_text("shardflow.shard", "functions.sql"))
+        for text in function_files():
+            await conn.execute(text)
     finally:
         await conn.close()
     assert _dump(pg_cluster, migrated) == _dump(pg_cluster, reference)

@@ -97,7 +97,7 @@ WITH wf_in AS (
     FROM wf_in i
     -- Probe the flushed IDs' keys (= ANY): with a bare w.status = 'running' the planner
     -- read the whole partial index of running workflows (thousands of entries, most of
-    -- them dead between vacuums, 0.4-0.9 ms a flush) and hash-joined it. IS TRUE keeps
+    -- them dead between vacuums) and hash-joined it. IS TRUE keeps
     -- that index out of the plan; it is the same test.
     WHERE w.id = ANY (ARRAY(SELECT k.id FROM wf_in k))
       AND w.id = i.id AND w.lease_epoch = i.epoch AND (w.status = 'running') IS TRUE

@@ -1,0 +1,80 @@
+-- Checkpoints: the single-record flush (flush_one), twin of the batched
+-- checkpoint_flush_plain of shard/sql/queries.sql, and where a replay resumes.
+-- Applied (CREATE OR REPLACE) after the migrations on every `migrate`, in file name
+-- order; errors carry SQLSTATEs of class SF (shardflow/infra/errors.py).
+
+-- The checkpoint flush of one plain record (ShardStore.checkpoint_flush picks it): the
+-- writes, fence and outcome NOTIFY of checkpoint_flush_plain (shard/sql/queries.sql) for a
+-- batch of one, statement by statement. Postgres builds every node of that query's plan at
+-- each run; at low load most flushes carry one record and that was most of their cost.
+-- A plain record is still running (steps only: the row is locked, not written) or
+-- finishes its workflow.
+CREATE OR REPLACE FUNCTION shardflow.flush_one(p_records json)
+RETURNS TABLE (id text, cancel_requested boolean, notified bigint)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    r record;
+    v_status text;
+    v_output jsonb;
+    v_error jsonb;
+    v_payload text;
+BEGIN
+    SELECT t.* INTO r
+    FROM json_to_recordset(p_records) AS t(id text, epoch bigint, status text, output text,
+        error text, run_at timestamptz, next_seq integer, seen_signal integer, parent text,
+        steps json);
+    IF r.status = 'running' THEN
+        -- Steps only (see checkpoint_flush_plain): lock the row under the same fence.
+        SELECT w.status, w.cancel_requested INTO v_status, cancel_requested
+        FROM shardflow.workflows w
+        WHERE w.id = r.id AND w.lease_epoch = r.epoch AND w.status = 'running'
+        FOR NO KEY UPDATE;
+    ELSE
+        UPDATE shardflow.workflows w SET
+            status = r.status,
+            output = r.output::jsonb,
+            error = r.error::jsonb,
+            next_seq = greatest(w.next_seq, r.next_seq),
+            wake_at = r.run_at,
+            lease_owner = NULL,
+            lease_until = NULL,
+            -- clock_timestamp(), not now(): see _flush_update in queries.sql.
+            finished_at = CASE WHEN r.status IN ('completed', 'failed', 'cancelled')
+                               THEN clock_timestamp() END,
+            updated_at = now()
+        WHERE w.id = r.id AND w.lease_epoch = r.epoch AND (w.status = 'running') IS TRUE
+        RETURNING w.status, w.cancel_requested, w.output, w.error
+        INTO v_status, cancel_requested, v_output, v_error;
+    END IF;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
+    SELECT r.id, s.seq, s.name, s.status, s.output::jsonb, s.error::jsonb, s.attempts,
+           s.started_at
+    FROM json_to_recordset(r.steps) AS s(seq integer, name text, status text,
+        output text, error text, attempts integer, started_at timestamptz)
+    ON CONFLICT (workflow_id, seq) DO NOTHING;
+    notified := 0;
+    IF v_status IN ('completed', 'failed', 'cancelled') THEN
+        v_payload := json_build_array(json_build_array(r.id, v_status, v_output::text,
+                                                        v_error::text))::text;
+        PERFORM pg_notify('shardflow_done',
+                          CASE WHEN length(v_payload) < 7900 THEN v_payload ELSE '' END);
+        notified := 1;
+    END IF;
+    id := r.id;
+    RETURN NEXT;
+END
+$$;
+
+-- Where a workflow's code resumes (the seq of its next call): the row's next_seq is
+-- written with its state (a suspension, a finish, a transactional step), but a flush of
+-- plain steps in between only locks the row (checkpoint_flush_plain), so the step rows
+-- count too. One backward probe of the steps' key; cancels and retries read it, and
+-- claim_workflows has the same subquery written out (it runs per claimed row).
+CREATE OR REPLACE FUNCTION shardflow.resume_seq(p_id text, p_next_seq integer)
+RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT greatest(p_next_seq, (SELECT max(s.seq) + 1 FROM shardflow.steps s
+                                 WHERE s.workflow_id = p_id))
+$$;

@@ -1,0 +1,207 @@
+-- Claims: the batched claim and what it may take (kinds, limits, priorities), and the
+-- reclaim of a dead executor's leases.
+-- Applied (CREATE OR REPLACE) after the migrations on every `migrate`, in file name
+-- order; errors carry SQLSTATEs of class SF (shardflow/infra/errors.py).
+
+-- The due ready entries an executor claims next, at most p_limit, locked (SKIP LOCKED):
+-- positive priorities first (highest, then oldest), then priority 0 oldest first, then
+-- negative ones. A band is read only when those before it came short, and priority 0
+-- reads the run_at index up to now() and no further, whatever number of sleeping timers
+-- wait behind it (the other bands use the partial index of non-zero priorities).
+-- Slot ownership is one index probe per candidate row (a correlated scalar subquery,
+-- which the planner does not turn into a join): hashing every owned slot per band cost
+-- more than the rest of a small claim.
+-- p_names/p_versions (pairwise), when given, keep only workflows of those kinds.
+-- Concurrency limits (shardflow.limits), when any: claims on this shard take turns, a
+-- name with no room left is passed over (its workflows stay queued, behind none of the
+-- others), and a name with some room gets at most that many.
+-- Generic plans: with LIMIT v_left known, a custom plan of each band's query looked
+-- cheaper than the generic one, so Postgres planned them again on every claim; the
+-- generic plans probe the same indexes.
+CREATE OR REPLACE FUNCTION shardflow.claimable(
+    p_limit integer, p_names text[] DEFAULT NULL, p_versions text[] DEFAULT NULL)
+RETURNS SETOF text LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_all boolean := NOT EXISTS (SELECT 1 FROM shardflow.slots);
+    v_left integer := p_limit;
+    v_part text[];
+    v_lo integer;
+    v_hi integer;
+    -- names with a limit, the room each has left (pairwise), and those with none left
+    v_limited text[];
+    v_room integer[];
+    v_full text[];
+BEGIN
+    IF EXISTS (SELECT 1 FROM shardflow.limits) THEN
+        PERFORM 1 FROM shardflow.limits ORDER BY name FOR UPDATE;
+        SELECT array_agg(l.name ORDER BY l.name), array_agg(l.room ORDER BY l.name)
+        INTO v_limited, v_room
+        FROM (SELECT m.name,
+                     least(m.per_shard,
+                           CASE WHEN m.cluster IS NULL THEN NULL
+                                WHEN v_all THEN m.cluster ELSE coalesce(m.share, 0) END)
+                     - (SELECT count(*) FROM shardflow.workflows w
+                        WHERE w.status = 'running' AND w.name = m.name)::integer AS room
+              FROM shardflow.limits m) l
+        WHERE l.room IS NOT NULL;
+    END IF;
+    FOREACH v_lo IN ARRAY ARRAY[1, 0, -1000] LOOP
+        EXIT WHEN v_left <= 0;
+        SELECT array_agg(t.n) INTO v_full FROM unnest(v_limited, v_room) AS t(n, r) WHERE t.r <= 0;
+        v_hi := CASE v_lo WHEN 1 THEN 1000 WHEN 0 THEN 0 ELSE -1 END;
+        IF v_lo = 0 THEN
+            SELECT array_agg(c.workflow_id) INTO v_part FROM (
+                SELECT q.workflow_id FROM shardflow.ready q
+                WHERE q.run_at <= now() AND q.priority = 0
+                  AND (v_all OR (SELECT s.state FROM shardflow.slots s
+                                 WHERE s.slot = q.slot) = 'owned')
+                  AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
+                  AND (v_full IS NULL OR NOT shardflow.named(q.workflow_id, v_full))
+                ORDER BY q.run_at
+                LIMIT v_left
+                FOR UPDATE SKIP LOCKED) c;
+        ELSE
+            SELECT array_agg(c.workflow_id) INTO v_part FROM (
+                SELECT q.workflow_id FROM shardflow.ready q
+                WHERE q.run_at <= now() AND q.priority <> 0
+                  AND q.priority BETWEEN v_lo AND v_hi
+                  AND (v_all OR (SELECT s.state FROM shardflow.slots s
+                                 WHERE s.slot = q.slot) = 'owned')
+                  AND (p_names IS NULL OR shardflow.of_kinds(q.workflow_id, p_names, p_versions))
+                  AND (v_full IS NULL OR NOT shardflow.named(q.workflow_id, v_full))
+                ORDER BY q.priority DESC, q.run_at
+                LIMIT v_left
+                FOR UPDATE SKIP LOCKED) c;
+        END IF;
+        IF v_part IS NOT NULL AND v_limited IS NOT NULL THEN
+            -- At most the room left per limited name, in claim order; the rest stay queued.
+            SELECT array_agg(x.id ORDER BY x.ord) INTO v_part
+            FROM (SELECT p.id, p.ord, k.name,
+                         row_number() OVER (PARTITION BY k.name ORDER BY p.ord) AS n
+                  FROM unnest(v_part) WITH ORDINALITY AS p(id, ord)
+                  JOIN shardflow.workflows k ON k.id = p.id) x
+            LEFT JOIN unnest(v_limited, v_room) AS l(name, room) ON l.name = x.name
+            WHERE l.room IS NULL OR x.n <= l.room;
+            SELECT array_agg(l.name ORDER BY l.name),
+                   array_agg(l.room - coalesce(t.taken, 0)::integer ORDER BY l.name)
+            INTO v_limited, v_room
+            FROM unnest(v_limited, v_room) AS l(name, room)
+            LEFT JOIN (SELECT k.name, count(*) AS taken FROM unnest(v_part) AS p(id)
+                       JOIN shardflow.workflows k ON k.id = p.id GROUP BY k.name) t
+                ON t.name = l.name;
+        END IF;
+        IF v_part IS NOT NULL THEN
+            RETURN QUERY SELECT unnest(v_part);
+            v_left := v_left - cardinality(v_part);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Whether a workflow's name is one of p_names.
+CREATE OR REPLACE FUNCTION shardflow.named(p_id text, p_names text[])
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM shardflow.workflows k WHERE k.id = p_id AND k.name = ANY (p_names))
+$$;
+
+-- Whether a workflow is of one of the (name, version) kinds given pairwise.
+CREATE OR REPLACE FUNCTION shardflow.of_kinds(p_id text, p_names text[], p_versions text[])
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM shardflow.workflows k
+        WHERE k.id = p_id AND (k.name, k.version) IN (SELECT * FROM unnest(p_names, p_versions)))
+$$;
+
+-- Claim up to p_limit due workflows for p_owner with a lease of p_lease seconds, highest
+-- priority first, then oldest (claimable picks them). p_names/p_versions, pairwise,
+-- restrict the claim to the kinds the executor has code for; NULL takes any (an executor
+-- that knows every name and version in the shard's registry). p_limit 0 claims nothing
+-- and reads nothing (a checkpoint flush calls this with 0 when no claim rides it).
+-- The picked IDs go in as an array (= ANY): the planner then probes the keys of ready and
+-- workflows for them, where the set-returning function's estimate of 1,000 rows made it
+-- hash-join against scans of both tables.
+CREATE OR REPLACE FUNCTION shardflow.claim_workflows(
+    p_owner text, p_limit integer, p_lease double precision,
+    p_names text[] DEFAULT NULL, p_versions text[] DEFAULT NULL)
+RETURNS TABLE (id text, name text, version text, input text, lease_epoch bigint,
+               attempt integer, next_seq integer, signal_seq integer,
+               cancel_requested boolean, deadline timestamptz, created_at timestamptz,
+               routing_key text, parent text, priority integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Nothing due (every poll of an idle shard, and of a busy one whose starts are handed
+    -- off): one probe of the run_at index instead of the bands of claimable (ten polls
+    -- a second per executor). min(), not an EXISTS over
+    -- run_at <= now(): see handoff_held_kinds.
+    IF p_limit <= 0 OR NOT coalesce((SELECT min(q.run_at) FROM shardflow.ready q) <= now(),
+                                    false) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        DELETE FROM shardflow.ready r
+        WHERE r.workflow_id = ANY (ARRAY(SELECT shardflow.claimable(p_limit, p_names, p_versions)))
+        RETURNING r.workflow_id
+    )
+    UPDATE shardflow.workflows w
+    SET status = 'running', lease_owner = p_owner, lease_epoch = w.lease_epoch + 1,
+        lease_until = now() + make_interval(secs => p_lease), updated_at = now(), wake_at = NULL
+    FROM picked
+    WHERE w.id = picked.workflow_id AND w.status IN ('pending', 'sleeping', 'waiting')
+    RETURNING w.id, w.name, w.version, w.input::text, w.lease_epoch, w.attempt,
+              -- shardflow.resume_seq, written out: a SQL function with a subquery is
+              -- not inlined, and called per row it ran its own executor each time.
+              greatest(w.next_seq, (SELECT max(s.seq) + 1 FROM shardflow.steps s
+                                    WHERE s.workflow_id = w.id)),
+              w.signal_seq, w.cancel_requested,
+              w.deadline, w.created_at, w.routing_key, w.parent, w.priority;
+END
+$$;
+
+-- Take back the workflows of executors that are gone (their advisory lock is free)
+-- or stalled (their lease expired): new lease epoch, back to the ready queue, or
+-- failed once a workflow has crashed its executors more than p_max_attempts times.
+CREATE OR REPLACE FUNCTION shardflow.reclaim_dead(p_me text, p_max_attempts integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_dead text[] := '{}';
+    v_count integer;
+BEGIN
+    FOR r IN SELECT e.owner, e.lock_key, e.lease_until < now() AS expired
+             FROM shardflow.executors e WHERE e.owner <> p_me LOOP
+        IF r.expired OR pg_try_advisory_xact_lock(r.lock_key) THEN
+            v_dead := v_dead || r.owner;
+        END IF;
+    END LOOP;
+    IF cardinality(v_dead) > 0 THEN
+        DELETE FROM shardflow.executors WHERE owner = ANY (v_dead);
+    END IF;
+    WITH lost AS (
+        UPDATE shardflow.workflows w
+        SET attempt = w.attempt + 1, lease_epoch = w.lease_epoch + 1,
+            lease_owner = NULL, lease_until = NULL, updated_at = now(),
+            status = CASE WHEN w.attempt + 1 > p_max_attempts THEN 'failed' ELSE 'pending' END,
+            error = CASE WHEN w.attempt + 1 > p_max_attempts THEN jsonb_build_object(
+                'type', 'RecoveryLimitExceeded', 'code', 'recovery_limit',
+                'message', format('the workflow was recovered from a lost executor %s times '
+                                  '(limit %s); it is failed instead of looping', w.attempt + 1, p_max_attempts))
+                ELSE w.error END,
+            finished_at = CASE WHEN w.attempt + 1 > p_max_attempts THEN clock_timestamp() END
+        WHERE w.status = 'running'
+          AND (w.lease_owner = ANY (v_dead)
+               OR NOT EXISTS (SELECT 1 FROM shardflow.executors e WHERE e.owner = w.lease_owner))
+        RETURNING w.id, w.slot, w.status, w.priority
+    ), rdy AS (
+        INSERT INTO shardflow.ready (workflow_id, slot, priority)
+        SELECT lost.id, lost.slot, lost.priority FROM lost WHERE lost.status = 'pending'
+        ON CONFLICT (workflow_id) DO NOTHING
+    )
+    SELECT count(*) INTO v_count FROM lost;
+    IF v_count > 0 THEN
+        PERFORM pg_notify('shardflow_ready', '');
+        PERFORM pg_notify('shardflow_done', '');
+    END IF;
+    RETURN v_count;
+END
+$$;

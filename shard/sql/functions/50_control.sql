@@ -1,0 +1,149 @@
+-- Control: a workflow's status, cancel, retry and events (the SQL API of README).
+-- Applied (CREATE OR REPLACE) after the migrations on every `migrate`, in file name
+-- order; errors carry SQLSTATEs of class SF (shardflow/infra/errors.py).
+
+-- The status document of one workflow (NULL when unknown), steps included.
+CREATE OR REPLACE FUNCTION shardflow.workflow_status(p_id text)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', w.id, 'workflow', w.name, 'version', w.version, 'status', w.status,
+        'priority', w.priority,
+        'input', w.input, 'output', w.output, 'error', w.error - 'compensations',
+        'attempt', w.attempt,
+        'slot', w.slot, 'routing_key', w.routing_key, 'parent', w.parent,
+        'created_at', w.created_at,
+        -- The row's last change, or its last checkpoint's: a flush of plain steps leaves
+        -- the row's updated_at as it was (see resume_seq).
+        'updated_at', greatest(w.updated_at, (SELECT max(s.finished_at) FROM shardflow.steps s
+                                              WHERE s.workflow_id = w.id)),
+        'finished_at', w.finished_at, 'wake_at', w.wake_at,
+        'steps', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                'seq', s.seq, 'name', s.name, 'status', s.status, 'output', s.output,
+                'error', s.error, 'attempts', s.attempts, 'started_at', s.started_at,
+                'finished_at', s.finished_at) ORDER BY s.seq)
+            FROM shardflow.steps s WHERE s.workflow_id = w.id), '[]'::jsonb),
+        -- Saga: the compensations that ran, in order; written with the final status.
+        'compensations', coalesce(w.error -> 'compensations', '[]'::jsonb))
+    FROM shardflow.workflows w WHERE w.id = p_id
+$$;
+
+CREATE OR REPLACE FUNCTION shardflow.cancel_workflow(p_id text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
+    -- then updates their workflows), so a claim under way and this never deadlock.
+    PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
+    PERFORM shardflow.check_slot_served(w.slot, p_id)
+    FROM shardflow.workflows w WHERE w.id = p_id;
+    UPDATE shardflow.workflows w
+    SET cancel_requested = true, signal_seq = w.signal_seq + 1, updated_at = now(),
+        status = CASE WHEN w.status = 'pending' AND shardflow.resume_seq(w.id, w.next_seq) = 0
+                      THEN 'cancelled' ELSE w.status END,
+        finished_at = CASE WHEN w.status = 'pending' AND shardflow.resume_seq(w.id, w.next_seq) = 0
+                           THEN clock_timestamp() END
+    WHERE w.id = p_id AND w.status NOT IN ('completed', 'failed', 'cancelled')
+    RETURNING w.id, w.slot, w.status, w.priority INTO r;
+    IF NOT FOUND THEN
+        SELECT w.status INTO r FROM shardflow.workflows w WHERE w.id = p_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
+        END IF;
+        RETURN r.status;
+    END IF;
+    -- Its children on this shard (they inherit its routing key) are cancelled with it.
+    PERFORM shardflow.cancel_workflow(c.id) FROM shardflow.workflows c
+    WHERE c.parent = p_id AND c.status NOT IN ('completed', 'failed', 'cancelled');
+    IF r.status = 'cancelled' THEN
+        DELETE FROM shardflow.ready WHERE workflow_id = p_id;
+        PERFORM pg_notify('shardflow_done', '');
+    ELSIF r.status IN ('sleeping', 'waiting', 'pending') THEN
+        INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
+        ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+        PERFORM pg_notify('shardflow_ready', '');
+    END IF;
+    RETURN r.status;
+END
+$$;
+
+-- Retry a failed workflow from its failed step: the failed step's row (and any after
+-- it) is removed and the workflow is queued again; its completed steps are not re-run
+-- (their recorded results replay). Refused (SF003) unless the workflow failed, or when
+-- its compensations ran (start a new workflow then). Unknown workflow: SF004.
+CREATE OR REPLACE FUNCTION shardflow.retry_workflow(p_id text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    cut integer;
+BEGIN
+    -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
+    -- then updates their workflows), so a claim under way and this never deadlock.
+    PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
+    SELECT w.id, w.slot, w.status, w.error, shardflow.resume_seq(w.id, w.next_seq) AS next_seq,
+           w.priority INTO r
+    FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
+    END IF;
+    PERFORM shardflow.check_slot_served(r.slot, p_id);
+    IF r.status <> 'failed' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF003', MESSAGE = format(
+            'workflow %s is %s: only a failed workflow can be retried', quote_literal(p_id), r.status);
+    END IF;
+    IF jsonb_array_length(coalesce(r.error -> 'compensations', '[]'::jsonb)) > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF003', MESSAGE = format(
+            'workflow %s ran its compensations: start a new workflow instead', quote_literal(p_id));
+    END IF;
+    SELECT min(s.seq) INTO cut FROM shardflow.steps s
+    WHERE s.workflow_id = p_id AND (s.status = 'failed' OR s.name = 'saga.compensate');
+    DELETE FROM shardflow.steps s WHERE s.workflow_id = p_id AND s.seq >= coalesce(cut, r.next_seq);
+    UPDATE shardflow.workflows w
+    SET status = 'pending', output = NULL, error = NULL, finished_at = NULL, attempt = 0,
+        next_seq = coalesce(cut, r.next_seq), lease_owner = NULL, lease_until = NULL,
+        deadline = w.deadline + (now() - w.created_at), updated_at = now()
+    WHERE w.id = p_id;
+    INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
+    ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+    PERFORM pg_notify('shardflow_ready', '');
+    RETURN 'pending';
+END
+$$;
+
+-- Send an event to a workflow. Returns false when an event with the same dedup ID
+-- was already delivered. Unknown workflow: SF004; finished workflow: SF005.
+CREATE OR REPLACE FUNCTION shardflow.send_event(
+    p_id text, p_name text, p_payload jsonb, p_dedup_id text DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
+    -- then updates their workflows), so a claim under way and this never deadlock.
+    PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
+    SELECT w.id, w.slot, w.status, w.priority INTO r
+    FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
+    END IF;
+    PERFORM shardflow.check_slot_served(r.slot, p_id);
+    IF r.status IN ('completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF005', MESSAGE = format(
+            'workflow %s is already %s and takes no more events', quote_literal(p_id), r.status);
+    END IF;
+    INSERT INTO shardflow.events (workflow_id, name, payload, dedup_id)
+    VALUES (p_id, p_name, p_payload, p_dedup_id)
+    ON CONFLICT (workflow_id, name, dedup_id) WHERE dedup_id IS NOT NULL DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE shardflow.workflows SET signal_seq = signal_seq + 1, updated_at = now() WHERE id = p_id;
+    IF r.status = 'waiting' THEN
+        INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
+        ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+        PERFORM pg_notify('shardflow_ready', '');
+    END IF;
+    RETURN true;
+END
+$$;
