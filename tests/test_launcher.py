@@ -70,7 +70,7 @@ async def test_a_new_server_comes_with_its_databases_and_no_admin_activity(tmp_p
 def test_killed_launcher_leaves_no_server(tmp_path: Path):
     script = (
         "import sys, time\n"
-        "from coordinator.launcher import LocalPostgres\n"
+        "from shardflow.devcluster.launcher import LocalPostgres\n"
         "c = LocalPostgres(sys.argv[1], durable=False)\n"
         "(s,) = c.start('s1')\n"
         "print(s.process.pid, flush=True)\n"

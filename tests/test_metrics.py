@@ -24,7 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 
 def test_docs_table_is_generated_from_the_definitions():
-    assert DOCS.read_text() == render(), "run: python -m metrics.docs > docs/metrics.md"
+    assert DOCS.read_text() == render(), "run: python -m shardflow.metrics.docs > docs/metrics.md"
 
 
 def _leader(cluster: LiveCluster) -> Coordinator:

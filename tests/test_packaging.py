@@ -172,6 +172,7 @@ def test_an_app_that_cannot_be_imported_is_one_line(installed: Path, project: Pa
 
 
 def test_the_installed_dev_cluster_runs_a_users_app(installed: Path, project: Path) -> None:
+    (project / "data").mkdir()
     dev = Dev(
         project / "data",
         python=str(installed),
