@@ -1,7 +1,7 @@
 """The metrics table of docs/metrics.md, generated from the metric definitions themselves.
 
-`python -m shardflow.metrics.docs > docs/metrics.md`; tests/test_metrics.py checks the file is current,
-so the documentation and the code cannot disagree.
+`python -m shardflow.metrics.docs > docs/metrics.md`; tests/test_metrics.py checks the file
+is current, so the documentation and the code cannot disagree.
 """
 
 from __future__ import annotations
