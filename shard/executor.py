@@ -145,7 +145,14 @@ class Executor:
         await self._check_schema()
         store = ShardStore(self._pool)
         committer = GroupCommitter(store, self.faults, self.metrics)
-        self.runner = WorkflowRunner(store, committer, self.registry, self.faults, self.metrics)
+        self.runner = WorkflowRunner(
+            store,
+            committer,
+            self.registry,
+            self.faults,
+            self.metrics,
+            s.max_recovery_attempts,
+        )
         await self._attach()
         await store.registry_add(
             [(w.name, w.version, w.timeout) for w in self.registry.workflows.values()]

@@ -13,6 +13,7 @@ from typing import Any
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import (
     NonDeterminismError,
+    RecoveryLimitExceeded,
     ShardUnavailableError,
     WorkflowConflictError,
     WorkflowTimeoutError,
@@ -57,7 +58,9 @@ class WorkflowRunner:
         registry: Registry,
         faults: Faults,
         metrics: ShardMetrics,
+        max_recovery_attempts: int = 5,
     ) -> None:
+        self.max_recovery_attempts = max_recovery_attempts
         self.store = store
         self.committer = committer
         self.registry = registry
@@ -159,6 +162,11 @@ class WorkflowRunner:
             self.foreign_seen = True
             return False
         run = WorkflowRun(claimed, history, self)
+        if claimed.attempt > self.max_recovery_attempts:
+            run.stopping = RecoveryLimitExceeded(
+                f"the workflow was recovered from a lost executor {claimed.attempt} times "
+                f"(limit {self.max_recovery_attempts}); it is failed instead of looping"
+            )
         run.bind()
         if claimed.next_seq == 0:
             self.metrics.workflows_started.labels(self.shard, claimed.name).inc()
@@ -227,7 +235,9 @@ class WorkflowRunner:
         remaining = deadline.timestamp() - time.time()
         message = f"workflow {definition.name} passed its deadline ({definition.timeout} s)"
         if remaining <= 0:
-            raise WorkflowTimeoutError(message)
+            # Replayed to its first new call, so that its compensations are known.
+            run.stopping = WorkflowTimeoutError(message)
+            return await definition(ctx, codec.loads(run.claimed.input))
         try:
             async with asyncio.timeout(remaining) as scope:
                 return await definition(ctx, codec.loads(run.claimed.input))

@@ -24,6 +24,7 @@ from shardflow.infra.errors import (
     NonDeterminismError,
     NonRetryableError,
     SerializationError,
+    ShardflowError,
     ShardUnavailableError,
     StepFailedError,
     StepTimeoutError,
@@ -141,6 +142,9 @@ class WorkflowRun:
         self.compensable: list[tuple[int, AnyStep, tuple[Any, ...], dict[str, Any], Any]] = []
         self.cancelling = claimed.cancel_requested
         self.compensating = False
+        # A deadline passed, or the recovery limit: the run replays its history (so that
+        # its compensations are known) and this is raised at its first new call.
+        self.stopping: ShardflowError | None = None
 
     def bind(self) -> object:
         return _CURRENT.set(self)
@@ -151,10 +155,14 @@ class WorkflowRun:
         self.stop_if_cancelling()
 
     def stop_if_cancelling(self) -> None:
-        """Raise WorkflowCancelled into a cancelled run's code (not into its compensations,
-        which must run to the end)."""
-        if self.cancelling and not self.compensating:
+        """Raise WorkflowCancelled into a cancelled run's code, or the reason it must stop
+        (not into its compensations, which must run to the end)."""
+        if self.compensating:
+            return
+        if self.cancelling:
             raise WorkflowCancelled()
+        if self.stopping is not None:
+            raise self.stopping
 
     def next_seq(self) -> int:
         seq = self.seq
@@ -167,8 +175,10 @@ class WorkflowRun:
             self.stop_if_cancelling()  # replayed up to here: nothing new runs
             return None
         if rec.name == COMPENSATE_MARK and name != COMPENSATE_MARK:
-            # The code was cancelled at this point; its compensations come next.
+            # The code was stopped at this point; its compensations come next.
             self.seq = seq
+            if self.stopping is not None and not self.cancelling:
+                raise self.stopping
             raise WorkflowCancelled()
         if rec.name != name:
             err = NonDeterminismError(
@@ -373,7 +383,7 @@ class WorkflowRun:
             found = await self.services.child_outcome(child_id)
             if found is None:
                 await self.settle()
-                raise Suspend("waiting", None, [])
+                raise Suspend("waiting", self.claimed.deadline, [])  # woken by the child
             outcome = {
                 "id": child_id,
                 "status": found["status"],
@@ -438,7 +448,8 @@ class WorkflowRun:
             new.append(StepRow(seq, label, "completed", '{"timeout":true}', None, 1, utcnow()))
             await self.save(new)
             raise EventTimeoutError(f"no event {name!r} arrived within {timeout} s")
-        run_at = None if deadline is None else self._wake_time(float(deadline))
+        # No timeout of its own: woken by the event, or by the workflow's deadline.
+        run_at = self.claimed.deadline if deadline is None else self._wake_time(float(deadline))
         await self.settle()
         raise Suspend("waiting", run_at, new)
 

@@ -136,6 +136,35 @@ async def test_crash_looping_workflow_fails_after_max_recoveries(
     assert doc["error"]["type"] == "RecoveryLimitExceeded" and doc["attempt"] == 3
 
 
+async def test_the_recovery_limit_runs_the_compensations_once(
+    client: ShardClient, spawn_executor: Any
+):
+    """A workflow failed for crashing its executors too often is failed by a replay that
+    stops at its first new call, so its compensations run (once) like on any failure."""
+    async with client.pool.acquire() as conn:
+        await conn.execute("CREATE TABLE app_rows (workflow_id text NOT NULL)")
+    env = {"SHARDFLOW_TEST_KILL_IN_STEP": "1"}
+    current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
+    async with client.pool.acquire() as conn:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
+        )
+    wid = await client.start("killer_saga", None)
+    for _ in range(6):
+        await until(lambda p=current: _settled(client, wid, p), what="a crash or the failure")
+        if (await client.status(wid))["status"] == "failed":
+            break
+        current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
+    doc = await _final(client, wid)
+    assert doc["error"]["type"] == "RecoveryLimitExceeded"
+    assert doc["compensations"] == ["unreserve_row"]
+    async with client.pool.acquire() as conn:
+        undone = await conn.fetchval(
+            "SELECT count(*) FROM app_rows WHERE workflow_id = $1", f"{wid}:undo"
+        )
+    assert undone == 1
+
+
 async def _settled(client: ShardClient, wid: str, proc: ExecutorProcess) -> bool:
     return proc.proc.poll() is not None or (await client.status(wid))["status"] == "failed"
 

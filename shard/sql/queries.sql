@@ -310,14 +310,17 @@ SELECT shardflow.retry_workflow($1);
 SELECT shardflow.send_event($1, $2, $3::jsonb, $4);
 
 -- name: gc_delete_batch
--- Remove up to $2 workflows finished more than $1 seconds ago, with their rows.
+-- Remove up to $2 workflows finished more than $1 seconds ago, with their rows; never a
+-- child whose parent is unfinished (it reads the child's outcome when it wakes).
 WITH doomed AS (
-    SELECT id FROM shardflow.workflows
-    WHERE finished_at < now() - make_interval(secs => $1)
-      AND status IN ('completed', 'failed', 'cancelled')
-    ORDER BY finished_at
+    SELECT c.id FROM shardflow.workflows c
+    WHERE c.finished_at < now() - make_interval(secs => $1)
+      AND c.status IN ('completed', 'failed', 'cancelled')
+      AND NOT EXISTS (SELECT FROM shardflow.workflows p WHERE p.id = c.parent
+                      AND p.status NOT IN ('completed', 'failed', 'cancelled'))
+    ORDER BY c.finished_at
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF c SKIP LOCKED
 ), s AS (
     DELETE FROM shardflow.steps st USING doomed d WHERE st.workflow_id = d.id
 ), e AS (

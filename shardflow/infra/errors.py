@@ -125,6 +125,12 @@ class WorkflowTimeoutError(ShardflowError):
     code = "workflow_timeout"
 
 
+class RecoveryLimitExceeded(ShardflowError):
+    """The workflow crashed its executor more often than ``--max-recovery-attempts``."""
+
+    code = "recovery_limit"
+
+
 class EventTimeoutError(ShardflowError):
     code = "event_timeout"
 

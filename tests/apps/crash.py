@@ -69,3 +69,19 @@ async def napper(ctx: Context, inp: dict[str, Any]) -> str:
     await ctx.sleep(inp["seconds"])
     await plain("after-sleep", 0)
     return "rested"
+
+
+@step(transactional=True)
+async def unreserve_row(conn: asyncpg.Connection, workflow_id: str, reserved: int) -> None:
+    await conn.execute("INSERT INTO app_rows (workflow_id) VALUES ($1)", f"{workflow_id}:undo")
+
+
+@step(compensate=unreserve_row)
+async def reserve_row(workflow_id: str) -> int:
+    return 1
+
+
+@workflow(name="killer_saga")
+async def killer_saga(ctx: Context, inp: Any) -> str:
+    await reserve_row(ctx.workflow_id)
+    return str(await maybe_die())

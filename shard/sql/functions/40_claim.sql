@@ -167,6 +167,7 @@ DECLARE
     r record;
     v_dead text[] := '{}';
     v_count integer;
+    v_parents text[];
 BEGIN
     FOR r IN SELECT e.owner, e.lock_key, e.lease_until < now() AS expired
              FROM shardflow.executors e WHERE e.owner <> p_me LOOP
@@ -181,23 +182,30 @@ BEGIN
         UPDATE shardflow.workflows w
         SET attempt = w.attempt + 1, lease_epoch = w.lease_epoch + 1,
             lease_owner = NULL, lease_until = NULL, updated_at = now(),
-            status = CASE WHEN w.attempt + 1 > p_max_attempts THEN 'failed' ELSE 'pending' END,
-            error = CASE WHEN w.attempt + 1 > p_max_attempts THEN jsonb_build_object(
+            -- Past the limit, the next run replays to its first new call and fails there
+            -- with its compensations (shard/runner.py); if even that run is lost, it is
+            -- failed here, its compensations unrun.
+            status = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN 'failed' ELSE 'pending' END,
+            error = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN jsonb_build_object(
                 'type', 'RecoveryLimitExceeded', 'code', 'recovery_limit',
                 'message', format('the workflow was recovered from a lost executor %s times '
-                                  '(limit %s); it is failed instead of looping', w.attempt + 1, p_max_attempts))
+                                  '(limit %s), its compensations too; it is failed instead of '
+                                  'looping', w.attempt + 1, p_max_attempts))
                 ELSE w.error END,
-            finished_at = CASE WHEN w.attempt + 1 > p_max_attempts THEN clock_timestamp() END
+            finished_at = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN clock_timestamp() END
         WHERE w.status = 'running'
           AND (w.lease_owner = ANY (v_dead)
                OR NOT EXISTS (SELECT 1 FROM shardflow.executors e WHERE e.owner = w.lease_owner))
-        RETURNING w.id, w.slot, w.status, w.priority
+        RETURNING w.id, w.slot, w.status, w.priority, w.parent
     ), rdy AS (
         INSERT INTO shardflow.ready (workflow_id, slot, priority)
         SELECT lost.id, lost.slot, lost.priority FROM lost WHERE lost.status = 'pending'
         ON CONFLICT (workflow_id) DO NOTHING
     )
-    SELECT count(*) INTO v_count FROM lost;
+    SELECT count(*), array_agg(lost.parent) FILTER (WHERE lost.status = 'failed'
+                                                      AND lost.parent IS NOT NULL)
+    INTO v_count, v_parents FROM lost;
+    PERFORM shardflow.signal_parent(p) FROM unnest(v_parents) AS p;
     IF v_count > 0 THEN
         PERFORM pg_notify('shardflow_ready', '');
         PERFORM pg_notify('shardflow_done', '');

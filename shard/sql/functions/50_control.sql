@@ -28,6 +28,26 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
     FROM shardflow.workflows w WHERE w.id = p_id
 $$;
 
+-- A child ended outside a checkpoint flush (cancelled while pending, failed by the
+-- recovery limit): its parent is signalled like the flush signals it, and woken if it
+-- waits. Locks the parent's ready entry before its row (the claim's order).
+CREATE OR REPLACE FUNCTION shardflow.signal_parent(p_parent text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_parent FOR UPDATE;
+    UPDATE shardflow.workflows p SET signal_seq = p.signal_seq + 1, updated_at = now()
+    WHERE p.id = p_parent AND p.status NOT IN ('completed', 'failed', 'cancelled')
+    RETURNING p.id, p.slot, p.status, p.priority INTO r;
+    IF FOUND AND r.status = 'waiting' THEN
+        INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
+        ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+        PERFORM pg_notify('shardflow_ready', '');
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION shardflow.cancel_workflow(p_id text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -45,7 +65,7 @@ BEGIN
         finished_at = CASE WHEN w.status = 'pending' AND shardflow.resume_seq(w.id, w.next_seq) = 0
                            THEN clock_timestamp() END
     WHERE w.id = p_id AND w.status NOT IN ('completed', 'failed', 'cancelled')
-    RETURNING w.id, w.slot, w.status, w.priority INTO r;
+    RETURNING w.id, w.slot, w.status, w.priority, w.parent INTO r;
     IF NOT FOUND THEN
         SELECT w.status INTO r FROM shardflow.workflows w WHERE w.id = p_id;
         IF NOT FOUND THEN
@@ -59,6 +79,9 @@ BEGIN
     IF r.status = 'cancelled' THEN
         DELETE FROM shardflow.ready WHERE workflow_id = p_id;
         PERFORM pg_notify('shardflow_done', '');
+        IF r.parent IS NOT NULL THEN
+            PERFORM shardflow.signal_parent(r.parent);
+        END IF;
     ELSIF r.status IN ('sleeping', 'waiting', 'pending') THEN
         INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
         ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
