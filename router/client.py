@@ -110,6 +110,19 @@ class Client:
         params: dict[str, str] | None = None,
         retry: bool = True,
     ) -> tuple[int, Any]:
+        status, payload, _ = await self._call_counted(method, path, body, params, retry)
+        return status, payload
+
+    async def _call_counted(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        retry: bool = True,
+    ) -> tuple[int, Any, int]:
+        """The answer, and how many attempts it took (a retry may follow an attempt that
+        reached the server and whose answer was lost)."""
         data = None if body is None else codec.dumps(body, "the request body")
         attempt = 0
         while True:
@@ -128,7 +141,7 @@ class Client:
                     except ValueError:  # not a router's answer: a proxy's error page
                         payload = None
                     if resp.status < 400 and (payload is not None or not raw):
-                        return resp.status, payload
+                        return resp.status, payload, attempt
                     exc = _error(resp.status, payload)
             except (TimeoutError, aiohttp.ClientConnectionError) as err:
                 exc = ShardUnavailableError(f"the router at {self.url} is unreachable: {err!r}")
@@ -205,13 +218,16 @@ class Client:
     async def send_event(
         self, workflow_id: str, name: str, payload: Any = None, *, dedup_id: str | None = None
     ) -> bool:
-        body: dict[str, Any] = {"payload": payload}
-        if dedup_id is not None:
-            body["id"] = dedup_id
-        _, doc = await self._call(
+        """Deliver an event once. A dedup ID is always sent (generated when not given), so
+        a retry after a 503 or a dropped connection never delivers it twice. True when it
+        was delivered by this call (with a generated ID, also when an earlier attempt of
+        this call delivered it); False for a dedup ID the workflow already had."""
+        generated = dedup_id is None
+        body: dict[str, Any] = {"payload": payload, "id": dedup_id or uuid.uuid4().hex}
+        _, doc, attempts = await self._call_counted(
             "POST", f"/v1/workflows/{_quote(workflow_id)}/events/{_quote(name)}", body
         )
-        return bool(doc["delivered"])
+        return bool(doc["delivered"]) or (generated and attempts > 1)
 
     async def retry(self, workflow_id: str) -> str:
         """Run a failed workflow again from its failed step."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from shardflow.infra.errors import (
 from shardflow.router.client import Client
 from shardflow.shard.model import FINISHED
 from tests.cluster_fixtures import SHARDS, LiveCluster
+from tests.lossy import LossyProxy
 from tests.waiting import until
 
 
@@ -163,6 +165,23 @@ async def test_bad_requests_get_stable_error_codes(
     got, body, _ = await _raw(cluster.routers[0].url, method, path, **kw)
     assert (got, body["error"]["code"]) == (status, code), body
     assert body["error"]["message"]
+
+
+async def test_an_event_whose_answer_was_lost_is_delivered_once(cluster: LiveCluster):
+    """The client retries after a dropped connection with the same (generated) dedup ID."""
+    client = await cluster.add_router()
+    doc = await client.start("approval", {"twice": True})
+    router = urlsplit(cluster.routers[0].url)
+    proxy = await LossyProxy(router.hostname or "", router.port or 0, lose=1).start()
+    try:
+        async with Client(f"http://127.0.0.1:{proxy.port}", backoff=0.01) as lossy:
+            assert await lossy.send_event(doc["id"], "approved", 1)
+    finally:
+        await proxy.close()
+    events = await cluster.count_on(
+        doc["shard"], f"SELECT count(*) FROM shardflow.events WHERE workflow_id = '{doc['id']}'"
+    )
+    assert events == 1
 
 
 async def test_events_and_cancel_over_http(cluster: LiveCluster):
