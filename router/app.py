@@ -22,6 +22,7 @@ from shardflow.router.view import ClusterView
 log = logging.getLogger("shardflow.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SETTINGS = web.AppKey("settings", RouterSettings)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 METRICS = web.AppKey("metrics", RouterMetrics)
 
 
@@ -48,8 +49,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             response: web.StreamResponse = error_response(
                 "overloaded", "too many requests in flight; retry after a moment"
             )
-        elif not _authorised(request, settings):
-            response = error_response("unauthorized", "missing or wrong bearer token")
+        elif (refused := _auth_failure(request, settings)) is not None:
+            response = error_response(*refused)
         else:
             response = await handler(request)
     except Exception as exc:  # every error becomes a JSON answer, never a traceback
@@ -62,18 +63,50 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def _authorised(request: web.Request, settings: RouterSettings) -> bool:
-    if (
-        not settings.tokens
-        or not request.path.startswith("/v1/")
-        or request.path == ("/v1/openapi.json")
-    ):
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer":
+# Endpoints that change the cluster: they take an admin token (--admin-tokens).
+ADMIN_ROUTES = frozenset(
+    {
+        ("POST", "/v1/cluster/shards"),
+        ("POST", "/v1/cluster/shards/{id}/drain"),
+        ("DELETE", "/v1/cluster/shards/{id}"),
+        ("POST", "/v1/cluster/rebalance"),
+        ("POST", "/v1/schedules"),
+        ("DELETE", "/v1/schedules/{name}"),
+    }
+)
+
+
+def _auth_failure(request: web.Request, settings: RouterSettings) -> tuple[str, str] | None:
+    """Why the request is refused (code, message), or None. Admin endpoints need an admin
+    token, and are closed (403) when none is configured; the others need a token of
+    either kind when tokens are configured, and are open otherwise."""
+    if not request.path.startswith("/v1/") or request.path == "/v1/openapi.json":
+        return None
+    presented = _bearer(request)
+    if (request.method, _route_name(request)) in ADMIN_ROUTES:
+        if not settings.admin_tokens:
+            return "forbidden", "admin endpoints are off: start the router with --admin-tokens"
+        if _matches(presented, settings.admin_tokens):
+            return None
+        if _matches(presented, settings.tokens):
+            return "forbidden", "this endpoint takes an admin token"
+        return "unauthorized", "missing or wrong admin bearer token"
+    if not settings.tokens or _matches(presented, [*settings.tokens, *settings.admin_tokens]):
+        return None
+    return "unauthorized", "missing or wrong bearer token"
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _matches(presented: str | None, tokens: list[str]) -> bool:
+    """Constant-time comparison of bytes: any header value, ASCII or not, is just wrong."""
+    if presented is None:
         return False
-    return any(hmac.compare_digest(token.strip(), t) for t in settings.tokens)
+    given = presented.encode("utf-8", "replace")
+    return any(hmac.compare_digest(given, t.encode("utf-8", "replace")) for t in tokens)
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -144,6 +177,12 @@ class RouterServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
         await site.start()
+        if not self.settings.tokens and self.settings.host not in LOOPBACK:
+            log.warning(
+                "event=router_unauthenticated host=%s message=%s",
+                self.settings.host,
+                json.dumps("listening beyond loopback with no --tokens: anyone can use /v1"),
+            )
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self.port = int(sockets[0].getsockname()[1])

@@ -31,7 +31,7 @@ from shardflow.infra.errors import (
     WorkflowFinishedError,
     WorkflowNotFoundError,
 )
-from shardflow.router.errors import RequestTooLargeError, UnauthorizedError
+from shardflow.router.errors import ForbiddenError, RequestTooLargeError, UnauthorizedError
 from shardflow.shard import codec
 from shardflow.shard.model import FINISHED
 
@@ -39,6 +39,7 @@ ERRORS: dict[str, type[ShardflowError]] = {
     "bad_request": BadRequestError,
     "invalid_json": BadRequestError,
     "unauthorized": UnauthorizedError,
+    "forbidden": ForbiddenError,
     "not_found": WorkflowNotFoundError,
     "conflict": WorkflowConflictError,
     "finished": WorkflowFinishedError,
@@ -73,6 +74,7 @@ class Client:
         url: str,
         token: str | None = None,
         *,
+        admin_token: str | None = None,
         retries: int = 5,
         backoff: float = 0.1,
         session: aiohttp.ClientSession | None = None,
@@ -81,6 +83,9 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Admin requests (schedule changes) carry the admin token, else the token.
+        admin = admin_token or token
+        self._admin_headers = {"Authorization": f"Bearer {admin}"} if admin else {}
         self._session = session
         self._own_session = session is None
 
@@ -109,8 +114,9 @@ class Client:
         body: Any = None,
         params: dict[str, str] | None = None,
         retry: bool = True,
+        admin: bool = False,
     ) -> tuple[int, Any]:
-        status, payload, _ = await self._call_counted(method, path, body, params, retry)
+        status, payload, _ = await self._call_counted(method, path, body, params, retry, admin)
         return status, payload
 
     async def _call_counted(
@@ -120,10 +126,14 @@ class Client:
         body: Any = None,
         params: dict[str, str] | None = None,
         retry: bool = True,
+        admin: bool = False,
     ) -> tuple[int, Any, int]:
         """The answer, and how many attempts it took (a retry may follow an attempt that
         reached the server and whose answer was lost)."""
         data = None if body is None else codec.dumps(body, "the request body")
+        headers = {"Content-Type": "application/json"} if data else {}
+        if admin:
+            headers |= self._admin_headers
         attempt = 0
         while True:
             attempt += 1
@@ -133,7 +143,7 @@ class Client:
                     self.url + path,
                     data=data,
                     params=params,
-                    headers={"Content-Type": "application/json"} if data else None,
+                    headers=headers or None,
                 ) as resp:
                     raw = await resp.read()
                     try:
@@ -255,7 +265,7 @@ class Client:
             "overlap": overlap,
         }
         try:
-            _, doc = await self._call("POST", "/v1/schedules", body)
+            _, doc = await self._call("POST", "/v1/schedules", body, admin=True)
         except WorkflowConflictError as exc:
             raise ScheduleConflictError(exc.message) from None
         return dict(doc)
@@ -273,7 +283,7 @@ class Client:
 
     async def delete_schedule(self, name: str) -> None:
         try:
-            await self._call("DELETE", f"/v1/schedules/{_quote(name)}")
+            await self._call("DELETE", f"/v1/schedules/{_quote(name)}", admin=True)
         except WorkflowNotFoundError as exc:
             raise ScheduleNotFoundError(exc.message) from None
 
@@ -322,9 +332,9 @@ def _quote(part: str) -> str:
 class SyncClient:
     """Blocking wrapper for scripts: each call runs the async client on a private loop."""
 
-    def __init__(self, url: str, token: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None = None, admin_token: str | None = None) -> None:
         self._loop = asyncio.new_event_loop()
-        self._client = Client(url, token)
+        self._client = Client(url, token, admin_token=admin_token)
 
     def _run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)

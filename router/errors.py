@@ -17,6 +17,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_json": 400,
     "not_serializable": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
@@ -38,6 +39,12 @@ RETRY_AFTER = {429: "1", 503: "1"}
 
 class UnauthorizedError(ShardflowError):
     code = "unauthorized"
+
+
+class ForbiddenError(ShardflowError):
+    """An admin endpoint without an admin token (or with admin tokens not configured)."""
+
+    code = "forbidden"
 
 
 class RequestTooLargeError(ShardflowError):

@@ -15,6 +15,12 @@ class RouterSettings(Settings):
     tokens: list[str] = setting(
         [], help="bearer tokens accepted on /v1 (none configured: no authentication)"
     )
+    admin_tokens: list[str] = setting(
+        [],
+        help="bearer tokens of the admin endpoints (shards, rebalance, schedule changes), "
+        "also accepted on every other /v1 endpoint; none configured: admin endpoints "
+        "answer 403",
+    )
     max_body_bytes: int = setting(
         1024 * 1024, help="largest request body accepted (413 beyond)", minimum=1024
     )

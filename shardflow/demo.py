@@ -24,6 +24,7 @@ def print_welcome(cluster: Any) -> None:
     table.add_row("catalog", cluster.catalog_dsn)
     for shard_id, dsn in cluster.shard_dsns.items():
         table.add_row(shard_id, dsn)
+    table.add_row("admin token", f"{cluster.admin_token} (kept in {cluster.admin_token_file})")
     table.add_row("logs", str(cluster.data / "logs"))
     table.add_row("prometheus targets", str(cluster.targets_file))
     if cluster.prometheus_url:

@@ -22,6 +22,8 @@ from tests.conftest import _make_template, create_database, settings_for
 SLOTS = 64
 SHARDS = ("c0", "c1", "c2")
 
+ADMIN_TOKEN = "test-admin"
+
 
 @pytest.fixture(scope="session")
 def cluster_servers(pg_cluster: LocalPostgres, pg: PostgresServer) -> dict[str, PostgresServer]:
@@ -43,14 +45,16 @@ class LiveCluster:
     clients: list[Client] = field(default_factory=list)
 
     async def add_router(self, **overrides: Any) -> Client:
-        settings = RouterSettings.load(
-            {"catalog": self.catalog_dsn, "port": 0, "refresh_interval": 0.2, **overrides}, env={}
-        )
+        """A router of the cluster (admin token ADMIN_TOKEN unless overridden) and a
+        client of it that holds its tokens."""
+        base = {"catalog": self.catalog_dsn, "port": 0, "refresh_interval": 0.2}
+        settings = RouterSettings.load({**base, "admin_tokens": [ADMIN_TOKEN], **overrides}, env={})
         router = RouterServer(settings)
         await router.start()
         self.routers.append(router)
         token = overrides.get("tokens", [None])[0]
-        client = Client(router.url, token, retries=0)
+        admin = (settings.admin_tokens or [None])[0]
+        client = Client(router.url, token, admin_token=admin, retries=0)
         self.clients.append(client)
         return client
 

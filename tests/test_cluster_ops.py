@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -30,9 +31,11 @@ async def _call(
 
 
 async def test_cluster_operations_over_http(growing: LiveCluster):
-    await growing.add_router(tokens=["ops"])
+    await growing.add_router(tokens=["user"], admin_tokens=["ops"])
     url = growing.routers[0].url
     assert (await _call(url, "POST", "/v1/cluster/rebalance", token=None))[0] == 401
+    assert (await _call(url, "POST", "/v1/cluster/rebalance", token="user"))[0] == 403
+    assert (await _call(url, "GET", "/v1/cluster", token="user"))[0] == 200
     status, body = await _call(
         url, "POST", "/v1/cluster/shards", json={"id": "c2", "dsn": growing.shard_dsns["c2"]}
     )
@@ -85,3 +88,43 @@ async def test_executor_refuses_a_schema_it_does_not_match(dsn: str, change: str
         await executor.start()
     if executor._pool is not None:
         await executor._pool.close()
+
+
+async def _raw_status(url: str, request: bytes) -> int:
+    """The status of one hand-written HTTP/1.1 request (headers aiohttp would refuse)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+    finally:
+        writer.close()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize("token", ["tökén".encode(), b"\xff\xfe", "пароль".encode()])
+async def test_a_non_ascii_token_is_401_not_500(growing: LiveCluster, token: bytes):
+    await growing.add_router(tokens=["user"])
+    request = (
+        b"GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + token + b"\r\n\r\n"
+    )
+    assert await _raw_status(growing.routers[0].url, request) == 401
+
+
+async def test_admin_endpoints_are_closed_without_admin_tokens(growing: LiveCluster):
+    await growing.add_router(admin_tokens=[])
+    url = growing.routers[0].url
+    for method, path in (("POST", "/v1/cluster/rebalance"), ("DELETE", "/v1/schedules/x")):
+        status, body = await _call(url, method, path, token=None)
+        assert (status, body["error"]["code"]) == (403, "forbidden")
+    assert (await _call(url, "GET", "/v1/cluster", token=None))[0] == 200  # the rest is open
+
+
+async def test_a_router_open_beyond_loopback_warns(
+    growing: LiveCluster, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level("WARNING", "shardflow.router")
+    await growing.add_router(host="0.0.0.0")
+    assert "event=router_unauthenticated" in caplog.text

@@ -31,11 +31,16 @@ DOC = openapi_document()
 
 
 def request(
-    url: str, method: str = "GET", body: bytes | None = None, timeout: float = 30
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    timeout: float = 30,
+    token: str | None = None,
 ) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url, data=body, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -162,6 +167,20 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     d.start()
     yield d
     d.remove()
+
+
+def test_dev_keeps_an_admin_token_for_the_admin_endpoints(dev: Dev):
+    """The local cluster stays fully usable: its admin token is made once, kept under
+    --data (readable by its owner only) and printed; without it, admin calls are refused."""
+    path = dev.data / "admin-token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text().strip()
+    assert token in (dev.data / "dev.out").read_text()
+    body = json.dumps({"name": "tidy", "workflow": "w3", "cron": "0 3 * * *"}).encode()
+    assert request(dev.url + "/v1/schedules", "POST", body)[0] == 403
+    code, doc = request(dev.url + "/v1/schedules", "POST", body, token=token)
+    assert code == 201 and doc["name"] == "tidy"
+    assert request(dev.url + "/v1/schedules/tidy", "DELETE", token=token)[0] == 200
 
 
 def test_workflows_run_and_cluster_resumes_after_sigterm_to_the_group(dev: Dev):

@@ -21,11 +21,13 @@ from shardflow.infra.errors import (
 )
 from shardflow.router.client import Client
 from shardflow.shard.cron import ScheduleSpec, workflow_id, zone
-from tests.cluster_fixtures import SHARDS, LiveCluster
+from tests.cluster_fixtures import ADMIN_TOKEN, SHARDS, LiveCluster
 from tests.test_rebalance import _spawn_coordinator
 from tests.waiting import until
 
 APP = "tests.apps.scheduled"
+
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def at(*parts: int) -> datetime:
@@ -126,13 +128,15 @@ async def test_a_bad_schedule_request_gets_a_stable_error(
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
-        async with http.post(cluster.routers[0].url + "/v1/schedules", json=body) as resp:
+        async with http.post(
+            cluster.routers[0].url + "/v1/schedules", json=body, headers=ADMIN_HEADERS
+        ) as resp:
             assert resp.status == status
             assert (await resp.json())["error"]["code"] == code
         async with http.post(
             cluster.routers[0].url + "/v1/schedules",
             data=b"{not json",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **ADMIN_HEADERS},
         ) as resp:
             assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_json"
     assert await schedules.list_all(cluster.catalog) == []

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -71,6 +72,7 @@ class Child:
     started_at: float = 0.0
     crashes: int = 0  # in a row, each within STABLE_SECONDS of its start
     retry_at: float | None = None
+    env: dict[str, str] = field(default_factory=dict)  # beside the app's PYTHONPATH
 
 
 # A child that ran this long before exiting is restarted at once; one that keeps
@@ -109,8 +111,26 @@ class DevCluster:
         self.shard_dsns: dict[str, str] = {}
         self.router_urls: list[str] = []
         self.prometheus_url = ""
+        self.admin_token = ""
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data / "admin-token"
+
+    def _load_admin_token(self) -> str:
+        """The local cluster's admin token: made once, kept (mode 0600) under --data, so
+        the cluster stays fully usable across restarts and the token is never on a
+        command line."""
+        path = self.admin_token_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
 
     async def start(self) -> None:
+        self.admin_token = self._load_admin_token()
         names = ["catalog"] + [f"shard{i}" for i in range(self.settings.shards)]
         servers = {s.name: s for s in self.pg.start(*names)}
         self.catalog_dsn = servers["catalog"].dsn(DATABASE)
@@ -204,7 +224,8 @@ class DevCluster:
             self.children.append(
                 Child(
                     router_child(i),
-                    [
+                    env={"SHARDFLOW_ADMIN_TOKENS": self.admin_token},
+                    args=[
                         *base,
                         "router",
                         "--catalog",
@@ -305,7 +326,7 @@ class DevCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=child_env(self.settings.app_dir),
+                env={**child_env(self.settings.app_dir), **child.env},
                 preexec_fn=die_with_parent,
             )
 
