@@ -177,7 +177,7 @@ def test_dev_keeps_an_admin_token_for_the_admin_endpoints(dev: Dev):
     token = path.read_text().strip()
     assert token in (dev.data / "dev.out").read_text()
     body = json.dumps({"name": "tidy", "workflow": "w3", "cron": "0 3 * * *"}).encode()
-    assert request(dev.url + "/v1/schedules", "POST", body)[0] == 403
+    assert request(dev.url + "/v1/schedules", "POST", body)[0] == 401
     code, doc = request(dev.url + "/v1/schedules", "POST", body, token=token)
     assert code == 201 and doc["name"] == "tidy"
     assert request(dev.url + "/v1/schedules/tidy", "DELETE", token=token)[0] == 200
