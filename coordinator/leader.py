@@ -21,6 +21,7 @@ from shardflow.coordinator.health import ShardProbe
 from shardflow.coordinator.limits import Limiter
 from shardflow.coordinator.moves import Mover, NotLeader
 from shardflow.coordinator.schedules import Scheduler
+from shardflow.infra import pool as shard_pool
 from shardflow.infra.pool import close_connection
 from shardflow.infra.settings import Settings, setting
 from shardflow.metrics.coordinator import CoordinatorMetrics
@@ -89,7 +90,7 @@ class Coordinator:
         self.metrics.is_leader.set(0)
 
     async def _attempt(self, stop: asyncio.Event) -> None:
-        lock = await asyncpg.connect(self.settings.catalog, timeout=5)
+        lock = await shard_pool.connect(self.settings.catalog, timeout=5)
         try:
             catalog = await Catalog.connect(self.settings.catalog, pool_size=3)
         except BaseException:

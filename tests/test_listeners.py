@@ -10,11 +10,13 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from examples.bench import make_input
 from shardflow import ShardClient, StartRequest
+from shardflow.devcluster.launcher import PostgresServer
 from shardflow.infra import pool as shard_pool
 from shardflow.router.batcher import StartBatcher
 from shardflow.shard.executor import Executor
@@ -162,3 +164,23 @@ async def test_closing_a_connection_that_does_not_answer_drops_it_without_raisin
         await shard_pool.close_connection(conn)  # a second time: nothing to do
     finally:
         os.kill(backend, signal.SIGCONT)
+
+
+async def test_every_connection_asks_the_server_to_find_a_lost_peer_in_seconds(
+    dsn: str, pg: PostgresServer
+):
+    """The server probes our TCP connections (keepalives, TCP_USER_TIMEOUT), so a crashed
+    or partitioned executor's session ends, with its advisory locks, in seconds."""
+    tcp = f"postgresql://postgres@127.0.0.1:{pg.port}{urlsplit(dsn).path}"
+    conn = await shard_pool.connect(tcp)
+    pool = await shard_pool.create_pool(tcp, min_size=1, max_size=1)
+    try:
+        for db in (conn, pool):
+            shown = {
+                name: await db.fetchval(f"SHOW {name}") for name in shard_pool.SERVER_KEEPALIVE
+            }
+            assert shown == {"tcp_keepalives_idle": "2", "tcp_keepalives_interval": "1",
+                             "tcp_keepalives_count": "3", "tcp_user_timeout": "5000"}  # fmt: skip
+    finally:
+        await shard_pool.close_connection(conn)
+        await shard_pool.close_pool(pool)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import re
+import socket
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -73,11 +74,53 @@ def connection_class(schema: str) -> type[asyncpg.Connection]:
     return type(f"SchemaConnection_{schema}", (SchemaConnection,), {"schema": schema})
 
 
+# A peer lost to a host crash or a partition is found in seconds, not after the kernel's
+# two hours of keepalive idling: the server probes an idle client after 2 s, every 1 s,
+# and drops it after 3 unanswered probes, or once data it sent stays unacknowledged for
+# 5 s. The session then ends, and with it its advisory locks: the dead executor's peers
+# reclaim its workflows at once instead of waiting out the lease (docs/operations.md).
+# Ignored on Unix sockets, which have no such failure.
+SERVER_KEEPALIVE = {
+    "tcp_keepalives_idle": "2",
+    "tcp_keepalives_interval": "1",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "5000",
+}
+# The same on our end of each TCP connection, so a statement sent into a partition fails
+# in seconds instead of waiting for its command timeout.
+_CLIENT_KEEPALIVE = (
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", 0), 2),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", 0), 1),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", 0), 3),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 0), 5000),
+)
+
+
+def _server_settings(kwargs: dict[str, Any]) -> dict[str, str]:
+    return {**SERVER_KEEPALIVE, **(kwargs.pop("server_settings", None) or {})}
+
+
+async def keep_alive(conn: asyncpg.Connection) -> None:
+    """Set the client side of the keepalive above on a TCP connection (asyncpg exposes its
+    socket only through the transport)."""
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    for level, option, value in _CLIENT_KEEPALIVE:
+        if option:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
+
+
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """``asyncpg.connect`` for a shard DSN (its schema honoured)."""
+    """``asyncpg.connect`` for a shard or the catalog: its schema honoured, keepalives on."""
+    settings = _server_settings(kwargs)
     conn: asyncpg.Connection = await asyncpg.connect(
-        dsn, connection_class=connection_class(schema_of(dsn)), **kwargs
+        dsn, connection_class=connection_class(schema_of(dsn)), server_settings=settings, **kwargs
     )
+    await keep_alive(conn)
     return conn
 
 
@@ -145,6 +188,8 @@ async def create_pool(
         command_timeout=command_timeout,
         reset=_keep,
         connection_class=connection_class(schema_of(dsn)),
+        server_settings=dict(SERVER_KEEPALIVE),
+        init=keep_alive,
         # Keep idle connections (asyncpg closes them after 300 s by default). Under a
         # steady load the pool hands out its most recent connections first, so the others
         # idle out and are opened again at the next burst of concurrency: a new backend
