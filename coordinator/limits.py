@@ -5,14 +5,19 @@ shard, which the shard's claims respect (``shardflow.claimable``). Shares follow
 (running plus queued instances on each shard). The sum stays within L at every moment:
 a shard's running instances never exceed its share except just after the share was
 lowered, so the coordinator counts ``max(running, share)`` as taken and gives out only
-what is left of L, lowering shares before raising others.
+what is left of L, lowering shares before raising others. Every share given is recorded
+in the catalog (a raise before the shard hears of it, a cut after): a shard that cannot
+be reached (marked down, partitioned, failing) may still run up to its recorded share,
+so that share stays taken until the shard answers again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from shardflow.catalog.store import Catalog
+from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.pool import ShardPools
 from shardflow.shard.admin import ShardAdmin
 
@@ -70,25 +75,48 @@ class Limiter:
         if not limits:
             return 0
         names = sorted(limits)
-        shards = [s for s in await self.catalog.shards() if s.state != "down"]
+        given = await self.catalog.limit_shares()
         demand: dict[str, list[Demand]] = {n: [] for n in names}
-        for shard in shards:
-            pool = await self._pools.get(shard.dsn)
-            for r in await ShardAdmin(pool).limits_demand(names):
+        held = dict.fromkeys(names, 0)  # what unreachable shards may still run
+        dsn: dict[str, str] = {}
+        for shard in await self.catalog.shards():
+            rows = None if shard.state == "down" else await self._demand(shard.dsn, names)
+            if rows is None:
+                for name in names:
+                    held[name] += given.get((name, shard.id), 0)
+                continue
+            dsn[shard.id] = shard.dsn
+            for r in rows:
                 demand[r["name"]].append(
                     Demand(shard.id, r["share"] or 0, r["running"], r["queued"])
                 )
-        dsn = {s.id: s.dsn for s in shards}
         lowered: list[tuple[str, str, int, int]] = []
         raised: list[tuple[str, str, int, int]] = []
         for name in names:
             rows = demand[name]
-            for d, share in zip(rows, new_shares(limits[name], rows), strict=True):
-                if share != d.share or not d.recorded:
+            free = max(0, limits[name] - held[name])
+            for d, share in zip(rows, new_shares(free, rows), strict=True):
+                if share != d.share or given.get((name, d.shard)) != share:
                     (lowered if share < d.share else raised).append(
                         (d.shard, name, limits[name], share)
                     )
-        for shard_id, name, limit, share in lowered + raised:  # never above the limit between
-            pool = await self._pools.get(dsn[shard_id])
-            await ShardAdmin(pool).limit_share_set(name, limit, share)
+        for shard_id, name, limit, share in lowered:  # never above the limit between
+            await ShardAdmin(await self._pools.get(dsn[shard_id])).limit_share_set(
+                name, limit, share
+            )
+            await self.catalog.limit_share_record(name, shard_id, share)
+        for shard_id, name, limit, share in raised:
+            await self.catalog.limit_share_record(name, shard_id, share)
+            await ShardAdmin(await self._pools.get(dsn[shard_id])).limit_share_set(
+                name, limit, share
+            )
         return len(lowered) + len(raised)
+
+    async def _demand(self, dsn: str, names: list[str]) -> list[Any] | None:
+        """The shard's shares, running and queued instances; None when it cannot answer."""
+        try:
+            return await ShardAdmin(await self._pools.get(dsn)).limits_demand(names)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            return None

@@ -147,3 +147,36 @@ def test_a_limit_must_be_a_positive_whole_number(cap: Any) -> None:
         workflow(name="x", max_running=cap)
     with pytest.raises(SettingsError):
         workflow(name="x", max_running_per_shard=cap)
+
+
+async def test_a_shard_marked_down_keeps_its_share_taken(cluster: LiveCluster) -> None:
+    """A shard the coordinator cannot reach may go on running up to the share it was
+    given: that share stays taken, so the others never get more than what is left."""
+    for shard_id in SHARDS:
+        await cluster.executors[shard_id].shutdown()
+        executor = await cluster.start_executor(shard_id, app=APP)
+        await _register_in_catalog(cluster.catalog_dsn, shard_id, executor)
+        await executor.shutdown()  # nothing runs: the demand stays queued
+    client = await cluster.add_router()
+    for wid in _ids_per_shard(cluster, 2):
+        await client.start("cluster_limited", {"s": 0.1}, id=wid)
+    limiter = Limiter(cluster.catalog)
+    conns = {s: await asyncpg.connect(cluster.shard_dsns[s]) for s in SHARDS}
+    share_sql = "SELECT coalesce(share, 0) FROM shardflow.limits WHERE name = 'cluster_limited'"
+    try:
+        await limiter.share_out()
+        down = SHARDS[0]
+        held = int(await conns[down].fetchval(share_sql))
+        assert held >= 1
+        await cluster.catalog.shard_set_state(down, "down")
+        for _ in range(2):
+            await limiter.share_out()
+        others = [int(await conns[s].fetchval(share_sql)) for s in SHARDS if s != down]
+        assert held + sum(others) <= 3
+        await cluster.catalog.shard_set_state(down, "active")  # back: shares follow demand
+        await limiter.share_out()
+        assert sum([int(await c.fetchval(share_sql)) for c in conns.values()]) <= 3
+    finally:
+        await limiter.close()
+        for c in conns.values():
+            await c.close()

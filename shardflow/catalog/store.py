@@ -185,6 +185,7 @@ class Catalog:
                 if await conn.fetchval(q("shard_remove"), shard_id) is None:
                     raise _KeepShard
                 await conn.execute(q("registry_remove_shard"), shard_id)
+                await conn.execute(q("limit_shares_forget_shard"), shard_id)
         except _KeepShard:
             return False
         return True
@@ -243,6 +244,14 @@ class Catalog:
 
     async def limits(self) -> dict[str, int]:
         return {r["name"]: int(r["max_running"]) for r in await self.pool.fetch(q("limit_list"))}
+
+    async def limit_shares(self) -> dict[tuple[str, str], int]:
+        """(name, shard) -> the share last given: what an unreachable shard may run."""
+        rows = await self.pool.fetch(q("limit_shares"))
+        return {(r["name"], r["shard"]): int(r["share"]) for r in rows}
+
+    async def limit_share_record(self, name: str, shard_id: str, share: int) -> None:
+        await self.pool.execute(q("limit_share_record"), name, shard_id, share)
 
     async def limit_set(self, name: str, max_running: int | None) -> None:
         """Cap ``name`` at ``max_running`` instances at once; None lifts the cap."""

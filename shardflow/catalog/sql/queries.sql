@@ -191,3 +191,14 @@ DELETE FROM catalog.limits WHERE name = $1;
 
 -- name: limit_list
 SELECT name, max_running FROM catalog.limits ORDER BY name;
+
+-- name: limit_shares
+-- The share of each limit each shard was last given (what an unreachable one may run).
+SELECT name, shard, share FROM catalog.limit_shares;
+
+-- name: limit_share_record
+INSERT INTO catalog.limit_shares (name, shard, share) VALUES ($1, $2, $3)
+ON CONFLICT (name, shard) DO UPDATE SET share = excluded.share;
+
+-- name: limit_shares_forget_shard
+DELETE FROM catalog.limit_shares WHERE shard = $1;
