@@ -95,6 +95,7 @@ class RecordedStep:
     status: str
     output: str | None
     error: str | None
+    attempts: int = 1
 
 
 @dataclass(slots=True)

@@ -73,6 +73,9 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     }
 
 
+# A retry backoff longer than this (seconds) is a durable timer, not an in-memory sleep.
+DURABLE_BACKOFF = 2.0
+
 # The step row that opens a saga's compensations (its position ends the workflow's code).
 COMPENSATE_MARK = "saga.compensate"
 
@@ -234,14 +237,23 @@ class WorkflowRun:
         self, step: AnyStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         rec = self.recorded(seq, step.name)
+        attempt = 0
         if rec is not None:
             if rec.status == "failed":
                 error = codec.loads(rec.error) or {}
                 raise StepFailedError(_failed_message(step.name, error), error)
-            return self._completed(seq, step, args, kwargs, codec.loads(rec.output))
+            if rec.status != "retrying":
+                return self._completed(seq, step, args, kwargs, codec.loads(rec.output))
+            # Failed attempts recorded before: the count goes on, and a durable backoff
+            # that has not run out suspends the workflow again.
+            self.stop_if_cancelling()
+            attempt = rec.attempts
+            retry_at = float(codec.loads(rec.output)["retry_at"])
+            if time.time() < retry_at:
+                await self.settle()
+                raise Suspend("sleeping", self._wake_time(retry_at), [])
         await self.settle()
         started = utcnow()
-        attempt = 0
         while True:
             attempt += 1
             try:
@@ -262,7 +274,7 @@ class WorkflowRun:
                 )
                 if retryable and attempt <= step.policy.retries:
                     self.services.step_retried(self, step)
-                    await asyncio.sleep(step.policy.delay(attempt))
+                    await self._retry_later(seq, step, attempt, started, exc)
                     continue
                 error = error_record(exc)
                 error["attempts"] = attempt
@@ -274,6 +286,31 @@ class WorkflowRun:
             text = codec.dumps(value, f"the result of step {step.name}")
             self.save_later([StepRow(seq, step.name, "completed", text, None, attempt, started)])
             return self._completed(seq, step, args, kwargs, value)
+
+    async def _retry_later(
+        self, seq: int, step: AnyStep, attempt: int, started: datetime, exc: Exception
+    ) -> None:
+        """Record failed attempt ``attempt`` (so ``retries`` bounds the attempts across
+        crashes), then wait out its backoff: in memory when short, else as a durable timer
+        (the workflow sleeps, its lease released, and the next attempt runs on replay)."""
+        delay = step.policy.delay(attempt)
+        retry_at = time.time() + delay
+        error = error_record(exc)
+        error["attempts"] = attempt
+        row = StepRow(
+            seq,
+            step.name,
+            "retrying",
+            codec.dumps({"retry_at": retry_at}, "retry time"),
+            codec.dumps(error, "error"),
+            attempt,
+            started,
+        )
+        if delay > DURABLE_BACKOFF:
+            self.stop_if_cancelling()
+            raise Suspend("sleeping", self._wake_time(retry_at), [row])
+        await self.save([row])
+        await asyncio.sleep(delay)
 
     def _completed(
         self, seq: int, step: AnyStep, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any

@@ -157,7 +157,12 @@ class ShardStore:
         if with_steps:
             for row in await self.pool.fetch(query("steps_for_workflows"), with_steps):
                 histories[row["workflow_id"]].steps[row["seq"]] = RecordedStep(
-                    row["seq"], row["name"], row["status"], row["output"], row["error"]
+                    row["seq"],
+                    row["name"],
+                    row["status"],
+                    row["output"],
+                    row["error"],
+                    row["attempts"],
                 )
         if with_events:
             for row in await self.pool.fetch(query("events_for_workflows"), with_events):

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from shardflow.devcluster.launcher import LocalPostgres, free_port
-from shardflow.infra.errors import ShardUnavailableError
+from shardflow.infra.errors import ShardUnavailableError, WorkflowFailedError
 from shardflow.shard.client import ShardClient, StartRequest
 from tests.conftest import ExecutorProcess
 from tests.waiting import status_becomes, until
@@ -163,6 +163,33 @@ async def test_the_recovery_limit_runs_the_compensations_once(
             "SELECT count(*) FROM app_rows WHERE workflow_id = $1", f"{wid}:undo"
         )
     assert undone == 1
+
+
+async def test_step_retries_are_bounded_across_crashes(
+    client: ShardClient, spawn_executor: Any, dsn: str
+):
+    """Failed attempts are recorded: an executor killed during attempt 3 of a step with
+    retries=3 leaves 2 counted, and its successor makes attempts 3 and 4 only. (The killed
+    attempt counts against the workflow's recovery limit, not the step's retries; before
+    this, the successor started over and made 4 more.)"""
+    async with client.pool.acquire() as conn:
+        await conn.execute("CREATE TABLE attempt_log (workflow_id text NOT NULL)")
+    env = {"SHARDFLOW_TEST_ATTEMPTS_DSN": dsn, "SHARDFLOW_TEST_KILL_AT_ATTEMPT": "3"}
+    first = spawn_executor("tests.apps.crash", env=env)
+    async with client.pool.acquire() as conn:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
+        )
+    wid = await client.start("retries_across_crashes", None)
+    await until(lambda: asyncio.to_thread(first.proc.poll), what="the kill at attempt 3")
+    spawn_executor("tests.apps.crash", env={"SHARDFLOW_TEST_ATTEMPTS_DSN": dsn})
+    with pytest.raises(WorkflowFailedError):
+        await client.result(wid, timeout=60)
+    (step,) = (await client.status(wid))["steps"]
+    assert (step["status"], step["attempts"]) == ("failed", 4)
+    async with client.pool.acquire() as conn:
+        made = await conn.fetchval("SELECT count(*) FROM attempt_log WHERE workflow_id = $1", wid)
+    assert made == 5  # 1, 2, the killed one, then 3 and 4
 
 
 async def _settled(client: ShardClient, wid: str, proc: ExecutorProcess) -> bool:

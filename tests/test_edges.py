@@ -91,3 +91,22 @@ async def test_gc_keeps_a_finished_child_until_its_parent_finishes(
             await conn.fetchval("SELECT count(*) FROM shardflow.workflows WHERE id = $1", child)
             == 1
         )
+
+
+async def test_a_long_backoff_is_a_durable_timer(client: ShardClient, start_executor: Any):
+    """The failed attempt is recorded with the time of the next one, and the workflow
+    sleeps meanwhile (its lease released), then replays into the second attempt."""
+    await start_executor(app=APP)
+    wid = await client.start("durable_backoff", None)
+    await status_becomes(client, wid, "sleeping")
+    (step,) = (await client.status(wid))["steps"]
+    assert (step["status"], step["attempts"]) == ("retrying", 1)
+    async with client.pool.acquire() as conn:  # the backoff's 30 s, skipped
+        await conn.execute(
+            "UPDATE shardflow.steps SET output = '{\"retry_at\": 0}' WHERE workflow_id = $1", wid
+        )
+        await conn.execute("UPDATE shardflow.ready SET run_at = now() WHERE workflow_id = $1", wid)
+        await conn.execute("NOTIFY shardflow_ready")
+    assert await client.result(wid, timeout=30) == "second attempt"
+    (step,) = (await client.status(wid))["steps"]
+    assert (step["status"], step["attempts"]) == ("completed", 2)

@@ -60,7 +60,7 @@ SELECT shardflow.reclaim_dead($1, $2);
 SELECT * FROM shardflow.claim_workflows($1, $2, $3, $4::text[], $5::text[]);
 
 -- name: steps_for_workflows
-SELECT workflow_id, seq, name, status, output::text AS output, error::text AS error
+SELECT workflow_id, seq, name, status, output::text AS output, error::text AS error, attempts
 FROM shardflow.steps WHERE workflow_id = ANY ($1::text[])
 ORDER BY workflow_id, seq;
 
@@ -119,7 +119,11 @@ WITH wf_in AS (
     CROSS JOIN LATERAL json_to_recordset(i.steps) AS s(seq integer, name text, status text,
         output text, error text, attempts integer, started_at timestamptz)
     JOIN fenced f ON f.id = i.id
-    ON CONFLICT (workflow_id, seq) DO NOTHING
+    -- A step's last attempt replaces the row of its failed attempts (never another row).
+    ON CONFLICT (workflow_id, seq) DO UPDATE
+        SET status = excluded.status, output = excluded.output, error = excluded.error,
+            attempts = excluded.attempts, finished_at = now()
+        WHERE shardflow.steps.status = 'retrying'
 ), finished AS (
     SELECT o.*, sum(length(o.id) + coalesce(length(o.output), 0)
                     + coalesce(length(o.error), 0) + 40) OVER (ORDER BY o.id) / 7000 AS part
@@ -258,7 +262,10 @@ RETURNING cancel_requested, set_config('shardflow.slot', slot::text, true) AS sl
 -- name: step_insert
 INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)
 VALUES ($1, $2, $3, 'completed', $4::jsonb, NULL, $5, $6)
-ON CONFLICT (workflow_id, seq) DO NOTHING;
+ON CONFLICT (workflow_id, seq) DO UPDATE
+    SET status = excluded.status, output = excluded.output, error = excluded.error,
+        attempts = excluded.attempts, finished_at = now()
+    WHERE shardflow.steps.status = 'retrying';
 
 -- name: workflow_release_many
 -- Give workflows back to the ready queue (shutdown, or a write whose outcome is unknown).

@@ -94,7 +94,7 @@ CREATE TABLE shardflow.steps (
     started_at timestamptz,
     finished_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (workflow_id, seq),
-    CONSTRAINT steps_status_check CHECK (status IN ('completed', 'failed'))
+    CONSTRAINT steps_status_check CHECK (status IN ('completed', 'failed', 'retrying'))
 ) WITH (autovacuum_vacuum_scale_factor = 0.05, autovacuum_analyze_threshold = 100000,
         autovacuum_analyze_scale_factor = 1.0);
 

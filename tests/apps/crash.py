@@ -85,3 +85,27 @@ async def reserve_row(workflow_id: str) -> int:
 async def killer_saga(ctx: Context, inp: Any) -> str:
     await reserve_row(ctx.workflow_id)
     return str(await maybe_die())
+
+
+@step(retries=3, backoff=0.05)
+async def always_failing(workflow_id: str) -> None:
+    """Counts its attempts in attempt_log (another connection: a failed attempt's
+    transaction would roll the count back) and fails; the test's env can kill the
+    executor at the start of an attempt instead."""
+    conn = await asyncpg.connect(os.environ["SHARDFLOW_TEST_ATTEMPTS_DSN"])
+    try:
+        n = await conn.fetchval(
+            "WITH i AS (INSERT INTO attempt_log VALUES ($1) RETURNING 1) "
+            "SELECT count(*) + 1 FROM attempt_log WHERE workflow_id = $1",
+            workflow_id,
+        )
+    finally:
+        await conn.close()
+    if str(n) == os.environ.get("SHARDFLOW_TEST_KILL_AT_ATTEMPT"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"attempt {n} failed")
+
+
+@workflow(name="retries_across_crashes")
+async def retries_across_crashes(ctx: Context, inp: Any) -> None:
+    await always_failing(ctx.workflow_id)

@@ -54,3 +54,20 @@ async def waits_for_child(ctx: Context, inp: dict[str, Any]) -> Any:
         return await ctx.child(inp["child"], None)
     except Exception as exc:
         return {"child_ended": type(exc).__name__}
+
+
+FAILED_ONCE: set[str] = set()
+
+
+@step(retries=2, backoff=30)
+async def fails_once_then_waits(key: str) -> str:
+    """Fails its first attempt; the backoff (30 s) is a durable timer, not a sleep."""
+    if key not in FAILED_ONCE:
+        FAILED_ONCE.add(key)
+        raise RuntimeError("first attempt fails")
+    return "second attempt"
+
+
+@workflow(name="durable_backoff")
+async def durable_backoff(ctx: Context, inp: Any) -> str:
+    return await fails_once_then_waits(ctx.workflow_id)

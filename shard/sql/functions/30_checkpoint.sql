@@ -54,7 +54,10 @@ BEGIN
            s.started_at
     FROM json_to_recordset(r.steps) AS s(seq integer, name text, status text,
         output text, error text, attempts integer, started_at timestamptz)
-    ON CONFLICT (workflow_id, seq) DO NOTHING;
+    ON CONFLICT (workflow_id, seq) DO UPDATE
+        SET status = excluded.status, output = excluded.output, error = excluded.error,
+            attempts = excluded.attempts, finished_at = now()
+        WHERE shardflow.steps.status = 'retrying';
     notified := 0;
     IF v_status IN ('completed', 'failed', 'cancelled') THEN
         v_payload := json_build_array(json_build_array(r.id, v_status, v_output::text,
