@@ -1,7 +1,13 @@
 """`shardflow coordinator`: one leader (advisory lock + term in the catalog), any standbys.
 
-Only the leader checks shard health and executes slot moves. A standby polls the
-lock and takes over within a couple of seconds of the leader's connection closing.
+Only the leader checks shard health, executes slot moves, fires schedules and shares
+out limits. A standby polls the lock and takes over within a poll interval of the
+leader's session closing. The term is also a lease the leader renews before each round
+of work: a leader that stops without dying (SIGSTOP, a hung host whose kernel still
+answers keepalives) keeps its session and lock, so a standby that finds the lease run
+out ends that session (``pg_terminate_backend``) and takes the next term, within
+``leader_lease + poll_interval`` seconds. Every move call checks the term, in the catalog
+and on the shards, so the stalled one changes nothing when it wakes.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ class CoordinatorSettings(Settings):
     catalog: str = setting(help="DSN of the cluster catalog (libpq URL; sslmode=... for TLS)")
     name: str = setting("", help="identity shown as leader (default host-pid)")
     poll_interval: float = setting(1.0, help="seconds between leadership attempts", minimum=0.05)
+    leader_lease: float = setting(
+        3.0,
+        help="seconds a leader's term lasts unless renewed; a standby ends a leader stalled "
+        "this long and takes over (a few renewals fit in it, each under a round trip)",
+        minimum=0.1,
+    )
     health_interval: float = setting(
         5.0, help="seconds between shard health checks and cluster metric samples", minimum=0.1
     )
@@ -100,11 +112,17 @@ class Coordinator:
             while not stop.is_set():
                 if await catalog.leader_try_lock(lock):
                     break
+                if await catalog.leader_evict():
+                    log.warning("event=leader_evicted reason=lease_expired")
+                    await asyncio.sleep(0.05)  # its lock goes with its session
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.poll_interval)
             else:
                 return
-            self.term = await catalog.leader_take(self.name)
+            self.term = await catalog.leader_take(
+                self.name, lock.get_server_pid(), self.settings.leader_lease
+            )
             self.is_leader = True
             self.leader_event.set()
             self.metrics.is_leader.set(1)
@@ -147,6 +165,11 @@ class Coordinator:
         next_health = next_limits = 0.0
         while not stop.is_set():
             if lock.is_closed():
+                return
+            # Renewed before each round of work: a leader that was stopped past its lease
+            # finds out here, before it acts, that another took over.
+            if not await catalog.leader_renew(self.term, self.settings.leader_lease):
+                log.warning("event=lease_lost name=%s term=%d", self.name, self.term)
                 return
             if loop.time() >= next_health:
                 await self._check_health(catalog)

@@ -28,7 +28,7 @@ import asyncpg
 from shardflow.catalog.store import Catalog
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.pool import ShardPools
-from shardflow.shard.admin import ShardAdmin
+from shardflow.shard.admin import ShardAdmin, StaleTermError
 from shardflow.shard.faults import Faults
 
 T = TypeVar("T")
@@ -160,7 +160,10 @@ class Mover:
         await self._pools.close()
 
     async def _on(self, shard_id: str, call: Callable[[ShardAdmin], Awaitable[T]]) -> T:
-        return await call(ShardAdmin(await self._pool(shard_id)))
+        try:
+            return await call(ShardAdmin(await self._pool(shard_id)))
+        except StaleTermError as exc:
+            raise NotLeader(f"shard {shard_id}: {exc}") from None
 
     async def _retrying(
         self,
@@ -198,6 +201,12 @@ class Mover:
 
     async def run(self, move: MoveRow) -> None:
         live_rows = 0
+        term = self.term
+        if move.phase != "planned":
+            # Taken over from another leader: both shards hear this term before anything
+            # else is done, so calls of a stalled predecessor that wakes up are refused.
+            for shard_id in (move.source, move.target):
+                await self._retrying(move, "term", shard_id, lambda s: s.leader_term(term))
         log.info(
             "event=move_start move=%d slot=%d %s->%s phase=%s",
             move.id,
@@ -212,7 +221,7 @@ class Mover:
                 move,
                 "precopy import",
                 move.target,
-                lambda shard: shard.slot_import(move.id, "precopy", move.slot, 0, data),
+                lambda shard: shard.slot_import(move.id, "precopy", move.slot, 0, data, term),
             )
             await self._advance(move, "precopied", precopy_before=before, rows=max(0, rows))
             move.precopy_before = before
@@ -220,7 +229,7 @@ class Mover:
         if move.phase == "precopied":
             epoch = await self.catalog.slot_epoch(move.slot) + 1
             await self._retrying(
-                move, "fence", move.source, lambda shard: shard.slot_fence(move.slot, epoch)
+                move, "fence", move.source, lambda shard: shard.slot_fence(move.slot, epoch, term)
             )
             await self._advance(move, "fenced", epoch=epoch, fenced_at=datetime.now(UTC))
             move.epoch = epoch
@@ -239,7 +248,7 @@ class Mover:
                     move,
                     "copy",
                     move.target,
-                    lambda shard: shard.slot_import(move.id, "live", move.slot, epoch, data),
+                    lambda shard: shard.slot_import(move.id, "live", move.slot, epoch, data, term),
                     give_up=self.rollback_after,
                 )
             except GaveUp:
@@ -254,7 +263,7 @@ class Mover:
                 move,
                 "own",
                 move.target,
-                lambda shard: shard.slot_own(move.slot, epoch, "incoming"),
+                lambda shard: shard.slot_own(move.slot, epoch, "incoming", term),
             )
             flipped = await self.catalog.slot_flip(
                 move.slot, move.target, move.source, move.epoch, self.term
@@ -267,7 +276,7 @@ class Mover:
             await self._advance(move, "flipped", pause_ms=pause)
         if move.phase == "flipped":
             await self._retrying(
-                move, "drop", move.source, lambda shard: shard.slot_drop(move.slot)
+                move, "drop", move.source, lambda shard: shard.slot_drop(move.slot, term)
             )
             await self._advance(move, "done")
             await self.rate.spend(live_rows)  # paid once the pause is over
@@ -296,13 +305,13 @@ class Mover:
     async def _roll_back(self, move: MoveRow) -> None:
         """The target stayed down before the copy landed: A serves the slot again."""
         assert move.epoch is not None
-        epoch = move.epoch
+        epoch, term = move.epoch, self.term
         await self._advance(move, "rolled_back", error="target unreachable: rolled back")
         await self._retrying(
             move,
             "unfence",
             move.source,
-            lambda shard: shard.slot_own(move.slot, epoch + 1, "moving"),
+            lambda shard: shard.slot_own(move.slot, epoch + 1, "moving", term),
         )
         log.warning("event=move_rolled_back move=%d slot=%d", move.id, move.slot)
 
@@ -315,7 +324,7 @@ class Mover:
             try:
                 incoming = await self._incoming(shard_id)
                 if slot in incoming:
-                    await ShardAdmin(await self._pool(shard_id)).slot_drop(slot)
+                    await ShardAdmin(await self._pool(shard_id)).slot_drop(slot, self.term)
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from shardflow.infra.errors import ShardflowError
 from shardflow.shard.queries import query
+
+
+class StaleTermError(ShardflowError):
+    """A newer leader's term reached this shard: the caller no longer leads."""
+
+    code = "stale_term"
+
 
 if TYPE_CHECKING:
     Db = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any]
@@ -33,9 +41,13 @@ class ShardAdmin:
         """Take ownership of ``slots`` at these epochs (a new cluster, or a spread)."""
         await self.db.execute(query("slots_own"), list(slots), list(epochs))
 
-    async def slot_fence(self, slot: int, epoch: int) -> Any:
+    async def leader_term(self, term: int) -> None:
+        """Tell the shard a leader's term; StaleTermError if a newer one was heard."""
+        await self._termed(query("leader_term"), term)
+
+    async def slot_fence(self, slot: int, epoch: int, term: int) -> Any:
         """Mark ``slot`` moving with a new epoch; its live leases are fenced with it."""
-        return await self.db.fetchval(query("slot_fence"), slot, epoch)
+        return await self._termed(query("slot_fence"), slot, epoch, term)
 
     async def slot_precopy_horizon(self) -> datetime:
         return await self.db.fetchval(query("slot_precopy_horizon"))  # type: ignore[no-any-return]
@@ -45,16 +57,28 @@ class ShardAdmin:
         (pre-copy), or everything else (the live copy)."""
         return str(await self.db.fetchval(query("slot_export"), slot, before, finished))
 
-    async def slot_import(self, move_id: int, phase: str, slot: int, epoch: int, data: str) -> int:
+    async def slot_import(
+        self, move_id: int, phase: str, slot: int, epoch: int, data: str, term: int
+    ) -> int:
         """Rows imported; a phase already recorded for the move imports nothing again."""
-        return int(await self.db.fetchval(query("slot_import"), move_id, phase, slot, epoch, data))
+        sql = query("slot_import")
+        return int(await self._termed(sql, move_id, phase, slot, epoch, data, term))
 
-    async def slot_own(self, slot: int, epoch: int, expected: str) -> Any:
+    async def slot_own(self, slot: int, epoch: int, expected: str, term: int) -> Any:
         """Own ``slot`` at ``epoch`` if its state here is ``expected``."""
-        return await self.db.fetchval(query("slot_own"), slot, epoch, expected)
+        return await self._termed(query("slot_own"), slot, epoch, expected, term)
 
-    async def slot_drop(self, slot: int) -> Any:
-        return await self.db.fetchval(query("slot_drop"), slot)
+    async def slot_drop(self, slot: int, term: int) -> Any:
+        return await self._termed(query("slot_drop"), slot, term)
+
+    async def _termed(self, sql: str, *args: Any) -> Any:
+        """A move call under a leader's term (the last argument)."""
+        try:
+            return await self.db.fetchval(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == "SF007":
+                raise StaleTermError(str(exc)) from None
+            raise
 
     async def slots_incoming(self) -> set[int]:
         return {r["slot"] for r in await self.db.fetch(query("slots_incoming"))}

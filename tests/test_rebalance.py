@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -27,6 +28,8 @@ from tests.background import RUNNING
 from tests.cluster_fixtures import SHARDS, SLOTS, LiveCluster
 from tests.conftest import ROOT, create_database
 from tests.waiting import until
+
+TERM = 1  # the leader's term that move calls carry
 
 
 async def _start_load(client: Client, n: int, prefix: str) -> list[str]:
@@ -125,7 +128,7 @@ async def test_grow_from_two_to_three_shards_under_load(growing: LiveCluster):
 
 
 def _spawn_coordinator(
-    cluster: LiveCluster, fault: str | None, name: str = ""
+    cluster: LiveCluster, fault: str | None, name: str = "", log: IO[bytes] | None = None
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SHARDFLOW_FAULTS", None)
@@ -145,11 +148,13 @@ def _spawn_coordinator(
             "0.05",
             "--name",
             name,
+            "--leader-lease",
+            "1",
         ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log,
     )
 
 
@@ -187,6 +192,60 @@ async def test_moves_resume_after_the_coordinator_dies_at_each_phase(
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+async def test_a_stalled_leader_is_replaced_and_changes_nothing_when_it_wakes(
+    growing: LiveCluster, tmp_path: Path
+):
+    """The leader stops itself (SIGSTOP) right after fencing a slot, keeping its session
+    and lock; the standby finds its lease run out, ends its session and finishes the
+    moves. Woken (SIGCONT), the old leader's next move call is refused by its stale term."""
+    client = await growing.add_router()
+    ids = await _start_load(client, 60, "wf")
+    await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+    await growing.start_executor("c2", app="tests.apps.crash")
+    await operations.rebalance(growing.catalog)
+    victim_log = tmp_path / "victim.log"
+    with victim_log.open("wb") as log:
+        victim = _spawn_coordinator(growing, "move_fenced=stop@2", "victim", log)
+    await until(
+        lambda: growing.catalog.pool.fetchval("SELECT owner = 'victim' FROM catalog.leader"),
+        what="the victim to lead",
+    )
+    standby = _spawn_coordinator(growing, None, "standby")
+    try:
+        await until(lambda: asyncio.to_thread(_stopped, victim.pid), what="the leader to stall")
+        await until(
+            lambda: growing.catalog.pool.fetchval("SELECT owner = 'standby' FROM catalog.leader"),
+            what="the standby to take over",
+        )
+        await until(lambda: _moves_done(growing), timeout=120, what="the standby to finish")
+        victim.send_signal(signal.SIGCONT)
+        await until(
+            lambda: asyncio.to_thread(
+                lambda: (
+                    "event=not_leader" in victim_log.read_text()
+                    or "event=lease_lost" in victim_log.read_text()
+                )
+            ),
+            what="the woken leader to find it no longer leads",
+        )
+        assert victim.poll() is None  # it goes on, as a standby
+        results = await asyncio.gather(*(client.result(w, timeout=120) for w in ids))
+        assert all(r["rows"] == 1 for r in results)
+        await _check_cluster(growing, ids)
+        owner = await growing.catalog.pool.fetchval("SELECT owner FROM catalog.leader")
+        assert owner == "standby"
+    finally:
+        for proc in (victim, standby):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            proc.wait()
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "T"
 
 
 async def test_drain_then_remove_and_refusals(growing: LiveCluster):
@@ -429,13 +488,15 @@ async def test_a_workflow_retried_after_the_precopy_moves_in_its_new_state(
         horizon = await source.fetchval(query("slot_precopy_horizon"))
         async with source.transaction(isolation="repeatable_read", readonly=True):
             precopy = await source.fetchval(query("slot_export"), slot, horizon, True)
-        assert await target.fetchval(query("slot_import"), 1, "precopy", slot, 0, precopy) == 3
+        assert (
+            await target.fetchval(query("slot_import"), 1, "precopy", slot, 0, precopy, TERM) == 3
+        )
 
         assert await client.retry(wid) == "pending"  # the source still serves the slot
         assert await client.result(wid, timeout=30) == {"first": "first", "attempts": 5}
-        await source.execute(query("slot_fence"), slot, 2)
+        await source.execute(query("slot_fence"), slot, 2, TERM)
         live = await source.fetchval(query("slot_export"), slot, horizon, False)
-        await target.fetchval(query("slot_import"), 1, "live", slot, 2, live)
+        await target.fetchval(query("slot_import"), 1, "live", slot, 2, live, TERM)
 
         moved = await target.fetch("SELECT * FROM shardflow.workflows WHERE id = $1", wid)
         assert [
@@ -519,11 +580,13 @@ async def test_a_slots_rows_arrive_on_the_target_as_they_were(dsn: str, pg: Post
         await source.execute("INSERT INTO shardflow.slots (slot, epoch) VALUES (7, 1)")
         horizon = await source.fetchval(query("slot_precopy_horizon"))
         precopy = await source.fetchval(query("slot_export"), 7, horizon, True)
-        assert await target.fetchval(imported, 1, "precopy", 7, 0, precopy) == 3  # done + steps
-        await source.execute(query("slot_fence"), 7, 2)
+        assert (
+            await target.fetchval(imported, 1, "precopy", 7, 0, precopy, TERM) == 3
+        )  # done + steps
+        await source.execute(query("slot_fence"), 7, 2, TERM)
         live = await source.fetchval(query("slot_export"), 7, horizon, False)
-        await target.fetchval(imported, 1, "live", 7, 2, live)
-        assert await target.fetchval(imported, 1, "live", 7, 2, live) == -1  # never twice
+        await target.fetchval(imported, 1, "live", 7, 2, live, TERM)
+        assert await target.fetchval(imported, 1, "live", 7, 2, live, TERM) == -1  # never twice
 
         await source.execute("DELETE FROM shardflow.workflows WHERE slot = 8")
         await source.execute("DELETE FROM moved_app WHERE slot = 8")

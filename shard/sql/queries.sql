@@ -368,19 +368,23 @@ SELECT 1;
 SELECT 1 FROM shardflow.registry WHERE name = $1;
 
 -- name: slot_fence
-SELECT shardflow.fence_slot($1, $2);
+SELECT shardflow.fence_slot($1, $2) WHERE shardflow.check_term($3);
 
 -- name: slot_export
 SELECT shardflow.export_slot($1, $2, $3)::text;
 
 -- name: slot_import
-SELECT shardflow.import_slot($1, $2, $3, $4, $5::jsonb);
+SELECT shardflow.import_slot($1, $2, $3, $4, $5::jsonb) WHERE shardflow.check_term($6);
 
 -- name: slot_own
-SELECT shardflow.own_slot($1, $2, $3);
+SELECT shardflow.own_slot($1, $2, $3) WHERE shardflow.check_term($4);
 
 -- name: slot_drop
-SELECT shardflow.drop_slot($1);
+SELECT shardflow.drop_slot($1) WHERE shardflow.check_term($2);
+
+-- name: leader_term
+-- A new leader's term, told to a shard before it acts on the shard's moves.
+SELECT shardflow.check_term($1);
 
 -- name: slots_incoming
 SELECT slot FROM shardflow.slots WHERE state = 'incoming';

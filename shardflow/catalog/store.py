@@ -161,9 +161,18 @@ class Catalog:
         """The leader's advisory lock, taken on a session of its own (``conn``)."""
         return bool(await conn.fetchval(q("leader_try_lock")))
 
-    async def leader_take(self, name: str) -> int:
-        """Record ``name`` as the leader; its new term."""
-        return int(await self.pool.fetchval(q("leader_take"), name))
+    async def leader_take(self, name: str, pid: int, lease: float) -> int:
+        """Record ``name`` as the leader (its lock held by backend ``pid``) with a lease of
+        ``lease`` seconds; its new term."""
+        return int(await self.pool.fetchval(q("leader_take"), name, pid, lease))
+
+    async def leader_renew(self, term: int, lease: float) -> bool:
+        """Extend the lease of ``term``; False when another term has taken over."""
+        return await self.pool.fetchval(q("leader_renew"), term, lease) is not None
+
+    async def leader_evict(self) -> bool:
+        """End the lock session of a leader whose lease ran out; True when one was ended."""
+        return bool(await self.pool.fetchval(q("leader_evict")))
 
     async def leader(self) -> asyncpg.Record | None:
         return await self.pool.fetchrow(q("leader_get"))

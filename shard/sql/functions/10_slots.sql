@@ -247,3 +247,24 @@ BEGIN
     RETURN v_rows;
 END
 $$;
+
+-- The leading coordinator's term, as this shard last heard it. Every move call carries its
+-- caller's term (the named queries slot_*), and one older than a term already heard is
+-- refused (SF007): a leader that stalled and woke after a successor took over changes
+-- nothing here. Locks the row, so two leaders' calls are ordered.
+CREATE OR REPLACE FUNCTION shardflow.check_term(p_term bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_seen bigint;
+BEGIN
+    INSERT INTO shardflow.settings AS s (key, value) VALUES ('leader_term', p_term::text)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+        WHERE s.value::bigint < excluded.value::bigint;
+    SELECT s.value::bigint INTO v_seen FROM shardflow.settings s WHERE s.key = 'leader_term';
+    IF v_seen > p_term THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF007', MESSAGE = format(
+            'leader term %s is stale: term %s has taken over', p_term, v_seen);
+    END IF;
+    RETURN true;
+END
+$$;

@@ -51,9 +51,28 @@ SELECT DISTINCT shard_id FROM catalog.registry;
 SELECT 1 FROM pg_database WHERE datname = $1;
 
 -- name: leader_take
--- A new leader: the next term, recorded with its owner.
-UPDATE catalog.leader SET term = term + 1, owner = $1, since = now() WHERE id = 1
+-- A new leader: the next term, recorded with its owner, the backend of its lock session
+-- ($2) and a lease of $3 seconds.
+UPDATE catalog.leader
+SET term = term + 1, owner = $1, since = now(), pid = $2,
+    lease_until = now() + make_interval(secs => $3)
+WHERE id = 1
 RETURNING term;
+
+-- name: leader_renew
+-- The leader of term $1 extends its lease by $2 seconds; no row: the term moved on.
+UPDATE catalog.leader SET lease_until = now() + make_interval(secs => $2)
+WHERE id = 1 AND term = $1
+RETURNING term;
+
+-- name: leader_evict
+-- A standby ends the session of a leader whose lease ran out while it still holds the
+-- lock (a stalled process): the lock goes with the session. True when one was ended.
+SELECT coalesce(bool_or(pg_terminate_backend(l.pid)), false)
+FROM catalog.leader c
+JOIN pg_locks l ON l.pid = c.pid AND l.locktype = 'advisory' AND l.granted
+               AND l.objid = (7358201949 % 4294967296)::oid
+WHERE c.id = 1 AND c.lease_until < now();
 
 -- name: leader_get
 SELECT term, owner, since FROM catalog.leader WHERE id = 1;
