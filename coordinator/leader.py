@@ -23,6 +23,7 @@ import asyncpg
 
 from shardflow.catalog import admin as operations
 from shardflow.catalog.store import Catalog
+from shardflow.coordinator.directory import DirectorySweeper
 from shardflow.coordinator.health import ShardProbe
 from shardflow.coordinator.limits import Limiter
 from shardflow.coordinator.moves import Mover, NotLeader
@@ -144,10 +145,12 @@ class Coordinator:
         )
         scheduler = Scheduler(catalog)
         limiter = Limiter(catalog)
+        self.sweeper = DirectorySweeper(catalog)
         try:
             await self._lead_with(mover, scheduler, limiter, catalog, lock, stop)
         finally:
             self.probe.close()
+            await self.sweeper.close()
             await mover.close()
             await scheduler.close()
             await limiter.close()
@@ -174,6 +177,7 @@ class Coordinator:
             if loop.time() >= next_health:
                 await self._check_health(catalog)
                 await mover.clean_rolled_back()
+                await self.sweeper.sweep()
                 next_health = loop.time() + self.settings.health_interval
             try:
                 done = await mover.run_all()

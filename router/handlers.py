@@ -14,11 +14,14 @@ from aiohttp import web
 
 from shardflow.catalog import admin as operations
 from shardflow.infra.errors import (
+    IdElsewhereError,
+    OverloadedError,
     ResultTimeoutError,
     ShardflowError,
     SlotMovedError,
     WorkflowNotFoundError,
 )
+from shardflow.router import directory
 from shardflow.router import requests as rq
 from shardflow.router.errors import HttpError
 from shardflow.router.view import ClusterView
@@ -58,11 +61,7 @@ async def start(request: web.Request) -> web.Response:
     body = rq.start_body(await rq.json_body(request))
     await check_known(view, body.workflow)
     req = _request(body)
-
-    async def call(shard: str, _: ShardClient) -> tuple[str, StartResult]:
-        return shard, await view.batchers[shard].start(req)
-
-    shard, result = await view.on_shard(req.routing_key or str(req.id), call)
+    shard, result = await _start_unique(view, req)
     if result.conflict:
         raise HttpError("conflict", f"workflow {result.id!r} exists with another name or input")
     doc = _start_doc(result, shard)
@@ -73,19 +72,54 @@ async def start(request: web.Request) -> web.Response:
     return web.json_response(doc, status=201 if result.created else 200)
 
 
+async def _start_unique(view: ClusterView, req: StartRequest) -> tuple[str, StartResult]:
+    """Start ``req`` where its ID is unique across the cluster (router/directory.py)."""
+    req = await directory.place(view, req)
+    for _ in range(directory.ATTEMPTS):
+
+        async def call(
+            shard: str, _: ShardClient, req: StartRequest = req
+        ) -> tuple[str, StartResult]:
+            return shard, await view.batchers[shard].start(req)
+
+        try:
+            return await view.on_shard(req.routing_key or str(req.id), call)
+        except IdElsewhereError:
+            req = await directory.resolve(view, req)
+    raise OverloadedError(f"workflow ID {req.id!r} is being started concurrently; retry")
+
+
 async def start_batch(request: web.Request) -> web.Response:
     view = view_of(request)
     items = rq.batch_body(await rq.json_body(request), view.settings.max_batch)
     out: list[dict[str, Any] | None] = [None] * len(items)
     by_shard: dict[str, list[tuple[int, StartRequest]]] = defaultdict(list)
+    requests: list[tuple[int, StartRequest]] = []
     for i, item in enumerate(items):
         try:
             body = rq.start_body(item, f"workflows[{i}]")
             await check_known(view, body.workflow)
-            req = _request(body)
-            by_shard[view.shard_for(req.routing_key or str(req.id))].append((i, req))
+            requests.append((i, _request(body)))
         except ShardflowError as exc:
             out[i] = {"error": {"code": exc.code, "message": exc.message}}
+
+    async def placed(i: int, req: StartRequest) -> None:
+        try:
+            req = await directory.place(view, req)
+        except ShardflowError as exc:
+            out[i] = {"error": {"code": exc.code, "message": exc.message}}
+            return
+        by_shard[view.shard_for(req.routing_key or str(req.id))].append((i, req))
+
+    # The first start of each ID goes in the batch; a repeat of an ID in the same batch
+    # waits for it, then is answered like any repeated start (existing, or a conflict).
+    seen: set[str] = set()
+    firsts: list[tuple[int, StartRequest]] = []
+    repeats: list[tuple[int, StartRequest]] = []
+    for i, req in requests:
+        (repeats if str(req.id) in seen else firsts).append((i, req))
+        seen.add(str(req.id))
+    await asyncio.gather(*(placed(i, req) for i, req in firsts))
 
     def record(i: int, shard: str, result: StartResult) -> None:
         if result.conflict:
@@ -97,11 +131,8 @@ async def start_batch(request: web.Request) -> web.Response:
             out[i] = {**_start_doc(result, shard), "created": result.created}
 
     async def one(i: int, req: StartRequest) -> None:
-        async def call(shard: str, _: ShardClient) -> tuple[str, StartResult]:
-            return shard, await view.batchers[shard].start(req)
-
         try:
-            shard, result = await view.on_shard(req.routing_key or str(req.id), call)
+            shard, result = await _start_unique(view, req)
         except ShardflowError as exc:
             out[i] = {"error": {"code": exc.code, "message": exc.message}}
             return
@@ -116,8 +147,8 @@ async def start_batch(request: web.Request) -> web.Response:
             return
         moved = []
         for (i, req), outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, SlotMovedError):
-                moved.append((i, req))  # started on its own, following the slot
+            if isinstance(outcome, SlotMovedError | IdElsewhereError):
+                moved.append((i, req))  # started on its own, following the slot or the ID
             elif isinstance(outcome, ShardflowError):
                 out[i] = {"error": {"code": outcome.code, "message": outcome.message}}
             else:
@@ -125,6 +156,8 @@ async def start_batch(request: web.Request) -> web.Response:
         await asyncio.gather(*(one(i, req) for i, req in moved))
 
     await asyncio.gather(*(one_shard(s, g) for s, g in by_shard.items()))
+    for i, req in repeats:
+        await one(i, req)
     return web.json_response({"results": out})
 
 

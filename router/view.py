@@ -180,6 +180,13 @@ class ClusterView:
         first = self.shard_for(routing_key or workflow_id)
         if await self.client(first).locate(workflow_id) is not None:
             return first
+        if routing_key is None:
+            # Placed by another key: the ID's home shard (first) names it in its directory.
+            holder = await self.client(first).directory_holder(workflow_id)
+            if holder is not None:
+                shard = self.shard_for(holder)
+                if await self.client(shard).locate(workflow_id) is not None:
+                    return shard
         others = [s for s in self.clients if s != first and self.map and s in self.map.shards]
         found = await asyncio.gather(
             *(self.client(s).locate(workflow_id) for s in others), return_exceptions=True

@@ -93,6 +93,19 @@ class ShardAdmin:
         """Define a SQL workflow; its version."""
         return str(await self.db.fetchval(query("define_workflow"), name, definition))
 
+    async def directory_stale(self, older_than: float, limit: int) -> list[tuple[str, str]]:
+        """Directory rows (ID, routing key) older than ``older_than`` seconds."""
+        rows = await self.db.fetch(query("directory_stale"), older_than, limit)
+        return [(r["id"], r["routing_key"]) for r in rows]
+
+    async def directory_forget(self, rows: Sequence[tuple[str, str]]) -> int:
+        """Remove directory rows (ID, routing key) whose workflow is gone."""
+        ids, keys = [i for i, _ in rows], [k for _, k in rows]
+        return len(await self.db.fetch(query("directory_forget"), ids, keys))
+
+    async def workflows_present(self, ids: Sequence[str]) -> set[str]:
+        return {r["id"] for r in await self.db.fetch(query("workflows_present"), list(ids))}
+
     async def workflow_state(self, workflow_id: str) -> str | None:
         state = await self.db.fetchval(query("workflow_state"), workflow_id)
         return None if state is None else str(state)

@@ -17,6 +17,7 @@ import asyncpg
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import (
     BadRequestError,
+    IdElsewhereError,
     InvalidWorkflowIdError,
     OverloadedError,
     SerializationError,
@@ -139,6 +140,10 @@ def start_problem(workflow_id: str, name: str, problem: str) -> ShardflowError:
         return UnknownWorkflowError(
             f"unknown workflow {name!r}: no executor of this shard has registered it"
         )
+    if problem == "id_elsewhere":
+        return IdElsewhereError(
+            f"workflow ID {workflow_id!r} is taken by a workflow placed by another routing key"
+        )
     if problem == "slot_moved":
         return SlotMovedError(
             f"the slot of workflow {workflow_id!r} is not owned by this shard (moved or "
@@ -257,6 +262,34 @@ class ShardClient:
         except Exception as exc:
             raise translate(exc) from exc
         return None if value is None else str(value)
+
+    # -- the directory: an ID's home shard knows where a workflow placed by another key is
+    async def directory_claim(self, workflow_id: str, routing_key: str) -> str:
+        """Reserve the ID (this is its home shard) for a workflow placed by
+        ``routing_key``; the routing key that holds the ID now (the ID itself: a workflow
+        of that ID lives here under its own key)."""
+        return str(await self._fetchval(query("directory_claim"), workflow_id, routing_key))
+
+    async def directory_holder(self, workflow_id: str) -> str | None:
+        """The routing key that placed the ID's workflow, when it is not the ID."""
+        value = await self._fetchval(query("directory_holder"), workflow_id)
+        return None if value is None else str(value)
+
+    async def directory_move(self, workflow_id: str, old: str, new: str, age: float) -> bool:
+        """Hand the ID's row from ``old`` to ``new`` if it is older than ``age`` seconds."""
+        sql = query("directory_move")
+        return bool(await self._fetchval(sql, workflow_id, old, new, age))
+
+    async def directory_release(self, workflow_id: str, old: str, age: float) -> bool:
+        """Drop the ID's row held by ``old`` if it is older than ``age`` seconds."""
+        sql = query("directory_release")
+        return await self._fetchval(sql, workflow_id, old, age) is not None
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        try:
+            return await self.pool.fetchval(sql, *args)
+        except Exception as exc:
+            raise translate(exc) from exc
 
     async def list_page(
         self,

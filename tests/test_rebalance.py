@@ -523,6 +523,7 @@ _COPIED = {
     "ORDER BY id",
     "ready": "SELECT * FROM shardflow.ready ORDER BY workflow_id",
     "app": "SELECT * FROM moved_app ORDER BY id",
+    "directory": "SELECT * FROM shardflow.directory ORDER BY id",
 }
 
 _SOURCE_ROWS = """
@@ -549,6 +550,8 @@ INSERT INTO shardflow.events (workflow_id, name, payload, dedup_id) VALUES
     ('asleep', 'stop', '[1]', NULL);
 INSERT INTO shardflow.ready (workflow_id, slot, run_at, priority)
     VALUES ('asleep', 7, now() + interval '1 hour', -3);
+INSERT INTO shardflow.directory (id, slot, routing_key) VALUES
+    ('placed-elsewhere', 7, 'a key'), ('home-elsewhere', 8, 'another key');
 CREATE TABLE moved_app (id serial PRIMARY KEY, slot integer, body jsonb, note text);
 SELECT shardflow.colocate('moved_app', 'slot');
 INSERT INTO moved_app (slot, body, note) VALUES (7, '{"k": [null]}', 'tab\tnewline\n'),
@@ -590,6 +593,7 @@ async def test_a_slots_rows_arrive_on_the_target_as_they_were(dsn: str, pg: Post
 
         await source.execute("DELETE FROM shardflow.workflows WHERE slot = 8")
         await source.execute("DELETE FROM moved_app WHERE slot = 8")
+        await source.execute("DELETE FROM shardflow.directory WHERE slot = 8")
         for table, sql in _COPIED.items():
             want, got = await source.fetch(sql), await target.fetch(sql)
             assert [_json_null(r) for r in got] == [_json_null(r) for r in want], table

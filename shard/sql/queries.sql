@@ -435,3 +435,37 @@ WHERE NOT (name || ' ' || version = ANY ($1::text[]));
 
 -- name: define_workflow
 SELECT shardflow.define_workflow($1, $2::jsonb);
+
+-- name: directory_claim
+SELECT shardflow.directory_claim($1, $2);
+
+-- name: directory_holder
+-- The routing key that placed workflow $1, when it is not the ID (NULL: no row here).
+SELECT routing_key FROM shardflow.directory WHERE id = $1;
+
+-- name: directory_move
+SELECT shardflow.directory_move($1, $2, $3, $4);
+
+-- name: directory_release
+-- Forget the row of ID $1 held by routing key $2 (no workflow was found under it), once
+-- it is older than $3 seconds.
+DELETE FROM shardflow.directory
+WHERE id = $1 AND routing_key = $2 AND created_at < now() - make_interval(secs => $3)
+RETURNING id;
+
+-- name: directory_stale
+-- For the coordinator's sweep: rows older than $1 seconds (their start has had time to
+-- land), oldest first, up to $2.
+SELECT id, routing_key FROM shardflow.directory
+WHERE created_at < now() - make_interval(secs => $1)
+ORDER BY created_at LIMIT $2;
+
+-- name: directory_forget
+-- Remove the rows (ID, routing key) given pairwise, if unchanged.
+DELETE FROM shardflow.directory d USING unnest($1::text[], $2::text[]) AS g(id, key)
+WHERE d.id = g.id AND d.routing_key = g.key
+RETURNING d.id;
+
+-- name: workflows_present
+-- Which of the IDs $1 this shard holds.
+SELECT id FROM shardflow.workflows WHERE id = ANY ($1::text[]);

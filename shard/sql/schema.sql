@@ -171,3 +171,14 @@ CREATE TABLE shardflow.colocated (
     table_name text PRIMARY KEY,
     slot_column text NOT NULL
 );
+
+-- Where a workflow placed by a routing key other than its ID lives: one row on the ID's
+-- home shard (slot_of(id)); it keeps the ID unique across the cluster.
+CREATE TABLE shardflow.directory (
+    id text PRIMARY KEY,
+    slot integer NOT NULL,
+    routing_key text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX directory_slot ON shardflow.directory (slot);
+CREATE INDEX directory_created ON shardflow.directory (created_at);

@@ -59,6 +59,13 @@ class SlotMovedError(ShardflowError):
     code = "slot_moved"
 
 
+class IdElsewhereError(ShardflowError):
+    """A start under an ID that a workflow placed by another routing key holds: the router
+    looks it up there (the directory) and answers as for any repeated start."""
+
+    code = "id_elsewhere"
+
+
 class BadRequestError(ShardflowError):
     code = "bad_request"
 

@@ -114,6 +114,9 @@ BEGIN
         'ready', (SELECT coalesce(json_agg(q), '[]') FROM shardflow.ready q
                   WHERE q.workflow_id = ANY (v_ids)),
         'registry', (SELECT coalesce(json_agg(g), '[]') FROM shardflow.registry g),
+        -- the directory rows of IDs whose home is this slot: with the live copy
+        'directory', (SELECT coalesce(json_agg(d), '[]') FROM shardflow.directory d
+                      WHERE NOT p_finished AND d.slot = p_slot),
         'colocated', (SELECT coalesce(json_object_agg(n, t), '{}')
                       FROM unnest(v_names, v_tables) AS c(n, t)));
 END
@@ -190,6 +193,11 @@ BEGIN
     SELECT * FROM jsonb_populate_recordset(NULL::shardflow.registry,
                                            coalesce(p_data -> 'registry', '[]'))
     ON CONFLICT (name, version) DO NOTHING;
+    INSERT INTO shardflow.directory
+    SELECT * FROM jsonb_populate_recordset(NULL::shardflow.directory,
+                                           coalesce(p_data -> 'directory', '[]'))
+    ON CONFLICT (id) DO NOTHING;
+    GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
     FOR r IN SELECT key, value FROM jsonb_each(coalesce(p_data -> 'colocated', '{}')) LOOP
         EXECUTE format('INSERT INTO %s SELECT * FROM jsonb_populate_recordset(NULL::%s, $1)',
                        r.key::regclass, r.key::regclass) USING r.value;
@@ -233,6 +241,7 @@ BEGIN
     -- incoming on the target of a rolled-back move): its IDs now are all there are.
     v_rows := shardflow.delete_workflows(v_ids);
     DELETE FROM shardflow.ready WHERE slot = p_slot;  -- entries whose workflow is gone
+    DELETE FROM shardflow.directory WHERE slot = p_slot;
     FOR r IN SELECT table_name, slot_column FROM shardflow.colocated LOOP
         EXECUTE format('DELETE FROM %s WHERE %I = $1', r.table_name::regclass, r.slot_column)
             USING p_slot;

@@ -27,6 +27,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'SF002', MESSAGE = format(
             '%s of %s: it must be 1 to 200 characters without control characters',
             replace(p_problem, '_', ' '), coalesce(quote_literal(left(p_id, 40)), 'NULL'));
+    ELSIF p_problem = 'id_elsewhere' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SF003', MESSAGE = format(
+            'workflow ID %s is taken by a workflow placed by another routing key',
+            quote_literal(p_id));
     ELSIF p_problem = 'slot_moved' THEN
         RAISE EXCEPTION USING ERRCODE = 'SF006', MESSAGE = format(
             'the slot of workflow %s is not owned by this shard (moved or moving); '
@@ -123,7 +127,10 @@ BEGIN
     ), checked AS (
         SELECT k.*, coalesce(k.problem, CASE WHEN EXISTS (SELECT 1 FROM shardflow.slots)
             AND k.slot NOT IN (SELECT o.slot FROM owned o)
-            THEN 'slot_moved' END) AS issue
+            THEN 'slot_moved'
+            WHEN k.key = k.id AND EXISTS (SELECT 1 FROM shardflow.directory d
+                                          WHERE d.id = k.id AND d.routing_key <> k.id)
+            THEN 'id_elsewhere' END) AS issue
         FROM keyed k
     ), takers AS MATERIALIZED (
         -- Executors taking hand-offs now, but none holding kinds that are due in the
@@ -231,6 +238,9 @@ BEGIN
         FOR SHARE;
         IF NOT FOUND AND EXISTS (SELECT FROM shardflow.slots) THEN
             problem := 'slot_moved';
+        ELSIF v_key = p_id AND EXISTS (SELECT FROM shardflow.directory d
+                                       WHERE d.id = p_id AND d.routing_key <> p_id) THEN
+            problem := 'id_elsewhere';  -- read after the slot lock: see directory_claim
         END IF;
     END IF;
     IF problem IS NULL THEN
