@@ -64,10 +64,12 @@ class Dev:
         env: dict[str, str] | None = None,
         app: str = "tests.apps.basic",
         workflow: str = "w3",
+        shards: int = 2,
     ) -> None:
         self.data = data
         self.extra = list(extra)
         self.python, self.cwd, self.app, self.workflow = python, cwd, app, workflow
+        self.shards = shards
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)} if env is None else env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -90,7 +92,7 @@ class Dev:
                 "shardflow",
                 "dev",
                 "--shards",
-                "2",
+                str(self.shards),
                 "--slots",
                 "32",
                 "--app",
@@ -119,7 +121,7 @@ class Dev:
                 if (
                     code == 200
                     and self.workflow in doc["workflows"]
-                    and len(doc["shards"]) == 2
+                    and len(doc["shards"]) == self.shards
                     and self.banners() > ready_before
                 ):
                     return

@@ -112,6 +112,7 @@ class DevCluster:
         self.router_urls: list[str] = []
         self.prometheus_url = ""
         self.admin_token = ""
+        self._server_watch: dict[str, Child] = {}
 
     @property
     def admin_token_file(self) -> Path:
@@ -331,8 +332,9 @@ class DevCluster:
             )
 
     async def supervise(self, stop: asyncio.Event) -> None:
-        """Restart crashed children until ``stop`` is set."""
+        """Restart crashed children, and crashed Postgres servers, until ``stop`` is set."""
         while not stop.is_set():
+            await self._supervise_servers(stop)
             exited = [c for c in self.children if c.process and c.process.poll() is not None]
             if exited:
                 # A SIGTERM sent to the whole group reaches the children and us together:
@@ -361,6 +363,39 @@ class DevCluster:
                 self._spawn(child)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def _supervise_servers(self, stop: asyncio.Event) -> None:
+        """A server that exited (a killed postmaster) is reaped at once, so its pid is
+        gone and nothing blocks its next start, then restarted with the children's
+        backoff. Meanwhile the routers answer 503 for its slots; its orphaned backends
+        exit on their own when they notice the postmaster died, which the retries wait out."""
+        now = time.monotonic()
+        for name, server in list(self.pg.servers.items()):
+            if server.process is None or server.process.poll() is None:
+                continue
+            watch = self._server_watch.setdefault(name, Child(name, []))
+            if watch.retry_at is None:
+                stable = now - watch.started_at >= STABLE_SECONDS
+                watch.crashes = 0 if stable else watch.crashes + 1
+                watch.retry_at = now + restart_delay(watch.crashes)
+                log.warning(
+                    "event=server_exited server=%s code=%s restart_in=%.1fs",
+                    name,
+                    server.process.returncode,
+                    watch.retry_at - now,
+                )
+            if now < watch.retry_at or self.stopping or stop.is_set():
+                continue
+            watch.retry_at = None
+            watch.started_at = now
+            try:
+                restarted = self.pg.start_one(name)
+                await asyncio.to_thread(self.pg.wait_ready, restarted, 30.0)
+            except LauncherError as exc:
+                log.warning("event=server_restart_failed server=%s error=%r", name, exc)
+                continue
+            watch.restarts += 1
+            log.info("event=server_restarted server=%s port=%d", name, restarted.port)
 
     def stop(self) -> None:
         self.stopping = True

@@ -1,0 +1,56 @@
+"""SIGKILL of one shard's Postgres postmaster: `shardflow dev` reaps and restarts it;
+meanwhile its slots answer 503 with Retry-After and the other shards go on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import urllib.error
+import urllib.request
+from typing import Any
+
+from tests.faults.conftest import FaultCluster, alive, key_on
+from tests.faults.workload import Workload, check_effects, no_internal_errors
+from tests.waiting import until
+
+W3 = {"order_id": 1, "amount": 1.0, "pad": "x"}
+
+
+def _start(dev: FaultCluster, wid: str) -> tuple[int, Any, str | None]:
+    """A start with no retry: its status, body and Retry-After."""
+    body = json.dumps({"workflow": "w3", "input": W3, "id": wid}).encode()
+    req = urllib.request.Request(
+        dev.url + "/v1/workflows", data=body, method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers.get("Retry-After")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers.get("Retry-After")
+
+
+async def test_a_killed_postmaster_is_restarted_and_nothing_is_lost(fault_dev: FaultCluster):
+    load = Workload(fault_dev.url, "pm")
+    await load.start(rounds=6)
+    victim = fault_dev.postmaster("shard1")
+    os.kill(victim, signal.SIGKILL)
+    down = await key_on(fault_dev, "shard1", "down")
+    up = await key_on(fault_dev, "shard0", "up")
+    status, body, retry_after = await asyncio.to_thread(_start, fault_dev, down)
+    assert (status, body["error"]["code"], retry_after) == (503, "shard_unavailable", "1"), body
+    status, _, _ = await asyncio.to_thread(_start, fault_dev, up)
+    assert status == 201  # the other shards go on
+    await until(lambda: asyncio.to_thread(lambda: not alive(victim)), what="the postmaster reaped")
+    await until(
+        lambda: asyncio.to_thread(lambda: _start(fault_dev, down)[0] in (200, 201)),
+        timeout=60,
+        what="the shard back",
+    )
+    await load.decide()
+    await load.finish()
+    await check_effects(fault_dev.dsns(), [load])
+    no_internal_errors(fault_dev.data / "logs")
+    assert "event=server_restarted server=shard1" in (fault_dev.data / "dev.out").read_text()
