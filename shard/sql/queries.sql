@@ -252,10 +252,14 @@ SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fe
 SELECT id, cancel_requested, notified FROM shardflow.flush_one($1::json);
 
 -- name: workflow_lock_for_step
--- Fence a transactional step: lock the workflow row under the lease epoch.
+-- Fence a transactional step: lock the workflow row under the lease epoch, unless the
+-- step at this position is recorded already (a commit whose answer was lost, then the
+-- same run trying again: its effects must not apply twice).
 -- The workflow's slot and ID are set for the transaction: app tables can default to them.
-UPDATE shardflow.workflows SET next_seq = greatest(next_seq, $3 + 1), updated_at = now()
-WHERE id = $1 AND lease_epoch = $2 AND status = 'running'
+UPDATE shardflow.workflows w SET next_seq = greatest(w.next_seq, $3 + 1), updated_at = now()
+WHERE w.id = $1 AND w.lease_epoch = $2 AND w.status = 'running'
+  AND NOT EXISTS (SELECT FROM shardflow.steps s
+                  WHERE s.workflow_id = $1 AND s.seq = $3 AND s.status <> 'retrying')
 RETURNING cancel_requested, set_config('shardflow.slot', slot::text, true) AS slot,
           set_config('shardflow.workflow_id', id, true) AS workflow_id;
 

@@ -153,7 +153,7 @@ CREATE TABLE shardflow.slots (
     slot integer PRIMARY KEY,
     epoch bigint NOT NULL,
     state text NOT NULL DEFAULT 'owned',
-    CONSTRAINT slots_state_check CHECK (state IN ('owned', 'moving', 'incoming'))
+    CONSTRAINT slots_state_check CHECK (state IN ('owned', 'moving', 'incoming', 'gone'))
 );
 
 -- Each slot-move copy applied on this shard, so a retried copy never doubles rows.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,3 +86,26 @@ async def key_on(dev: FaultCluster, shard: str, prefix: str) -> str:
     while slots[slot_of(f"{prefix}-{i}", len(slots))] != shard:
         i += 1
     return f"{prefix}-{i}"
+
+
+async def catalog_value(dev: FaultCluster, sql: str) -> object:
+    import asyncpg
+
+    conn = await asyncpg.connect(dev.shard_dsn("catalog"))
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+LIVE_MOVES = "SELECT count(*) FROM catalog.moves WHERE phase NOT IN ('done', 'rolled_back')"
+
+
+async def drain(dev: FaultCluster, shard: str) -> None:
+    """Ask the cluster to move every slot off ``shard`` (the admin API, as an operator)."""
+    from tests.test_dev import request
+
+    code, doc = await asyncio.to_thread(
+        request, f"{dev.url}/v1/cluster/shards/{shard}/drain", "POST", None, 30, dev.admin_token()
+    )
+    assert code == 202 and doc["moves"] > 0, doc

@@ -94,14 +94,16 @@ async def check_effects(shard_dsns: list[str], workloads: list[Workload]) -> Non
     rows: Counter[str] = Counter()
     charges: Counter[tuple[str, str]] = Counter()
     events: Counter[str] = Counter()
+    where: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for dsn in shard_dsns:
         conn = await asyncpg.connect(dsn)
         try:
             for r in await conn.fetch("SELECT workflow_id FROM app_rows"):
                 rows[r["workflow_id"]] += 1
             try:
-                for r in await conn.fetch("SELECT order_id, kind FROM demo_charges"):
+                for r in await conn.fetch("SELECT order_id, kind, at FROM demo_charges"):
                     charges[(r["order_id"], r["kind"])] += 1
+                    where.setdefault((r["order_id"], r["kind"]), []).append((dsn, str(r["at"])))
             except asyncpg.UndefinedTableError:
                 pass
             sql = "SELECT workflow_id FROM shardflow.events WHERE name = 'approved'"
@@ -115,7 +117,7 @@ async def check_effects(shard_dsns: list[str], workloads: list[Workload]) -> Non
                 assert rows[wid] == 1, (wid, rows[wid])
             if kind in ("approved", "refused"):
                 assert events[wid] == 1, (wid, events[wid])
-                assert charges[(wid, "charge")] == 1, (wid, charges)
+                assert charges[(wid, "charge")] == 1, (wid, where.get((wid, "charge")))
                 assert charges[(wid, "refund")] == (kind == "refused"), (wid, charges)
 
 

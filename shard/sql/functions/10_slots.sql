@@ -247,7 +247,8 @@ BEGIN
             USING p_slot;
         GET DIAGNOSTICS v_n = ROW_COUNT; v_rows := v_rows + v_n;
     END LOOP;
-    DELETE FROM shardflow.slots WHERE slot = p_slot;
+    -- Kept as 'gone': a shard drained of every slot is not a standalone shard (see 0019).
+    UPDATE shardflow.slots SET state = 'gone' WHERE slot = p_slot;
     -- Routers waiting here for a workflow of the slot read its outcome back, find it gone
     -- and follow it to the slot's new shard (at once, not at their next periodic check).
     IF cardinality(v_ids) > 0 THEN
