@@ -109,3 +109,12 @@ async def always_failing(workflow_id: str) -> None:
 @workflow(name="retries_across_crashes")
 async def retries_across_crashes(ctx: Context, inp: Any) -> None:
     await always_failing(ctx.workflow_id)
+
+
+@workflow(name="slow_append")
+async def slow_append(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
+    """A long step first (so an executor holds the lease when a fault comes), then an
+    append to app_rows in the step's transaction."""
+    await pause(inp["seconds"])
+    rows = await insert_app_row(ctx.workflow_id)
+    return {"rows": rows}
