@@ -268,9 +268,8 @@ async def rebalance(args: argparse.Namespace) -> int:
             print(f"after the move, 3 shards: {brief(after)}", flush=True)
             pauses = sorted(
                 float(r["pause_ms"])
-                for r in await catalog.pool.fetch(
-                    "SELECT pause_ms FROM catalog.moves WHERE phase = 'done'"
-                )
+                for r in await catalog.moves_recent(1_000_000)
+                if r["phase"] == "done" and r["pause_ms"] is not None
             )
             counts = await _ids_per_shard(catalog)
         finally:

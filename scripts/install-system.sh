@@ -16,6 +16,7 @@ if [ "$WHAT" = "all" ]; then
   command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
   command -v haproxy >/dev/null || need+=(haproxy)
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+  command -v ip >/dev/null || need+=(iproute2)  # the fault suite's network namespaces
 fi
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0

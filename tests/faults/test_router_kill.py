@@ -13,7 +13,13 @@ import pytest
 from examples.bench import make_input
 from shardflow.router.client import Client
 from tests.faults.conftest import FaultCluster, alive
-from tests.faults.workload import BACKOFF, RETRIES, no_internal_errors
+from tests.faults.workload import (
+    BACKOFF,
+    RETRIES,
+    Workload,
+    check_effects,
+    no_internal_errors,
+)
 from tests.waiting import until
 
 STARTS = 120
@@ -29,7 +35,8 @@ async def test_routers_killed_behind_haproxy_run_each_start_once(fault_dev: Faul
             assert out["reserved"] == i
             done.append(f"rk-{i}")
 
-        runs = asyncio.gather(*(run(i) for i in range(STARTS)))
+        load = Workload(fault_dev.url, "rkmix")  # the mixed workload, through the kills too
+        runs = asyncio.gather(*(run(i) for i in range(STARTS)), load.start(rounds=4))
         for kill in range(2):  # each router once, the second after the first came back
 
             async def progress(k: int = kill) -> bool:
@@ -58,4 +65,7 @@ async def test_routers_killed_behind_haproxy_run_each_start_once(fault_dev: Faul
             await conn.close()
     assert total == STARTS
     assert "child_exited child=router-" in (fault_dev.data / "dev.out").read_text()
+    await load.decide()
+    await load.finish()
+    await check_effects(fault_dev.dsns(), [load])
     no_internal_errors(fault_dev.data / "logs")
