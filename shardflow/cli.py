@@ -179,6 +179,12 @@ async def _cluster(args: argparse.Namespace) -> int:
     return await run_cluster_command(args)
 
 
+async def _workflow(args: argparse.Namespace) -> int:
+    from shardflow.workflow_cli import run_workflow_command
+
+    return await run_workflow_command(args)
+
+
 async def _migrate(args: argparse.Namespace) -> int:
 
     from shardflow.shard.migrate import migrate
@@ -279,8 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_coordinator)
     add_cluster_parser(sub, _cluster)
 
+    from shardflow.workflow_cli import add_workflow_parser
+
+    add_workflow_parser(sub, _workflow)
+
     p = sub.add_parser("migrate", help="create or upgrade the schema of a shard")
-    p.add_argument("--dsn", required=True)
+    p.add_argument(
+        "--dsn",
+        default=os.environ.get("SHARDFLOW_DSN"),
+        required="SHARDFLOW_DSN" not in os.environ,
+        help="the shard's DSN (default: $SHARDFLOW_DSN, which keeps passwords off the "
+        "command line)",
+    )
     p.set_defaults(handler=_migrate)
 
     p = sub.add_parser(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ console = Console()
 
 def add_cluster_parser(sub: Any, handler: Callable[..., Any]) -> None:
     p = sub.add_parser("cluster", help="membership, rebalancing, status, schema upgrades")
-    p.add_argument("--catalog", required=True, help="DSN of the cluster catalog")
+    p.add_argument(
+        "--catalog",
+        default=os.environ.get("SHARDFLOW_CATALOG"),
+        required="SHARDFLOW_CATALOG" not in os.environ,
+        help="DSN of the cluster catalog (default: $SHARDFLOW_CATALOG, which keeps passwords "
+        "off the command line)",
+    )
     which = p.add_subparsers(dest="action", required=True)
     i = which.add_parser(
         "init", help="create the catalog and its first shards, slots spread (idempotent)"
