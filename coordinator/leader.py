@@ -146,9 +146,16 @@ class Coordinator:
         scheduler = Scheduler(catalog)
         limiter = Limiter(catalog)
         self.sweeper = DirectorySweeper(catalog)
+        work = asyncio.ensure_future(
+            self._lead_with(mover, scheduler, limiter, catalog, lock, stop)
+        )
+        lease = asyncio.ensure_future(self._keep_lease(catalog))
         try:
-            await self._lead_with(mover, scheduler, limiter, catalog, lock, stop)
+            await asyncio.wait({work, lease}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (work, lease):
+                task.cancel()
+            await asyncio.gather(work, lease, return_exceptions=True)
             self.probe.close()
             await self.sweeper.close()
             await mover.close()
@@ -169,8 +176,8 @@ class Coordinator:
         while not stop.is_set():
             if lock.is_closed():
                 return
-            # Renewed before each round of work: a leader that was stopped past its lease
-            # finds out here, before it acts, that another took over.
+            # Renewed before each round of work too: a leader that was stopped past its
+            # lease finds out here, before it acts, that another took over.
             if not await catalog.leader_renew(self.term, self.settings.leader_lease):
                 log.warning("event=lease_lost name=%s term=%d", self.name, self.term)
                 return
@@ -200,6 +207,16 @@ class Coordinator:
                 self.metrics.schedule_ticks.labels("skipped").set(scheduler.skipped)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.move_interval)
+
+    async def _keep_lease(self, catalog: Catalog) -> None:
+        """Renew the term's lease three times per lease while the leader works, however
+        long one round of work takes (a move waiting out a shard's outage); returns when
+        another term took over."""
+        while True:
+            if not await catalog.leader_renew(self.term, self.settings.leader_lease):
+                break
+            await asyncio.sleep(self.settings.leader_lease / 3)
+        log.warning("event=lease_lost name=%s term=%d", self.name, self.term)
 
     def _export(self, shard_id: str, stats: ShardStats) -> None:
         m = self.metrics

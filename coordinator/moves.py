@@ -217,12 +217,17 @@ class Mover:
         )
         if move.phase == "planned":
             before, data = await self._precopy_export(move)
-            rows = await self._retrying(
-                move,
-                "precopy import",
-                move.target,
-                lambda shard: shard.slot_import(move.id, "precopy", move.slot, 0, data, term),
-            )
+            try:
+                rows = await self._retrying(
+                    move,
+                    "precopy import",
+                    move.target,
+                    lambda shard: shard.slot_import(move.id, "precopy", move.slot, 0, data, term),
+                    give_up=self.rollback_after,
+                )
+            except GaveUp:
+                await self._roll_back(move)  # nothing fenced yet: the source serves on
+                return
             await self._advance(move, "precopied", precopy_before=before, rows=max(0, rows))
             move.precopy_before = before
             await self.rate.spend(rows)  # the slot is still served: waiting costs nothing
@@ -304,9 +309,11 @@ class Mover:
 
     async def _roll_back(self, move: MoveRow) -> None:
         """The target stayed down before the copy landed: A serves the slot again."""
-        assert move.epoch is not None
-        epoch, term = move.epoch, self.term
         await self._advance(move, "rolled_back", error="target unreachable: rolled back")
+        if move.epoch is None:  # rolled back before the fence: the source never stopped
+            log.warning("event=move_rolled_back move=%d slot=%d", move.id, move.slot)
+            return
+        epoch, term = move.epoch, self.term
         await self._retrying(
             move,
             "unfence",

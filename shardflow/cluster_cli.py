@@ -67,21 +67,23 @@ async def run_cluster_command(args: argparse.Namespace) -> int:
             await catalog.add_shard(args.id, args.dsn)
             console.print(f"added shard {args.id} (no slots yet: run `cluster rebalance`)")
         elif args.action == "drain-shard":
+            after = await _last_move(catalog)
             moves = await operations.drain(catalog, args.id)
             console.print(f"draining {args.id}: {moves} slot moves queued")
             if args.wait:
-                await follow(catalog, moves)
+                return await follow(catalog, moves, after)
         elif args.action == "remove-shard":
             await operations.remove(catalog, args.id)
             console.print(f"removed shard {args.id}")
         elif args.action == "rebalance":
+            after = await _last_move(catalog)
             moves = await operations.rebalance(catalog)
             console.print(f"{moves} slot moves queued")
             if args.wait and moves:
-                await follow(catalog, moves)
+                return await follow(catalog, moves, after)
         elif args.action == "watch":
             live = len((await operations.status(catalog))["moves"])
-            await follow(catalog, live)
+            return await follow(catalog, live, await _last_move(catalog) - live)
         elif args.action == "migrate":
             await upgrade(catalog)
         elif args.action == "define-workflow":
@@ -108,8 +110,18 @@ def _shard_pairs(values: list[str]) -> dict[str, str]:
     return pairs
 
 
-async def follow(catalog: Catalog, total: int) -> None:
-    """A progress bar over the moves in progress (slots moved / total, ETA)."""
+async def _last_move(catalog: Catalog) -> int:
+    recent = await catalog.moves_recent(1)
+    return int(recent[0]["id"]) if recent else 0
+
+
+# How `cluster ... --wait` ends: all moved; some rolled back; no coordinator leads.
+ROLLED_BACK, NO_LEADER = 1, 3
+
+
+async def follow(catalog: Catalog, total: int, after: int) -> int:
+    """A progress bar over the moves in progress (slots moved / total, ETA), then what
+    became of the moves queued after move ``after``: the exit code (0 when all moved)."""
     with Progress(
         TextColumn("slots moved"),
         BarColumn(),
@@ -120,14 +132,32 @@ async def follow(catalog: Catalog, total: int) -> None:
     ) as progress:
         task = progress.add_task("moves", total=total, note="")
         while True:
-            live = (await operations.status(catalog))["moves"]
+            status = await operations.status(catalog)
+            live = status["moves"]
             note = f"moving slot {live[0]['slot']} ({live[0]['phase']})" if live else ""
             if live and live[0]["error"]:
                 note += f" — {live[0]['error']}"
             progress.update(task, completed=total - len(live), note=note)
             if not live:
-                return
+                break
+            if status["leader"] is None:
+                progress.stop()
+                console.print(
+                    f"no coordinator leads: {len(live)} moves wait for one "
+                    "(start `shardflow coordinator`, then `shardflow cluster watch`)"
+                )
+                return NO_LEADER
             await asyncio.sleep(0.3)
+    ours = [m for m in await catalog.moves_recent(max(total, 1) * 2 + 10) if m["id"] > after]
+    rolled = sorted(m["slot"] for m in ours if m["phase"] == "rolled_back")
+    if rolled:
+        console.print(
+            f"{len(rolled)} moves rolled back (their target was unreachable), slots "
+            f"{', '.join(map(str, rolled))}: run `cluster rebalance` again"
+        )
+        return ROLLED_BACK
+    console.print("every slot moved")
+    return 0
 
 
 async def upgrade(catalog: Catalog) -> None:

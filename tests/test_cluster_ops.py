@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +17,7 @@ from shardflow.infra.errors import SettingsError
 from shardflow.shard.executor import Executor
 from shardflow.shard.sdk import Registry
 from tests.cluster_fixtures import LiveCluster
-from tests.conftest import settings_for
+from tests.conftest import ROOT, settings_for
 from tests.test_rebalance import _moves_done, _run_coordinator
 from tests.waiting import until
 
@@ -128,3 +131,31 @@ async def test_a_router_open_beyond_loopback_warns(
     caplog.set_level("WARNING", "shardflow.router")
     await growing.add_router(host="0.0.0.0")
     assert "event=router_unauthenticated" in caplog.text
+
+
+def _cluster_cli(catalog: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHARDFLOW_CATALOG": catalog}
+    return subprocess.run(
+        [sys.executable, "-m", "shardflow", "cluster", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_rebalance_wait_says_when_no_leader_runs_and_when_moves_roll_back(
+    growing: LiveCluster,
+):
+    """`cluster rebalance --wait` (the catalog from SHARDFLOW_CATALOG) stops with a clear
+    message when no coordinator leads, and reports rolled-back moves with a non-zero exit."""
+    await growing.catalog.add_shard("c2", growing.shard_dsns["c2"])
+    done = await asyncio.to_thread(_cluster_cli, growing.catalog_dsn, "rebalance", "--wait")
+    assert done.returncode == 3 and "no coordinator leads" in done.stdout, done.stdout
+    # The target becomes unreachable: the coordinator rolls the moves back.
+    await growing.catalog.set_dsn("c2", "postgresql://postgres@127.0.0.1:9/nowhere")
+    stop = asyncio.Event()
+    await _run_coordinator(growing, stop)
+    done = await asyncio.to_thread(_cluster_cli, growing.catalog_dsn, "watch")
+    assert done.returncode == 1 and "rolled back" in done.stdout, done.stdout
+    stop.set()

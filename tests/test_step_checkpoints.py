@@ -138,6 +138,11 @@ async def test_a_retry_after_a_recovery_limit_keeps_the_checkpointed_steps(
     store = ShardStore(client.pool)
     (lost,) = await started_and_claimed(client, store, 1, owner="gone-executor")
     assert await store.checkpoint_flush([steps_done(lost, 0, 1)]) == ({lost.id: False}, [])
+    # Past the limit the workflow is queued for a run that fails it with its
+    # compensations; that run lost too, it is failed here.
+    assert await store.reclaim_dead("me", 0) == 1
+    (again,) = await store.workflow_claim_batch(ClaimRequest("gone-again", 1, 30.0))
+    assert again.id == lost.id
     assert await store.reclaim_dead("me", 0) == 1
     assert (await client.status(lost.id))["status"] == "failed"
     assert await client.retry(lost.id) == "pending"

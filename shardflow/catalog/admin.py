@@ -72,7 +72,7 @@ async def status(catalog: Catalog) -> dict[str, Any]:
             for s in smap.shards.values()
         ],
         "leader": None
-        if leader is None or leader["owner"] is None
+        if leader is None or leader["owner"] is None or leader["expired"]
         else {
             "owner": leader["owner"],
             "term": leader["term"],

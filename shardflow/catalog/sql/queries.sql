@@ -75,7 +75,10 @@ JOIN pg_locks l ON l.pid = c.pid AND l.locktype = 'advisory' AND l.granted
 WHERE c.id = 1 AND c.lease_until < now();
 
 -- name: leader_get
-SELECT term, owner, since FROM catalog.leader WHERE id = 1;
+-- expired: the lease ran out more than 5 s ago (a standby would have taken over by then).
+SELECT term, owner, since, lease_until,
+       coalesce(lease_until < now() - interval '5 seconds', true) AS expired
+FROM catalog.leader WHERE id = 1;
 
 -- name: leader_try_lock
 SELECT pg_try_advisory_lock(7358201949);
