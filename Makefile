@@ -7,7 +7,7 @@ PACKAGES := -p shardflow -p loadtests -m examples.typed
 STAMP := $(VENV)/.installed
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: run test install install-runtime lint typecheck pytest bench clean
+.PHONY: run test install install-runtime lint typecheck pytest bench screenshots clean
 
 run: install-runtime
 	$(BIN)/shardflow dev --shards 3 --app examples.bench --app examples.orders --demo 3000
@@ -44,6 +44,10 @@ typecheck:
 
 pytest:
 	$(BIN)/pytest -q
+
+# The console's screenshots in docs/ui/ (docs/ui.md shows them), from its browser test.
+screenshots: install
+	SHARDFLOW_SCREENSHOTS=$(CURDIR)/docs/ui $(BIN)/pytest -q tests/test_console.py
 
 bench: install
 	$(BIN)/python -m loadtests.bench engine --seconds 20

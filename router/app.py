@@ -128,6 +128,23 @@ async def openapi(_: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+# The console's files (router/ui): served from the package, never from elsewhere.
+UI_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+UI_FILES = frozenset({"index.html", "app.js", "style.css"})
+
+
+async def ui(request: web.Request) -> web.Response:
+    """The web console (/ui): static files over the public API; they hold no data."""
+    name = request.match_info.get("file", "index.html")
+    if name not in UI_FILES:
+        raise HttpError("not_found", f"no console file {name[:40]!r}")
+    body = resources.files("shardflow.router").joinpath("ui", name).read_bytes()
+    kind = UI_TYPES[name[name.rindex(".") :]]
+    return web.Response(
+        body=body, content_type=kind, charset="utf-8", headers={"Cache-Control": "no-cache"}
+    )
+
+
 def build_app(
     settings: RouterSettings, view: ClusterView, metrics: RouterMetrics
 ) -> web.Application:
@@ -148,12 +165,15 @@ def build_app(
     r.add_get("/v1/schedules", schedules.list_all)
     r.add_get("/v1/schedules/{name}", schedules.get)
     r.add_delete("/v1/schedules/{name}", schedules.delete)
+    r.add_get("/v1/stats/workflows", handlers.workflow_counts)
     r.add_get("/v1/cluster", handlers.cluster)
     r.add_post("/v1/cluster/shards", handlers.add_shard)
     r.add_post("/v1/cluster/shards/{id}/drain", handlers.drain_shard)
     r.add_delete("/v1/cluster/shards/{id}", handlers.remove_shard)
     r.add_post("/v1/cluster/rebalance", handlers.rebalance)
     r.add_get("/v1/openapi.json", openapi)
+    r.add_get("/ui", ui)
+    r.add_get("/ui/{file}", ui)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics_endpoint)

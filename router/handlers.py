@@ -284,15 +284,19 @@ async def list_workflows(request: web.Request) -> web.Response:
     after = rq.decode_cursor(request.query.get("cursor"))
     status = rq.status_param(request)
     name = request.query.get("workflow")
-    shards = list(view.map.shards) if view.map else []
+    filters = rq.list_filters(request)
+    shards = rq.shards_param(request, list(view.map.shards) if view.map else [])
     pages = await asyncio.gather(
         *(
-            view.client(s).list_page(after=after, status=status, workflow=name, limit=limit)
+            view.client(s).list_page(
+                after=after, status=status, workflow=name, limit=limit, filters=filters
+            )
             for s in shards
         )
     )
     merged = heapq.merge(
-        *[[(c, i, s, doc) for c, i, doc in page] for s, page in zip(shards, pages, strict=True)]
+        *[[(c, i, s, doc) for c, i, doc in page] for s, page in zip(shards, pages, strict=True)],
+        reverse=filters.newest,
     )
     items = [row for _, row in zip(range(limit), merged, strict=False)]
     docs = [{**doc, "shard": s} for _, _, s, doc in items]
@@ -300,6 +304,22 @@ async def list_workflows(request: web.Request) -> web.Response:
         doc.pop("steps", None)
     cursor = rq.encode_cursor(items[-1][0], items[-1][1]) if len(items) == limit else None
     return web.json_response({"workflows": docs, "next_cursor": cursor})
+
+
+async def workflow_counts(request: web.Request) -> web.Response:
+    """Workflows by status, in all and by shard (of one name with ?workflow=)."""
+    view = view_of(request)
+    name = request.query.get("workflow")
+    shards = rq.shards_param(request, list(view.map.shards) if view.map else [])
+    counts = await asyncio.gather(*(view.client(s).counts(name) for s in shards))
+    total: dict[str, int] = dict.fromkeys(rq.STATUSES, 0)
+    for per_shard in counts:
+        for status, n in per_shard.items():
+            total[status] = total.get(status, 0) + n
+    by_shard = {
+        s: {**dict.fromkeys(rq.STATUSES, 0), **c} for s, c in zip(shards, counts, strict=True)
+    }
+    return web.json_response({"counts": total, "shards": by_shard})
 
 
 async def cluster(request: web.Request) -> web.Response:
@@ -311,6 +331,7 @@ async def cluster(request: web.Request) -> web.Response:
     for shard, healthy in zip(doc["shards"], health, strict=True):
         shard["healthy"] = healthy
     doc["workflows"] = {name: versions for name, versions in sorted(view.registry.items())}
+    doc["slot_owners"] = list(view.map.owners) if view.map else []  # shard of each slot
     return web.json_response(doc)
 
 

@@ -7,13 +7,13 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from shardflow.router.errors import HttpError
-from shardflow.shard.client import MAX_PRIORITY
+from shardflow.shard.client import MAX_PRIORITY, ListFilters
 from shardflow.shard.cron import ScheduleSpec
 from shardflow.shard.model import FINISHED, SUSPENDED
 
@@ -179,6 +179,45 @@ def decode_cursor(value: str | None) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(created), str(wid)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise HttpError("bad_request", "query parameter cursor is invalid") from None
+
+
+def list_filters(request: web.Request) -> ListFilters:
+    """?order=newest|oldest, id_prefix=, created_after=, created_before= (ISO 8601), parent=."""
+    order = request.query.get("order", "oldest")
+    if order not in ("newest", "oldest"):
+        raise HttpError("bad_request", "order must be newest or oldest")
+    prefix = request.query.get("id_prefix") or None
+    if prefix is not None:
+        check_id(prefix, "id prefix")
+    parent = request.query.get("parent") or None
+    return ListFilters(
+        newest=order == "newest",
+        id_prefix=prefix,
+        created_after=_time_param(request, "created_after"),
+        created_before=_time_param(request, "created_before"),
+        parent=parent,
+    )
+
+
+def _time_param(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise HttpError("bad_request", f"{name} must be an ISO 8601 time") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def shards_param(request: web.Request, known: list[str]) -> list[str]:
+    """?shard= keeps one shard of the cluster (an unknown one is a 404)."""
+    shard = request.query.get("shard")
+    if shard is None:
+        return known
+    if shard not in known:
+        raise HttpError("not_found", f"unknown shard {shard[:40]!r}")
+    return [shard]
 
 
 def status_param(request: web.Request) -> str | None:

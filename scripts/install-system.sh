@@ -17,6 +17,7 @@ if [ "$WHAT" = "all" ]; then
   command -v haproxy >/dev/null || need+=(haproxy)
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
   command -v ip >/dev/null || need+=(iproute2)  # the fault suite's network namespaces
+  [ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)  # the console's tests
 fi
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0

@@ -63,6 +63,17 @@ class StartResult:
     conflict: bool
 
 
+@dataclass(frozen=True)
+class ListFilters:
+    """What a listing of workflows keeps, beyond status and name, and its order."""
+
+    newest: bool = False
+    id_prefix: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    parent: str | None = None
+
+
 def workflow_name(workflow: str | AnyWorkflow) -> str:
     return workflow.name if isinstance(workflow, WorkflowDef) else workflow
 
@@ -298,16 +309,33 @@ class ShardClient:
         status: str | None,
         workflow: str | None,
         limit: int,
+        filters: ListFilters | None = None,
     ) -> list[tuple[datetime, str, dict[str, Any]]]:
-        """A page of (created_at, id, status document) ordered by (created_at, id)."""
-        created, wid = after or (datetime.fromtimestamp(0, UTC), "")
+        """A page of (created_at, id, status document) ordered by (created_at, id), or
+        newest first (``filters.newest``): the page after (before) the cursor."""
+        f = filters or ListFilters()
+        start = datetime.max.replace(tzinfo=UTC) if f.newest else datetime.fromtimestamp(0, UTC)
+        created, wid = after or (start, "\uffff" if f.newest else "")
+        sql = query("workflow_list_newest" if f.newest else "workflow_list")
         try:
             rows = await self.pool.fetch(
-                query("workflow_list"), created, wid, status, workflow, limit
-            )
+                sql, created, wid, status, workflow, limit, f.id_prefix, f.created_after,
+                f.created_before, f.parent,
+            )  # fmt: skip
         except Exception as exc:
             raise translate(exc) from exc
         return [(r["created_at"], r["id"], codec.loads(r["doc"])) for r in rows]
+
+    async def counts(self, workflow: str | None = None) -> dict[str, int]:
+        """Workflows by status on this shard."""
+        rows = await self._fetch(query("workflow_counts"), workflow)
+        return {r["status"]: int(r["n"]) for r in rows}
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self.pool.fetch(sql, *args))
+        except Exception as exc:
+            raise translate(exc) from exc
 
     async def cancel(self, workflow_id: str) -> str:
         try:

@@ -19,6 +19,7 @@ def print_welcome(cluster: Any) -> None:
     table = Table(title="shardflow dev cluster", show_header=False)
     for url in cluster.router_urls:
         table.add_row("router", url)
+    table.add_row("console", f"{cluster.url}/ui")
     if cluster.settings.haproxy:
         table.add_row("haproxy", cluster.url)
     table.add_row("catalog", cluster.catalog_dsn)

@@ -352,15 +352,38 @@ ON CONFLICT (slot) DO UPDATE SET epoch = excluded.epoch, state = 'owned';
 -- name: settings_set_slots
 UPDATE shardflow.settings SET value = $1::text WHERE key = 'slots';
 
+-- name: _list_filters
+  AND ($3::text IS NULL OR w.status = $3)
+  AND ($4::text IS NULL OR w.name = $4)
+  AND ($6::text IS NULL OR left(w.id, length($6)) = $6)
+  AND ($7::timestamptz IS NULL OR w.created_at >= $7)
+  AND ($8::timestamptz IS NULL OR w.created_at < $8)
+  AND ($9::text IS NULL OR w.parent = $9)
+
 -- name: workflow_list
--- One page of workflows after the cursor (created_at, id), optionally filtered.
+-- One page of workflows after the cursor (created_at, id), oldest first, filtered by
+-- status, name, ID prefix ($6), creation time ($7 <= created_at < $8) and parent ($9).
 SELECT shardflow.workflow_status(w.id)::text AS doc, w.created_at, w.id
 FROM shardflow.workflows w
 WHERE (w.created_at, w.id) > ($1::timestamptz, $2::text)
-  AND ($3::text IS NULL OR w.status = $3)
-  AND ($4::text IS NULL OR w.name = $4)
+-- use: _list_filters
 ORDER BY w.created_at, w.id
 LIMIT $5;
+
+-- name: workflow_list_newest
+-- The same, newest first: the page before the cursor.
+SELECT shardflow.workflow_status(w.id)::text AS doc, w.created_at, w.id
+FROM shardflow.workflows w
+WHERE (w.created_at, w.id) < ($1::timestamptz, $2::text)
+-- use: _list_filters
+ORDER BY w.created_at DESC, w.id DESC
+LIMIT $5;
+
+-- name: workflow_counts
+-- How many workflows of each status (of name $1, when given).
+SELECT status, count(*)::bigint AS n FROM shardflow.workflows
+WHERE ($1::text IS NULL OR name = $1)
+GROUP BY status;
 
 -- name: workflow_locate
 SELECT status FROM shardflow.workflows WHERE id = $1;
