@@ -78,7 +78,10 @@ def from_exception(exc: BaseException) -> web.Response:
             405: "method not allowed on this route; see /v1/openapi.json",
             413: "request body too large",
         }.get(exc.status, exc.reason)
-        return error_response(code, message)
+        response = error_response(code, message)
+        if "Allow" in exc.headers:  # a 405 names the methods the route takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     if is_unavailable(exc):
         return error_response("shard_unavailable", f"a shard is unavailable: {exc!r}")
     log.exception("event=internal_error")

@@ -345,3 +345,13 @@ async def test_children_stay_on_their_parents_shard(cluster: LiveCluster):
             doc["id"],
         )
         assert children[0]["n"] == 3, "every child is on its parent's shard"
+
+
+async def test_an_undeclared_method_is_405_with_allow(cluster: LiveCluster):
+    await cluster.add_router()
+    async with aiohttp.ClientSession() as http:
+        async with http.request("TRACE", cluster.routers[0].url + "/healthz") as resp:
+            assert resp.status == 405 and "GET" in resp.headers["Allow"]
+            assert (await resp.json())["error"]["code"] == "method_not_allowed"
+        async with http.delete(cluster.routers[0].url + "/v1/cluster/shards/nope") as resp:
+            assert resp.status in (401, 403, 404)

@@ -13,6 +13,12 @@ from shardflow.infra import pool as shard_pool
 from shardflow.shard.admin import ShardAdmin
 
 
+class UnknownShardError(CatalogError):
+    """No shard of that ID in the catalog (HTTP 404)."""
+
+    code = "not_found"
+
+
 class ClusterConflictError(CatalogError):
     """The cluster's state does not allow the operation now (see the message)."""
 
@@ -38,7 +44,7 @@ async def rebalance(catalog: Catalog) -> int:
 async def drain(catalog: Catalog, shard_id: str) -> int:
     shards = {s.id: s for s in await catalog.shards()}
     if shard_id not in shards:
-        raise CatalogError(f"unknown shard {shard_id}")
+        raise UnknownShardError(f"unknown shard {shard_id}")
     others = [s.id for s in shards.values() if s.id != shard_id and s.state == "active"]
     if not others:
         raise ClusterConflictError(f"cannot drain {shard_id}: it is the last active shard")
@@ -50,7 +56,7 @@ async def drain(catalog: Catalog, shard_id: str) -> int:
 
 async def remove(catalog: Catalog, shard_id: str) -> None:
     if shard_id not in {s.id for s in await catalog.shards()}:
-        raise CatalogError(f"unknown shard {shard_id}")
+        raise UnknownShardError(f"unknown shard {shard_id}")
     if not await catalog.shard_remove(shard_id):
         raise ClusterConflictError(
             f"shard {shard_id} still owns slots or takes part in a move: drain it first"
