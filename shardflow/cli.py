@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", type=int, default=0, help="start this many demo workflows first")
     p.set_defaults(handler=_dev)
 
-    from shardflow.cluster_cli import add_cluster_parser
+    from shardflow.cluster_cli import add_cluster_parser, env_argument
     from shardflow.coordinator.leader import CoordinatorSettings
 
     p = sub.add_parser("coordinator", help="leader election, health and slot moves")
@@ -290,13 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_workflow_parser(sub, _workflow)
 
     p = sub.add_parser("migrate", help="create or upgrade the schema of a shard")
-    p.add_argument(
-        "--dsn",
-        default=os.environ.get("SHARDFLOW_DSN"),
-        required="SHARDFLOW_DSN" not in os.environ,
-        help="the shard's DSN (default: $SHARDFLOW_DSN, which keeps passwords off the "
-        "command line)",
-    )
+    env_argument(p, "--dsn", "SHARDFLOW_DSN", "the shard's DSN")
     p.set_defaults(handler=_migrate)
 
     p = sub.add_parser(

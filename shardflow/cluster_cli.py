@@ -19,15 +19,20 @@ from shardflow.catalog.store import Catalog, CatalogError
 console = Console()
 
 
+def env_argument(parser: Any, flag: str, env: str, what: str) -> None:
+    """A DSN flag that defaults to an environment variable, which keeps passwords off
+    command lines (and out of `ps`); required when the variable is not set."""
+    parser.add_argument(
+        flag,
+        default=os.environ.get(env),
+        required=env not in os.environ,
+        help=f"{what} (default: ${env})",
+    )
+
+
 def add_cluster_parser(sub: Any, handler: Callable[..., Any]) -> None:
     p = sub.add_parser("cluster", help="membership, rebalancing, status, schema upgrades")
-    p.add_argument(
-        "--catalog",
-        default=os.environ.get("SHARDFLOW_CATALOG"),
-        required="SHARDFLOW_CATALOG" not in os.environ,
-        help="DSN of the cluster catalog (default: $SHARDFLOW_CATALOG, which keeps passwords "
-        "off the command line)",
-    )
+    env_argument(p, "--catalog", "SHARDFLOW_CATALOG", "DSN of the cluster catalog")
     which = p.add_subparsers(dest="action", required=True)
     i = which.add_parser(
         "init", help="create the catalog and its first shards, slots spread (idempotent)"

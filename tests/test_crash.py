@@ -115,23 +115,28 @@ async def test_stalled_executor_is_fenced_after_its_lease(client: ShardClient, s
     assert "event=fenced_write" in stalled.output()
 
 
-async def test_crash_looping_workflow_fails_after_max_recoveries(
-    client: ShardClient, spawn_executor: Any
-):
+async def _crash_until_failed(client: ShardClient, spawn_executor: Any, workflow: str) -> Any:
+    """Start ``workflow`` (whose step kills its executor) and replace each executor it
+    kills (recovery limit 2) until it is failed; its final status document."""
     env = {"SHARDFLOW_TEST_KILL_IN_STEP": "1"}
-    first = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
+    current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
     async with client.pool.acquire() as conn:
         await until(
             lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
         )
-    wid = await client.start("killer", None)
-    current = first
+    wid = await client.start(workflow, None)
     for _ in range(6):
         await until(lambda p=current: _settled(client, wid, p), what="a crash or the failure")
         if (await client.status(wid))["status"] == "failed":
             break
         current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
-    doc = await _final(client, wid)
+    return await _final(client, wid)
+
+
+async def test_crash_looping_workflow_fails_after_max_recoveries(
+    client: ShardClient, spawn_executor: Any
+):
+    doc = await _crash_until_failed(client, spawn_executor, "killer")
     assert doc["status"] == "failed"
     assert doc["error"]["type"] == "RecoveryLimitExceeded" and doc["attempt"] == 3
 
@@ -143,19 +148,8 @@ async def test_the_recovery_limit_runs_the_compensations_once(
     stops at its first new call, so its compensations run (once) like on any failure."""
     async with client.pool.acquire() as conn:
         await conn.execute("CREATE TABLE app_rows (workflow_id text NOT NULL)")
-    env = {"SHARDFLOW_TEST_KILL_IN_STEP": "1"}
-    current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
-    async with client.pool.acquire() as conn:
-        await until(
-            lambda: conn.fetchval("SELECT count(*) FROM shardflow.registry"), what="registry"
-        )
-    wid = await client.start("killer_saga", None)
-    for _ in range(6):
-        await until(lambda p=current: _settled(client, wid, p), what="a crash or the failure")
-        if (await client.status(wid))["status"] == "failed":
-            break
-        current = spawn_executor("tests.apps.crash", env=env, max_recovery_attempts=2)
-    doc = await _final(client, wid)
+    doc = await _crash_until_failed(client, spawn_executor, "killer_saga")
+    wid = doc["id"]
     assert doc["error"]["type"] == "RecoveryLimitExceeded"
     assert doc["compensations"] == ["unreserve_row"]
     async with client.pool.acquire() as conn:

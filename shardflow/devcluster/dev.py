@@ -98,6 +98,19 @@ def restart_delay(crashes: int) -> float:
     return 0.0 if crashes == 0 else min(30.0, 0.5 * 2 ** (crashes - 1))
 
 
+def _restart_due(child: Child, now: float, event: str, code: int | None) -> bool:
+    """Whether an exited child (or server) is to start again now: the first look at an
+    exit counts it (a crash soon after its start makes the next wait longer) and logs
+    ``event=<event>=<name>``; later looks wait out that delay."""
+    if child.retry_at is None:
+        stable = now - child.started_at >= STABLE_SECONDS
+        child.crashes = 0 if stable else child.crashes + 1
+        child.retry_at = now + restart_delay(child.crashes)
+        delay = child.retry_at - now
+        log.warning("event=%s code=%s restart_in=%.1fs", f"{event}={child.name}", code, delay)
+    return now >= child.retry_at
+
+
 @dataclass
 class DevCluster:
     settings: DevSettings
@@ -346,17 +359,7 @@ class DevCluster:
                 if self.stopping or stop.is_set():
                     return
                 assert child.process is not None
-                if child.retry_at is None:
-                    stable = now - child.started_at >= STABLE_SECONDS
-                    child.crashes = 0 if stable else child.crashes + 1
-                    child.retry_at = now + restart_delay(child.crashes)
-                    log.warning(
-                        "event=child_exited child=%s code=%s restart_in=%.1fs",
-                        child.name,
-                        child.process.returncode,
-                        child.retry_at - now,
-                    )
-                if now < child.retry_at:
+                if not _restart_due(child, now, "child_exited child", child.process.returncode):
                     continue
                 child.retry_at = None
                 child.restarts += 1
@@ -374,17 +377,9 @@ class DevCluster:
             if server.process is None or server.process.poll() is None:
                 continue
             watch = self._server_watch.setdefault(name, Child(name, []))
-            if watch.retry_at is None:
-                stable = now - watch.started_at >= STABLE_SECONDS
-                watch.crashes = 0 if stable else watch.crashes + 1
-                watch.retry_at = now + restart_delay(watch.crashes)
-                log.warning(
-                    "event=server_exited server=%s code=%s restart_in=%.1fs",
-                    name,
-                    server.process.returncode,
-                    watch.retry_at - now,
-                )
-            if now < watch.retry_at or self.stopping or stop.is_set():
+            code = server.process.returncode
+            due = _restart_due(watch, now, "server_exited server", code)
+            if not due or self.stopping or stop.is_set():
                 continue
             watch.retry_at = None
             watch.started_at = now
