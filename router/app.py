@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import time
+import zoneinfo
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -27,9 +29,19 @@ METRICS = web.AppKey("metrics", RouterMetrics)
 
 
 def openapi_document() -> dict[str, Any]:
-    text = resources.files("shardflow.router").joinpath("openapi.json").read_text(encoding="utf-8")
-    doc: dict[str, Any] = json.loads(text)
+    """The API's document as shipped (a fresh copy: callers may change it)."""
+    doc: dict[str, Any] = json.loads(_openapi_text())
     return doc
+
+
+@functools.cache
+def _openapi_text() -> str:
+    return resources.files("shardflow.router").joinpath("openapi.json").read_text("utf-8")
+
+
+@functools.cache
+def _time_zones() -> list[str]:
+    return sorted(zoneinfo.available_timezones())
 
 
 def _route_name(request: web.Request) -> str:
@@ -55,6 +67,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = await handler(request)
     except Exception as exc:  # every error becomes a JSON answer, never a traceback
         response = from_exception(exc)
+        if response.status == 405:
+            response.headers["Allow"] = _allowed(request) or response.headers.get("Allow", "")
     finally:
         metrics.inflight.dec()
     metrics.request_duration.labels(_route_name(request), str(response.status)).observe(
@@ -74,6 +88,17 @@ ADMIN_ROUTES = frozenset(
         ("DELETE", "/v1/schedules/{name}"),
     }
 )
+
+
+def _allowed(request: web.Request) -> str:
+    """The methods of the route written exactly as the request's path, when there is one:
+    /v1/workflows/batch takes POST, although /v1/workflows/{id} would match it too."""
+    methods = {
+        r.method
+        for r in request.app.router.routes()
+        if r.resource is not None and r.resource.canonical == request.path
+    }
+    return ",".join(sorted(methods))
 
 
 def _auth_failure(request: web.Request, settings: RouterSettings) -> tuple[str, str] | None:
@@ -124,8 +149,17 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi(_: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+async def openapi(request: web.Request) -> web.Response:
+    """The document as this cluster answers it: a start or a schedule names one of the
+    workflows registered now, and a schedule's time zone is one the router knows."""
+    doc = openapi_document()
+    schemas = doc["components"]["schemas"]
+    names = sorted(request.app[handlers.VIEW].registry)
+    if names:
+        for schema in ("StartRequest", "ScheduleRequest"):
+            schemas[schema]["properties"]["workflow"]["enum"] = names
+    schemas["ScheduleRequest"]["properties"]["timezone"]["enum"] = _time_zones()
+    return web.json_response(doc)
 
 
 # The console's files (router/ui): served from the package, never from elsewhere.

@@ -171,7 +171,7 @@ async def _locate(
         rq.check_id(wid)
     except HttpError:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid[:40]!r}") from None
-    shard = await view.locate(wid, routing_key or request.query.get("routing_key"))
+    shard = await view.locate(wid, routing_key or rq.routing_key_param(request))
     if shard is None:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid!r}")
     return wid, shard
@@ -198,7 +198,7 @@ async def get_result(request: web.Request) -> web.Response:
         rq.check_id(wid)
     except HttpError:
         raise WorkflowNotFoundError(f"unknown workflow ID {wid[:40]!r}") from None
-    routing_key = request.query.get("routing_key")
+    routing_key = rq.routing_key_param(request)
     shard = view.shard_for(routing_key or wid)
     doc = await _outcome(request, wid, shard, timeout, routing_key)
     if doc is None:

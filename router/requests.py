@@ -18,7 +18,8 @@ from shardflow.shard.cron import ScheduleSpec
 from shardflow.shard.model import FINISHED, SUSPENDED
 
 # C0 control characters and DEL: not allowed in IDs (the shard's check is [[:cntrl:]]).
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# Control characters (C0, DEL and C1): refused in IDs and keys, as the shard's SQL does.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 STATUSES = ("pending", "running", *SUSPENDED, *FINISHED)
 
@@ -43,11 +44,13 @@ async def json_body(request: web.Request) -> Any:
 
 
 def _field(body: dict[str, Any], name: str, kind: type, required: bool = False) -> Any:
-    value = body.get(name)
-    if value is None:
+    """A field of ``kind``; absent (None) when optional. An explicit null is not absent:
+    the document says each field's type, and null is none of them."""
+    if name not in body:
         if required:
             raise HttpError("bad_request", f"field {name!r} is required")
         return None
+    value = body[name]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise HttpError("bad_request", f"field {name!r} must be a {kind.__name__}")
     return value
@@ -75,7 +78,8 @@ def start_body(value: Any, what: str = "the request body") -> StartBody:
     if not isinstance(value, dict):
         raise HttpError("bad_request", f"{what} must be a JSON object")
     _only(value, ("workflow", "input", "id", "routing_key", "priority"), what)
-    priority = _field(value, "priority", int)
+    # null is the default priority (the document says nullable): a client may always send it
+    priority = None if value.get("priority") is None else _field(value, "priority", int)
     if priority is not None and not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
         raise HttpError(
             "bad_request", f"field 'priority' must be from {-MAX_PRIORITY} to {MAX_PRIORITY}"
@@ -128,8 +132,11 @@ def batch_body(value: Any, max_batch: int) -> list[Any]:
     items = value.get("workflows")
     if not isinstance(items, list) or not items:
         raise HttpError("bad_request", "field 'workflows' must be a non-empty array")
-    if len(items) > max_batch:
-        raise HttpError("too_large", f"a batch holds at most {max_batch} workflows")
+    if len(items) > max_batch:  # the document's maxItems (413 stays for a body's bytes)
+        raise HttpError("bad_request", f"a batch holds at most {max_batch} workflows")
+    if not all(isinstance(item, dict) for item in items):
+        # The batch's shape is the request's; what each object says is answered per item.
+        raise HttpError("bad_request", "every item of 'workflows' must be a JSON object")
     return items
 
 
@@ -137,7 +144,10 @@ def event_body(value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, dict):
         raise HttpError("bad_request", "the request body must be a JSON object")
     _only(value, ("payload", "id"), "the request body")
-    return value.get("payload"), _field(value, "id", str)
+    dedup = _field(value, "id", str)
+    if dedup is not None and not 1 <= len(dedup) <= 200:
+        raise HttpError("bad_request", "field 'id' (the dedup ID) must be 1 to 200 characters")
+    return value.get("payload"), dedup
 
 
 def float_param(request: web.Request, name: str, default: float, maximum: float) -> float:
@@ -186,9 +196,9 @@ def list_filters(request: web.Request) -> ListFilters:
     order = request.query.get("order", "oldest")
     if order not in ("newest", "oldest"):
         raise HttpError("bad_request", "order must be newest or oldest")
-    prefix = request.query.get("id_prefix") or None
+    prefix = request.query.get("id_prefix")
     if prefix is not None:
-        check_id(prefix, "id prefix")
+        _query_id(prefix, "id_prefix")
     parent = request.query.get("parent") or None
     return ListFilters(
         newest=order == "newest",
@@ -201,7 +211,7 @@ def list_filters(request: web.Request) -> ListFilters:
 
 def _time_param(request: web.Request, name: str) -> datetime | None:
     raw = request.query.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
         value = datetime.fromisoformat(raw)
@@ -218,6 +228,22 @@ def shards_param(request: web.Request, known: list[str]) -> list[str]:
     if shard not in known:
         raise HttpError("not_found", f"unknown shard {shard[:40]!r}")
     return [shard]
+
+
+def routing_key_param(request: web.Request) -> str | None:
+    """?routing_key= (a hint that saves a search), checked like the key it names."""
+    value = request.query.get("routing_key")
+    if value is not None:
+        _query_id(value, "routing_key")
+    return value
+
+
+def _query_id(value: str, name: str) -> None:
+    """A query parameter holding an ID or key: malformed, it is a bad request (400)."""
+    try:
+        check_id(value, name)
+    except HttpError as exc:
+        raise HttpError("bad_request", f"query parameter {name}: {exc.message}") from None
 
 
 def status_param(request: web.Request) -> str | None:

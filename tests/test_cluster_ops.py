@@ -46,7 +46,7 @@ async def test_cluster_operations_over_http(growing: LiveCluster):
     status, body = await _call(
         url, "POST", "/v1/cluster/shards", json={"id": "c2", "dsn": growing.shard_dsns["c2"]}
     )
-    assert (status, body["error"]["code"]) == (422, "catalog_error")
+    assert (status, body["error"]["code"]) == (409, "cluster_conflict")
     stop = asyncio.Event()
     await _run_coordinator(growing, stop)
     status, body = await _call(url, "POST", "/v1/cluster/rebalance")

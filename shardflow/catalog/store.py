@@ -27,6 +27,12 @@ class CatalogError(ShardflowError):
     code = "catalog_error"
 
 
+class ShardExistsError(CatalogError):
+    """A shard ID or DSN the catalog has already (HTTP 409)."""
+
+    code = "cluster_conflict"
+
+
 def q(name: str) -> str:
     return named_queries("shardflow.catalog", "queries.sql")[name]
 
@@ -85,7 +91,9 @@ class Catalog:
         try:
             await self.pool.execute(q("shard_add"), shard_id, dsn)
         except asyncpg.UniqueViolationError as exc:
-            raise CatalogError(f"shard {shard_id} or its DSN is already in the catalog") from exc
+            raise ShardExistsError(
+                f"shard {shard_id} or its DSN is already in the catalog"
+            ) from exc
 
     async def upgrade(self) -> dict[str, list[int]]:
         """Apply new migrations, the catalog's first, then each shard's in turn, while the
