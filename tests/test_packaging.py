@@ -116,6 +116,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert all(line.startswith(("shardflow/", "shardflow-")) for line in lines), lines
     assert "shardflow/py.typed" in record.decode()
     assert "shardflow/shard/sql/functions/20_start.sql" in record.decode()
+    assert "shardflow/router/ui/app.js" in record.decode()  # the console ships inside
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"

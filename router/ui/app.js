@@ -256,7 +256,8 @@ async function clusterView() {
     const shards = el("tbody", {});
     keyedRows(shards, doc.shards, (s) => s.id, (s) => [s.id, s.state, s.healthy ? "healthy" : "unreachable", s.slots, load(s.id)]);
     const moves = doc.moves.map((m) => el("tr", {}, el("td", {}, m.slot), el("td", {}, `${m.source} → ${m.target}`),
-      el("td", {}, m.phase), el("td", { class: "wide" }, m.error || "")));
+      el("td", {}, m.phase), el("td", {}, `${m.rows_copied || 0} rows copied`),
+      el("td", { class: "wide" }, m.error || "")));
     const owners = doc.slot_owners || [];
     $("#cluster").replaceChildren(
       el("p", { id: "leader" }, doc.leader ? `leader ${doc.leader.owner}, term ${doc.leader.term}` : "no coordinator leads"),

@@ -91,6 +91,7 @@ async def status(catalog: Catalog) -> dict[str, Any]:
                 "source": m["source"],
                 "target": m["target"],
                 "phase": m["phase"],
+                "rows_copied": m["rows_copied"],
                 "error": m["error"],
             }
             for m in moves
