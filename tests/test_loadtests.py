@@ -497,3 +497,15 @@ def test_bench_rebalance_refuses_a_bad_cpu_cap(value: str) -> None:
     assert "--cpu-per-shard" in run_refused(
         "loadtests.bench", "rebalance", "--cpu-per-shard", value
     )
+
+
+def test_bench_engine_measures_its_ceiling_first_with_its_cpu() -> None:
+    out = run_module("loadtests.bench", "engine", "--seconds", "1", "--queue", "64")
+    assert set(out) >= {
+        "workload", "wf_per_s", "p50_ms", "p99_ms", "ceiling_wf_per_s", "ratio_to_ceiling",
+        "ceiling_cpu_ms_per_wf",
+    }  # fmt: skip
+    assert out["ceiling_wf_per_s"] > 0 and out["ceiling_cpu_ms_per_wf"] > 0
+    wf, ceiling = out["wf_per_s"], out["ceiling_wf_per_s"]
+    slack = rounding_slack(wf, ceiling, 0.1, 0.1, 0.001)
+    assert out["ratio_to_ceiling"] == pytest.approx(wf / ceiling, abs=slack)
