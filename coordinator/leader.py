@@ -145,9 +145,9 @@ class Coordinator:
         )
         scheduler = Scheduler(catalog)
         limiter = Limiter(catalog)
-        self.sweeper = DirectorySweeper(catalog)
+        sweeper = DirectorySweeper(catalog)
         work = asyncio.ensure_future(
-            self._lead_with(mover, scheduler, limiter, catalog, lock, stop)
+            self._lead_with(mover, scheduler, limiter, sweeper, catalog, lock, stop)
         )
         lease = asyncio.ensure_future(self._keep_lease(catalog))
         try:
@@ -155,18 +155,22 @@ class Coordinator:
         finally:
             for task in (work, lease):
                 task.cancel()
-            await asyncio.gather(work, lease, return_exceptions=True)
+            ended = await asyncio.gather(work, lease, return_exceptions=True)
             self.probe.close()
-            await self.sweeper.close()
+            await sweeper.close()
             await mover.close()
             await scheduler.close()
             await limiter.close()
+        for outcome in ended:  # a failure of either is the caller's to log and retry
+            if isinstance(outcome, Exception):
+                raise outcome
 
     async def _lead_with(
         self,
         mover: Mover,
         scheduler: Scheduler,
         limiter: Limiter,
+        sweeper: DirectorySweeper,
         catalog: Catalog,
         lock: asyncpg.Connection,
         stop: asyncio.Event,
@@ -184,7 +188,7 @@ class Coordinator:
             if loop.time() >= next_health:
                 await self._check_health(catalog)
                 await mover.clean_rolled_back()
-                await self.sweeper.sweep()
+                await sweeper.sweep()
                 next_health = loop.time() + self.settings.health_interval
             try:
                 done = await mover.run_all()
