@@ -308,6 +308,7 @@ class WorkflowRun:
         )
         if delay > DURABLE_BACKOFF:
             self.stop_if_cancelling()
+            await self.settle()  # what concurrent steps queued lands before the suspension
             raise Suspend("sleeping", self._wake_time(retry_at), [row])
         await self.save([row])
         await asyncio.sleep(delay)
