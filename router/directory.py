@@ -21,7 +21,8 @@ from shardflow.infra.errors import OverloadedError
 from shardflow.router.view import ClusterView
 from shardflow.shard.client import ShardClient, StartRequest
 
-# Hand-overs raced by other starts of the same ID before one is let through.
+# Starts of an ID that meet a directory row once more after being sent elsewhere (the
+# row changed meanwhile) before the router answers 429.
 ATTEMPTS = 3
 # A row whose workflow is not (yet) under its key is an orphan only once this old (in
 # seconds): a start still on its way has landed by then. Until then a second start of
@@ -36,24 +37,23 @@ async def place(view: ClusterView, req: StartRequest) -> StartRequest:
     key, wid = req.routing_key, str(req.id)
     if key is None or key == wid:
         return req
-    for _ in range(ATTEMPTS):
+    new_key: str = key
 
-        async def claim(_: str, home: ShardClient, key: str = key) -> str:
-            return await home.directory_claim(wid, key)
+    async def claim(_: str, home: ShardClient) -> str:
+        return await home.directory_claim(wid, new_key)
 
-        holder = await view.on_shard(wid, claim)
-        if holder == key:
-            return req
-        if holder == wid:
-            return replace(req, routing_key=None)  # lives on its home shard, by its own key
+    holder = await view.on_shard(wid, claim)
+    if holder == key:
+        return req
+    if holder == wid:
+        return replace(req, routing_key=None)  # lives on its home shard, by its own key
 
-        async def take_over(_: str, home: ShardClient, holder: str = holder) -> bool:
-            return await home.directory_move(wid, holder, key, ORPHAN_AGE)
+    async def take_over(_: str, home: ShardClient) -> bool:
+        return await home.directory_move(wid, holder, new_key, ORPHAN_AGE)
 
-        if await _held_or_taken(view, wid, holder, take_over) == "held":
-            return replace(req, routing_key=holder)  # the start answers existing or conflict
-        return req  # an orphan (a crash between the writes), taken over
-    raise OverloadedError(f"workflow ID {wid!r} is being started concurrently; retry")
+    if await _held_or_taken(view, wid, holder, take_over) == "held":
+        return replace(req, routing_key=holder)  # the start answers existing or conflict
+    return req  # an orphan (a crash between the writes), taken over
 
 
 async def resolve(view: ClusterView, req: StartRequest) -> StartRequest:
