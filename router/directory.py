@@ -77,19 +77,6 @@ async def resolve(view: ClusterView, req: StartRequest) -> StartRequest:
     return req  # an orphan row, dropped
 
 
-async def where(view: ClusterView, wid: str) -> str | None:
-    """The shard holding a workflow placed by another key, from its ID's home directory."""
-
-    async def holder_of(_: str, home: ShardClient) -> str | None:
-        return await home.directory_holder(wid)
-
-    holder = await view.on_shard(wid, holder_of)
-    if holder is None or holder == wid:
-        return None
-    shard = view.shard_for(holder)
-    return shard if await view.client(shard).locate(wid) is not None else None
-
-
 async def _held_or_taken(
     view: ClusterView,
     wid: str,

@@ -249,10 +249,7 @@ class ShardClient:
         return await start_many_on(conn or self.pool, requests)
 
     async def status(self, workflow_id: str) -> dict[str, Any]:
-        try:
-            text = await self.pool.fetchval(query("workflow_status"), workflow_id)
-        except Exception as exc:
-            raise translate(exc) from exc
+        text = await self._fetchval(query("workflow_status"), workflow_id)
         if text is None:
             raise WorkflowNotFoundError(f"unknown workflow ID {workflow_id!r}", id=workflow_id)
         doc: dict[str, Any] = codec.loads(text)
@@ -268,10 +265,7 @@ class ShardClient:
 
     async def locate(self, workflow_id: str) -> str | None:
         """The workflow's status if this shard holds it, else None."""
-        try:
-            value = await self.pool.fetchval(query("workflow_locate"), workflow_id)
-        except Exception as exc:
-            raise translate(exc) from exc
+        value = await self._fetchval(query("workflow_locate"), workflow_id)
         return None if value is None else str(value)
 
     # -- the directory: an ID's home shard knows where a workflow placed by another key is
@@ -317,13 +311,10 @@ class ShardClient:
         start = datetime.max.replace(tzinfo=UTC) if f.newest else datetime.fromtimestamp(0, UTC)
         created, wid = after or (start, "\uffff" if f.newest else "")
         sql = query("workflow_list_newest" if f.newest else "workflow_list")
-        try:
-            rows = await self.pool.fetch(
-                sql, created, wid, status, workflow, limit, f.id_prefix, f.created_after,
-                f.created_before, f.parent,
-            )  # fmt: skip
-        except Exception as exc:
-            raise translate(exc) from exc
+        rows = await self._fetch(
+            sql, created, wid, status, workflow, limit, f.id_prefix, f.created_after,
+            f.created_before, f.parent,
+        )  # fmt: skip
         return [(r["created_at"], r["id"], codec.loads(r["doc"])) for r in rows]
 
     async def counts(self, workflow: str | None = None) -> dict[str, int]:
@@ -338,29 +329,19 @@ class ShardClient:
             raise translate(exc) from exc
 
     async def cancel(self, workflow_id: str) -> str:
-        try:
-            return str(await self.pool.fetchval(query("workflow_cancel"), workflow_id))
-        except Exception as exc:
-            raise translate(exc) from exc
+        return str(await self._fetchval(query("workflow_cancel"), workflow_id))
 
     async def retry(self, workflow_id: str) -> str:
         """Run a failed workflow again from its failed step (completed steps replay)."""
-        try:
-            return str(await self.pool.fetchval(query("workflow_retry"), workflow_id))
-        except Exception as exc:
-            raise translate(exc) from exc
+        return str(await self._fetchval(query("workflow_retry"), workflow_id))
 
     async def send_event(
         self, workflow_id: str, name: str, payload: Any = None, *, dedup_id: str | None = None
     ) -> bool:
         """Deliver an event; False when ``dedup_id`` was already delivered."""
         text = codec.dumps(payload, f"the payload of event {name}")
-        try:
-            return bool(
-                await self.pool.fetchval(query("event_send"), workflow_id, name, text, dedup_id)
-            )
-        except Exception as exc:
-            raise translate(exc) from exc
+        sql = query("event_send")
+        return bool(await self._fetchval(sql, workflow_id, name, text, dedup_id))
 
     async def result(self, workflow_id: str, timeout: float | None = None) -> Any:
         """The workflow's output once it finishes; raises for failed or cancelled ones."""
