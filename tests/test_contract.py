@@ -35,10 +35,13 @@ def contract_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
 def test_the_api_keeps_its_openapi_contract(contract_dev: Dev, tmp_path: Path) -> None:
     token = (contract_dev.data / "admin-token").read_text().strip()
     st = str(Path(sys.executable).parent / "st")
+    # One worker: with two, CPython 3.11 compiling the generated strategies in two threads
+    # at once failed a run here ("AST constructor recursion depth mismatch"), a crash of
+    # the tool rather than a finding.
     done = subprocess.run(
         [st, "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
          f"{contract_dev.url}/v1/openapi.json", "--checks", "all", "--max-examples", "25",
-         "--workers", "2", "--seed", "20261207", "-H", f"Authorization: Bearer {token}"],
+         "--workers", "1", "--seed", "20261207", "-H", f"Authorization: Bearer {token}"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
         env={**os.environ, "NO_COLOR": "1"},
     )  # fmt: skip
