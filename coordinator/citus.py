@@ -21,6 +21,7 @@ import asyncpg
 
 from shardflow.catalog import admin as operations
 from shardflow.catalog.store import Catalog
+from shardflow.infra import placement
 from shardflow.infra.errors import ShardflowError
 from shardflow.infra.pool import SCHEMA_PARAM, close_connection
 from shardflow.infra.sqlfiles import named_queries
@@ -54,6 +55,57 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+async def _create_extension(conn: asyncpg.Connection, where: str) -> None:
+    try:
+        await conn.execute(q["extension"])
+    except asyncpg.PostgresError as exc:
+        raise CitusUnavailableError(
+            f"the server at {where} has no Citus ({exc}); point --dsn at a Citus "
+            "coordinator (its server needs shared_preload_libraries = 'citus'), or pass "
+            "--without-citus for the same layout on plain Postgres"
+        ) from exc
+
+
+async def _add_worker(conn: asyncpg.Connection, dsn: str, worker: str) -> None:
+    """Create the extension on the worker (Citus needs it there before it can add the
+    node), then add it: reached with the coordinator's user, password and database."""
+    host, port = _host_port(worker)
+    try:
+        node = await asyncpg.connect(placement.on_node(dsn, host, port), timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise CitusUnavailableError(f"worker {worker} cannot be reached: {exc}") from exc
+    try:
+        await _create_extension(node, worker)
+    finally:
+        await close_connection(node)
+    try:
+        await conn.execute(q["add_worker"], host, port)
+    except asyncpg.PostgresError as exc:
+        hint = ""
+        if "SSL" in str(exc):
+            hint = (
+                "; Citus asks for SSL between nodes by default: give the nodes certificates "
+                "or set citus.node_conninfo = 'sslmode=prefer' (or disable) on each"
+            )
+        raise CitusUnavailableError(
+            f"the coordinator could not add worker {worker}: {exc}{hint}"
+        ) from exc
+
+
+async def add_nodes(dsn: str, coordinator_host: str | None, workers: tuple[str, ...]) -> None:
+    """Create the extension (idempotently) on the coordinator, register its address
+    (HOST:PORT, as the workers reach it) and add the workers not added yet."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _create_extension(conn, urlsplit(dsn).hostname or "localhost")
+        if coordinator_host is not None:
+            await conn.execute(q["coordinator_host"], *_host_port(coordinator_host))
+        for worker in workers:
+            await _add_worker(conn, dsn, worker)
+    finally:
+        await close_connection(conn)
+
+
 async def init(
     dsn: str,
     shards: int,
@@ -69,22 +121,12 @@ async def init(
     if shards < 1:
         raise ShardflowError("--shards must be at least 1")
     ids = [f"s{k}" for k in range(1, shards + 1)]
+    if not without_citus:
+        await add_nodes(dsn, coordinator_host, workers)
     conn = await asyncpg.connect(dsn)
     try:
         if not without_citus:
-            try:
-                await conn.execute(q["extension"])
-                if coordinator_host is not None:
-                    await conn.execute(q["coordinator_host"], *_host_port(coordinator_host))
-                for worker in workers:
-                    await conn.execute(q["add_worker"], *_host_port(worker))
-                await conn.execute(q["schema_sharding_on"])
-            except asyncpg.PostgresError as exc:
-                raise CitusUnavailableError(
-                    f"the server at {urlsplit(dsn).hostname} has no Citus ({exc}); point "
-                    "--dsn at a Citus coordinator, or pass --without-citus for the same "
-                    "layout on plain Postgres"
-                ) from exc
+            await conn.execute(q["schema_sharding_on"])
         for shard_id in ids:
             schema = f"shardflow_{shard_id}"
             if not await conn.fetchval(q["schema_exists"], schema):

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from shardflow.infra import placement
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import (
     BadRequestError,
@@ -190,23 +191,30 @@ def translate(exc: BaseException) -> BaseException:
 
 
 class ShardClient:
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, node_dsn: str | None = None) -> None:
         self.pool = pool
-        self._dsn = dsn
-        self.results = ResultWaiters(pool, dsn)
+        self.results = ResultWaiters(pool, dsn, node_dsn or dsn)
 
     @classmethod
     async def connect(
         cls, dsn: str, *, pool_size: int = 4, min_size: int = 1, connect_timeout: float = 60.0
     ) -> ShardClient:
-        """A pool on the shard; ``min_size=0`` connects lazily (a down shard fails per call)."""
+        """A pool on the shard (on Citus, on its schema's node: shardflow/infra/placement.py);
+        ``min_size=0`` connects lazily (a down shard fails per call)."""
+        node_dsn = dsn
+        try:
+            node_dsn = await placement.resolve(dsn, timeout=min(connect_timeout, 10.0))
+        except Exception as exc:
+            if min_size > 0 or not is_unavailable(exc):
+                raise translate(exc) from exc
+            # lazily: through the DSN as given until the waiters' watcher finds the node
         try:
             pool = await create_pool(
-                dsn, min_size=min_size, max_size=pool_size, timeout=connect_timeout
+                node_dsn, min_size=min_size, max_size=pool_size, timeout=connect_timeout
             )
         except Exception as exc:
             raise translate(exc) from exc
-        return cls(pool, dsn)
+        return cls(pool, dsn, node_dsn)
 
     async def close(self) -> None:
         await self.results.close()

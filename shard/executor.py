@@ -24,9 +24,11 @@ import secrets
 import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from shardflow.infra import placement
 from shardflow.infra import pool as shard_pool
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import SettingsError, ShardflowError
@@ -77,6 +79,8 @@ class Executor:
         self._new_identity()
         self._pool: asyncpg.Pool | None = None
         self._lock_conn: asyncpg.Connection | None = None
+        self._node_dsn = settings.dsn  # the server we talk to (on Citus: our schema's node)
+        self._placement_at = time.monotonic()
         self._inflight: dict[str, tuple[asyncio.Task[None], int]] = {}
         self._release: list[tuple[str, int]] = []
         self._wake = asyncio.Event()
@@ -132,8 +136,12 @@ class Executor:
         delay = 0.1
         while True:
             try:
+                self._node_dsn = await placement.resolve(s.dsn)
                 self._pool = await create_pool(
-                    s.dsn, min_size=2, max_size=s.pool_size, command_timeout=COMMAND_TIMEOUT
+                    self._node_dsn,
+                    min_size=2,
+                    max_size=s.pool_size,
+                    command_timeout=COMMAND_TIMEOUT,
                 )
                 break
             except Exception as exc:
@@ -144,6 +152,7 @@ class Executor:
                 delay = min(delay * 2, 5.0)
         await self._check_schema()
         store = ShardStore(self._pool)
+        store.citus = await placement.on_citus(self._pool)
         committer = GroupCommitter(store, self.faults, self.metrics)
         self.runner = WorkflowRunner(
             store,
@@ -194,20 +203,52 @@ class Executor:
     async def _attach(self) -> None:
         """Open the liveness connection: advisory lock, registration, LISTEN (and the
         checkpoint flushes: ShardStore.listener)."""
-        s = self.settings
-        conn = await shard_pool.connect(s.dsn, command_timeout=COMMAND_TIMEOUT)
+        conn, lock_server = await self._lock(self._node_dsn)
         try:
-            await conn.execute(query("executor_lock"), self.lock_key)
-            await self.store.executor_register(self.owner, self.lock_key, s.lease_seconds)
+            await self.store.executor_register(
+                self.owner, self.lock_key, self.settings.lease_seconds, lock_server
+            )
             await self.faults.point("executor_registered")
-            await conn.add_listener("shardflow_ready", self._on_notify)
-            await conn.add_listener(f"shardflow_handoff_{self.lock_key}", self._on_handoff)
         except BaseException:
             conn.terminate()  # the shard went away halfway: the next attempt starts over
             raise
         self._lock_conn = conn
         self.store.listener = conn
         self._handoff_at = None
+
+    async def _lock(self, dsn: str) -> tuple[asyncpg.Connection, str]:
+        """A liveness connection to ``dsn``: our advisory lock held, our channels listened
+        to. Returns it with the name of the server holding the lock."""
+        conn = await shard_pool.connect(dsn, command_timeout=COMMAND_TIMEOUT)
+        try:
+            lock_server = str(await conn.fetchval(query("executor_lock"), self.lock_key))
+            await conn.add_listener("shardflow_ready", self._on_notify)
+            await conn.add_listener(f"shardflow_handoff_{self.lock_key}", self._on_handoff)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn, lock_server
+
+    async def _follow_schema(self) -> None:
+        """On Citus, move to the node now holding our schema (shardflow/infra/placement.py):
+        lock and listen there first, then tell peers where our lock is, then move the pool.
+        Nothing in flight stops: a statement on the old node is still routed by Citus."""
+        now = time.monotonic()
+        if self._pool is None or now - self._placement_at < placement.CHECK_SECONDS:
+            return
+        self._placement_at = now
+        target = await placement.moved(self._pool, self.settings.dsn, self._node_dsn)
+        if target is None:
+            return
+        log.info("event=schema_moved owner=%s to=%s", self.owner, urlsplit(target).netloc)
+        conn, lock_server = await self._lock(target)
+        old, self._lock_conn = self._lock_conn, conn
+        self.store.listener = conn
+        self._node_dsn = target
+        await shard_pool.repoint(self._pool, target)
+        await shard_pool.close_connection(old)
+        if not await self.store.executor_relock(self.owner, lock_server):
+            await self._reattach("declared dead by a peer while following the schema")
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
@@ -379,6 +420,7 @@ class Executor:
                     if not await self.store.executor_heartbeat(self.owner, s.lease_seconds):
                         await self._reattach("declared dead by a peer (lease expired)")
                     last_beat = time.monotonic()
+                await self._follow_schema()
                 await self._refresh_kinds()
                 await self._offer_handoffs()
                 await self._sweep_lost_handoffs()

@@ -14,10 +14,13 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+import pglast
 
 from shardflow.infra.sqlfiles import parse
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+GENERIC_PLAN = "SET plan_cache_mode = force_generic_plan"
+CUSTOM_PLAN = "SET plan_cache_mode = force_custom_plan"
 
 
 @dataclass(frozen=True)
@@ -61,14 +64,27 @@ async def migrate(
     applied_now: list[int] = []
     async with conn.transaction():
         await conn.execute(q["lock"])
-        await conn.execute(q["bootstrap"])
+        on_citus = await conn.fetchval(q["citus"])
+
+        async def run(script: str) -> None:
+            if not on_citus:
+                await conn.execute(script)
+                return
+            # Citus propagates DDL of a distributed schema by the text of the statement,
+            # and refuses a query string of several statements: one at a time there. And
+            # it cannot distribute a generic plan of some statements with parameters
+            # (INSERT ... SELECT), so there the functions plan each call for its values.
+            for statement in pglast.split(script):
+                await conn.execute(statement.replace(GENERIC_PLAN, CUSTOM_PLAN))
+
+        await run(q["bootstrap"])
         done = {row["version"] for row in await conn.fetch(q["applied"])}
         for migration in migrations(package):
             if migration.version in done:
                 continue
-            await conn.execute(migration.sql)
+            await run(migration.sql)
             await conn.execute(q["record"], migration.version, migration.name)
             applied_now.append(migration.version)
         for text in function_files(package):
-            await conn.execute(text)
+            await run(text)
     return applied_now

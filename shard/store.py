@@ -85,15 +85,29 @@ class ShardStore:
         # The executor's liveness connection, which LISTENs for its hand-offs: small
         # flushes run on it while it is up (see _flusher).
         self.listener: asyncpg.Connection | None = None
+        # On Citus, statements that Citus cannot plan whole go record by record
+        # (docs/citus.md); set by whoever opened the pool (placement.on_citus).
+        self.citus = False
 
     def _flusher(self, records: int) -> asyncpg.Connection | asyncpg.Pool:
         """Where a flush of ``records`` goes (the committer sends one at a time)."""
         return quiet_target(self.listener, self.pool, records)
 
-    async def executor_register(self, owner: str, lock_key: int, lease: float) -> None:
+    async def executor_register(
+        self, owner: str, lock_key: int, lease: float, lock_server: str
+    ) -> None:
         await self.pool.execute(
-            query("executor_register"), owner, lock_key, lease, socket.gethostname(), os.getpid()
+            query("executor_register"),
+            owner,
+            lock_key,
+            lease,
+            socket.gethostname(),
+            os.getpid(),
+            lock_server,
         )
+
+    async def executor_relock(self, owner: str, lock_server: str) -> bool:
+        return await self.pool.fetchval(query("executor_relock"), owner, lock_server) is not None
 
     async def executor_heartbeat(self, owner: str, lease: float) -> bool:
         return await self.pool.fetchval(query("executor_heartbeat"), owner, lease) is not None
@@ -180,13 +194,18 @@ class ShardStore:
         Without a claim and with plain records only (nearly every flush), the lean
         ``checkpoint_flush_plain`` does the same writes, and ``checkpoint_flush_one`` for
         a single record."""
-        if claim is None and all(r.plain for r in records):
+        if self.citus:
+            rows = await self._flusher(len(records)).fetch(
+                query("checkpoint_flush_each"), *flush_args(records, claim)
+            )
+        elif claim is None and all(r.plain for r in records):
             lean = "checkpoint_flush_one" if len(records) == 1 else "checkpoint_flush_plain"
             rows = await self._flusher(len(records)).fetch(query(lean), flush_payload(records))
             return {row["id"]: row["cancel_requested"] for row in rows}, []
-        rows = await self._flusher(len(records)).fetch(
-            query("checkpoint_flush"), *flush_args(records, claim)
-        )
+        else:
+            rows = await self._flusher(len(records)).fetch(
+                query("checkpoint_flush"), *flush_args(records, claim)
+            )
         applied = {row["id"]: row["cancel_requested"] for row in rows if not row["claimed"]}
         claimed = [ClaimedWorkflow.decode(row) for row in rows if row["claimed"]]
         return applied, claimed
@@ -194,7 +213,9 @@ class ShardStore:
     async def workflow_release_many(self, items: Sequence[tuple[str, int]]) -> int:
         return int(
             await self.pool.fetchval(
-                query("workflow_release_many"), [i for i, _ in items], [e for _, e in items]
+                query("workflow_release_each" if self.citus else "workflow_release_many"),
+                [i for i, _ in items],
+                [e for _, e in items],
             )
         )
 

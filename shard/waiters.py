@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from shardflow.infra import placement
 from shardflow.infra import pool as shard_pool
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import ResultTimeoutError, WorkflowNotFoundError
@@ -41,9 +42,11 @@ def settle(fut: asyncio.Future[Any], outcome: Any) -> None:
 
 
 class ResultWaiters:
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, node_dsn: str | None = None) -> None:
         self.pool = pool
         self._dsn = dsn
+        self._node_dsn = node_dsn or dsn  # where we connect (on Citus: the schema's node)
+        self._placement_at = time.monotonic()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._notified = asyncio.Event()
@@ -125,16 +128,36 @@ class ResultWaiters:
                 if self._waiters:
                     await self._check(list(self._waiters))
                 self._forget(time.monotonic() - KEEP_EXPECTED)
+                await self._follow_schema()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._notified.wait(), 1.0)
         finally:
             conn, self._conn = self._conn, None
             await shard_pool.close_connection(conn)
 
+    async def _follow_schema(self) -> None:
+        """On Citus, every CHECK_SECONDS: when the schema moved, the pool and the LISTEN
+        connection move to its node (the next turn of the watch loop listens there)."""
+        now = time.monotonic()
+        if now - self._placement_at < placement.CHECK_SECONDS:
+            return
+        self._placement_at = now
+        try:
+            target = await placement.moved(self.pool, self._dsn, self._node_dsn)
+        except Exception as exc:
+            if is_unavailable(exc):
+                return
+            raise
+        if target is not None:
+            self._node_dsn = target
+            await shard_pool.repoint(self.pool, target)
+            conn, self._conn = self._conn, None
+            await shard_pool.close_connection(conn)
+
     async def _listen(self) -> asyncpg.Connection | None:
         conn = None
         try:
-            conn = await shard_pool.connect(self._dsn)
+            conn = await shard_pool.connect(self._node_dsn)
             await conn.add_listener("shardflow_done", self._on_done)
         except Exception as exc:
             if conn is not None:

@@ -29,7 +29,7 @@ from shardflow.shard.sdk import Registry
 from tests.background import stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.cluster_fixtures"]
+pytest_plugins = ["tests.cluster_fixtures", "tests.citus_fixtures"]
 TEMPLATE = "shardflow_template"
 _counter = itertools.count()
 
@@ -88,7 +88,20 @@ async def create_database(server: PostgresServer, template: str = TEMPLATE) -> s
 
 
 @pytest.fixture
-async def dsn(pg: PostgresServer) -> AsyncIterator[str]:
+def shard_server(request: pytest.FixtureRequest) -> Any:
+    """Where ``dsn`` makes its shard: the plain server, or with SHARDFLOW_TEST_CITUS=1 the
+    session's Citus cluster (tests/citus_fixtures.py)."""
+    if os.environ.get("SHARDFLOW_TEST_CITUS") == "1":
+        return request.getfixturevalue("citus_cluster")
+    return request.getfixturevalue("pg")
+
+
+@pytest.fixture
+async def dsn(shard_server: Any) -> AsyncIterator[str]:
+    if not isinstance(shard_server, PostgresServer):
+        yield await shard_server.new_schema()
+        return
+    pg = shard_server
     url = await create_database(pg)
     yield url
     name = urlsplit(url).path.lstrip("/")

@@ -51,6 +51,7 @@ NODE_LOCAL = {
     "pg_stat_user_tables",
     "pg_type",
     "pg_namespace",
+    "pg_extension",
 }
 RELATION = re.compile(
     r"(?<!epoch )\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS)\s+([a-z_]+(?:\.[a-z_]+)?)(\s*\()?"

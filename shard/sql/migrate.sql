@@ -16,3 +16,6 @@ SELECT version FROM shardflow.schema_migrations ORDER BY version;
 
 -- name: record
 INSERT INTO shardflow.schema_migrations (version, name) VALUES ($1, $2);
+
+-- name: citus
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');

@@ -6,9 +6,15 @@
 -- place of each later line "-- use: <its name>" (SQL that two statements share).
 
 -- name: executor_register
-INSERT INTO shardflow.executors (owner, lock_key, lease_until, host, pid)
-VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5)
-ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until;
+INSERT INTO shardflow.executors (owner, lock_key, lease_until, host, pid, lock_server)
+VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6)
+ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until,
+                                  lock_server = excluded.lock_server;
+
+-- name: executor_relock
+-- The executor now holds its lock on server $2 (it followed its schema to another
+-- Citus node); no row means peers declared it dead.
+UPDATE shardflow.executors SET lock_server = $2 WHERE owner = $1 RETURNING owner;
 
 -- name: executor_heartbeat
 -- Renew the executor's lease; no row means peers declared it dead.
@@ -21,7 +27,8 @@ RETURNING owner;
 -- more workflows) or stop ($3 = 0).
 UPDATE shardflow.executors
 SET kinds = $2::text[],
-    handoff_until = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END,
+    -- now() outside the CASE: Citus refuses a non-immutable function inside one.
+    handoff_until = now() + CASE WHEN $3 > 0 THEN make_interval(secs => $3) END,
     handoff_room = $4
 WHERE owner = $1;
 
@@ -36,7 +43,8 @@ WHERE status = 'running' AND lease_owner = $1
 DELETE FROM shardflow.executors WHERE owner = $1;
 
 -- name: executor_lock
-SELECT pg_advisory_lock($1);
+-- The session's lock, and the name of the server holding it (migration 0020).
+SELECT shardflow.lock_server() FROM (SELECT pg_advisory_lock($1)) AS locked;
 
 -- name: registry_add
 INSERT INTO shardflow.registry (name, version, timeout_s)
@@ -73,7 +81,11 @@ ORDER BY workflow_id, id;
 -- $1 is one JSON array of the workflows' records, each with its new step rows (outputs
 -- and errors as JSON text, times in ISO 8601): one parameter encodes in a fraction
 -- of the time 17 arrays took the driver, element by element.
-WITH wf_in AS (
+WITH clock AS (
+    -- The time of the write (see _flush_update), joined in as a column: Citus refuses a
+    -- volatile function in an UPDATE.
+    SELECT clock_timestamp() AS at
+), wf_in AS (
     SELECT t.id, t.epoch, t.status AS new_status, t.output::jsonb AS output,
            t.error::jsonb AS error, t.run_at, t.next_seq,
            t.seen_signal, t.parent, t.steps
@@ -92,9 +104,9 @@ WITH wf_in AS (
         -- clock_timestamp(), not now(): the slot-move pre-copy horizon must never pass
         -- for this transaction's finish while it is still open (slot_precopy_horizon).
         finished_at = CASE WHEN i.new_status IN ('completed', 'failed', 'cancelled')
-                           THEN clock_timestamp() END,
+                           THEN clock.at END,
         updated_at = now()
-    FROM wf_in i
+    FROM wf_in i CROSS JOIN clock
     -- Probe the flushed IDs' keys (= ANY): with a bare w.status = 'running' the planner
     -- read the whole partial index of running workflows (thousands of entries, most of
     -- them dead between vacuums) and hash-joined it. IS TRUE keeps
@@ -122,7 +134,7 @@ WITH wf_in AS (
     -- A step's last attempt replaces the row of its failed attempts (never another row).
     ON CONFLICT (workflow_id, seq) DO UPDATE
         SET status = excluded.status, output = excluded.output, error = excluded.error,
-            attempts = excluded.attempts, finished_at = now()
+            attempts = excluded.attempts, finished_at = excluded.finished_at
         WHERE shardflow.steps.status = 'retrying'
 ), finished AS (
     SELECT o.*, sum(length(o.id) + coalesce(length(o.output), 0)
@@ -199,7 +211,7 @@ WITH wf_in AS (
 ), parents_ready AS (
     INSERT INTO shardflow.ready (workflow_id, slot, priority)
     SELECT p.id, p.slot, p.priority FROM parents p WHERE p.status = 'waiting'
-    ON CONFLICT (workflow_id) DO UPDATE SET run_at = now()
+    ON CONFLICT (workflow_id) DO UPDATE SET run_at = excluded.run_at
 ), woke AS (
     SELECT pg_notify('shardflow_ready', '')
     WHERE EXISTS (SELECT 1 FROM parents p WHERE p.status = 'waiting')
@@ -247,6 +259,10 @@ SELECT true, c.*, NULL FROM claimed c;
 )
 SELECT f.id, f.cancel_requested, (SELECT count(*) FROM done) AS notified FROM fenced f;
 
+-- name: checkpoint_flush_each
+-- checkpoint_flush on Citus, record by record (shardflow.flush_each; the same arguments).
+SELECT * FROM shardflow.flush_each($1::json, $2, $3, $4, $5::text[], $6::text[]);
+
 -- name: checkpoint_flush_one
 -- checkpoint_flush_plain for one record ($1, the same JSON array): shardflow.flush_one.
 SELECT id, cancel_requested, notified FROM shardflow.flush_one($1::json);
@@ -268,8 +284,12 @@ INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, atte
 VALUES ($1, $2, $3, 'completed', $4::jsonb, NULL, $5, $6)
 ON CONFLICT (workflow_id, seq) DO UPDATE
     SET status = excluded.status, output = excluded.output, error = excluded.error,
-        attempts = excluded.attempts, finished_at = now()
+        attempts = excluded.attempts, finished_at = excluded.finished_at
     WHERE shardflow.steps.status = 'retrying';
+
+-- name: workflow_release_each
+-- workflow_release_many on Citus (shardflow.release_each).
+SELECT shardflow.release_each($1::text[], $2::bigint[]);
 
 -- name: workflow_release_many
 -- Give workflows back to the ready queue (shutdown, or a write whose outcome is unknown).

@@ -39,6 +39,16 @@ MARKER = "cluster.json"
 DATABASE = "shardflow"
 
 
+# A Citus node: the extension preloaded, logical decoding for the rebalancer's online
+# moves, and no SSL between nodes on loopback (Citus asks for it by default).
+CITUS_SETTINGS = {
+    "shared_preload_libraries": "citus,pg_stat_statements",
+    "wal_level": "logical",
+    "citus.node_conninfo": "sslmode=disable",
+    "max_worker_processes": "24",
+}
+
+
 @dataclass(frozen=True)
 class DevSettings(Settings):
     app: list[str] = setting([], help="app module(s) the executors load (repeatable)")
@@ -61,6 +71,10 @@ class DevSettings(Settings):
     haproxy: bool = setting(
         False, help="put the routers behind a local haproxy on --port (Debian package)"
     )
+    citus: bool = setting(
+        False, help="the shards as distributed schemas of a local Citus cluster (docs/citus.md)"
+    )
+    workers: int = setting(2, help="Citus workers (with --citus)", minimum=1)
 
 
 @dataclass
@@ -119,7 +133,12 @@ class DevCluster:
 
     def __post_init__(self) -> None:
         self.data = Path(os.path.abspath(self.settings.data))
-        self.pg = LocalPostgres(self.data, durable=self.settings.durable, databases=(DATABASE,))
+        self.pg = LocalPostgres(
+            self.data,
+            durable=self.settings.durable,
+            databases=(DATABASE,),
+            extra_settings=CITUS_SETTINGS if self.settings.citus else {},
+        )
         self.catalog_dsn = ""
         self.shard_dsns: dict[str, str] = {}
         self.router_urls: list[str] = []
@@ -145,16 +164,40 @@ class DevCluster:
 
     async def start(self) -> None:
         self.admin_token = self._load_admin_token()
-        names = ["catalog"] + [f"shard{i}" for i in range(self.settings.shards)]
-        servers = {s.name: s for s in self.pg.start(*names)}
-        self.catalog_dsn = servers["catalog"].dsn(DATABASE)
-        self.shard_dsns = {n: servers[n].dsn(DATABASE) for n in names[1:]}
-        for server in servers.values():
-            await ensure_database(server, DATABASE)
-        await self._ensure_cluster()
+        if self.settings.citus:
+            await self._start_citus()
+        else:
+            names = ["catalog"] + [f"shard{i}" for i in range(self.settings.shards)]
+            servers = {s.name: s for s in self.pg.start(*names)}
+            self.catalog_dsn = servers["catalog"].dsn(DATABASE)
+            self.shard_dsns = {n: servers[n].dsn(DATABASE) for n in names[1:]}
+            for server in servers.values():
+                await ensure_database(server, DATABASE)
+            await self._ensure_cluster()
         self._plan_children()
         for child in self.children:
             self._spawn(child)
+
+    async def _start_citus(self) -> None:
+        """A Citus coordinator and ``workers`` workers; ``citus-init`` (idempotent) lays
+        the shards out as distributed schemas and the catalog on the coordinator."""
+        from shardflow.coordinator import citus
+
+        s = self.settings
+        names = ["citus-coordinator"] + [f"citus-worker{i}" for i in range(1, s.workers + 1)]
+        servers = self.pg.start(*names)
+        layout = await citus.init(
+            servers[0].dsn(DATABASE),
+            s.shards,
+            s.slots,
+            coordinator_host=f"127.0.0.1:{servers[0].port}",
+            workers=tuple(f"127.0.0.1:{server.port}" for server in servers[1:]),
+        )
+        self.catalog_dsn = layout.catalog_dsn
+        self.shard_dsns = layout.shards
+        (self.data / MARKER).write_text(
+            json.dumps({"slots": s.slots, "shards": sorted(self.shard_dsns), "citus": True})
+        )
 
     async def _ensure_cluster(self) -> None:
         marker = self.data / MARKER

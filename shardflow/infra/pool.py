@@ -200,6 +200,14 @@ async def create_pool(
     return pool
 
 
+async def repoint(pool: asyncpg.Pool, dsn: str) -> None:
+    """Make ``pool``'s connections go to ``dsn`` from now on: new ones at once, the
+    current ones as they come back (the same settings as before, another server)."""
+    kwargs: dict[str, Any] = dict(getattr(pool, "_connect_kwargs", {}))
+    pool.set_connect_args(dsn, **kwargs)
+    await pool.expire_connections()
+
+
 class ShardPools:
     """Small pools to many shards, made on first use and kept by DSN (for the control
     plane: moves, schedules, limits run short statements, where connecting costs more)."""

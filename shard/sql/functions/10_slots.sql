@@ -49,6 +49,8 @@ CREATE OR REPLACE FUNCTION shardflow.fence_slot(p_slot integer, p_epoch bigint)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v_count integer;
+    v_ids text[];
+    v_priorities integer[];
 BEGIN
     UPDATE shardflow.slots SET state = 'moving', epoch = greatest(epoch, p_epoch)
     WHERE slot = p_slot AND state IN ('owned', 'moving');
@@ -63,12 +65,14 @@ BEGIN
             updated_at = now()
         WHERE w.slot = p_slot AND w.status NOT IN ('completed', 'failed', 'cancelled')
         RETURNING w.id, w.slot, w.status, w.priority
-    ), rdy AS (
-        INSERT INTO shardflow.ready (workflow_id, slot, priority)
-        SELECT live.id, live.slot, live.priority FROM live WHERE live.status = 'pending'
-        ON CONFLICT (workflow_id) DO NOTHING
     )
-    SELECT count(*) INTO v_count FROM live;
+    SELECT count(*), array_agg(live.id) FILTER (WHERE live.status = 'pending'),
+           array_agg(live.priority) FILTER (WHERE live.status = 'pending')
+    INTO v_count, v_ids, v_priorities FROM live;
+    -- Its own statement: Citus cannot plan an INSERT in a CTE (docs/citus.md).
+    INSERT INTO shardflow.ready (workflow_id, slot, priority)
+    SELECT i.id, p_slot, i.priority FROM unnest(v_ids, v_priorities) AS i(id, priority)
+    ON CONFLICT (workflow_id) DO NOTHING;
     RETURN v_count;
 END
 $$;

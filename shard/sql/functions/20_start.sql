@@ -94,6 +94,12 @@ DECLARE
     -- planned again on every start (docs/benchmarks.md, "What was tried").
     v_slots integer := (SELECT s.value::integer FROM shardflow.settings s WHERE s.key = 'slots');
 BEGIN
+    IF shardflow.on_citus() THEN
+        RETURN QUERY SELECT * FROM shardflow.start_each(
+            p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts, p_priorities,
+            p_partial, coalesce(v_slots, 1024));
+        RETURN;
+    END IF;
     IF cardinality(p_ids) = 1 THEN
         -- One start (every start at low load, and most children): the same writes and
         -- answers, statement by statement. Postgres builds every node of the batch
@@ -305,5 +311,58 @@ BEGIN
             'workflow %s already exists with another name or input', quote_literal(v_id));
     END IF;
     RETURN v_id;
+END
+$$;
+
+-- Whether this server runs Citus: there, statements Citus cannot plan whole (an INSERT in
+-- a CTE) go one by one (docs/citus.md).
+CREATE OR REPLACE FUNCTION shardflow.on_citus() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT to_regclass('pg_catalog.pg_dist_node') IS NOT NULL
+$$;
+
+-- start_workflows on Citus: start_one for each start, all or nothing unless p_partial
+-- (a problem rolls every start of the batch back, and the answers say so).
+CREATE OR REPLACE FUNCTION shardflow.start_each(
+    p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
+    p_parents text[], p_timeouts double precision[], p_priorities integer[],
+    p_partial boolean, p_slots integer)
+RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
+               problem text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    a_id text[] := '{}';
+    a_slot integer[] := '{}';
+    a_status text[] := '{}';
+    a_created boolean[] := '{}';
+    a_conflict boolean[] := '{}';
+    a_problem text[] := '{}';
+    v_bad boolean := false;
+BEGIN
+    BEGIN
+        FOR i IN 1 .. cardinality(p_ids) LOOP
+            SELECT * INTO s FROM shardflow.start_one(
+                p_ids[i], p_names[i], p_inputs[i], p_routing_keys[i], p_parents[i],
+                p_timeouts[i], p_priorities[i], p_slots);
+            a_id := a_id || s.id;
+            a_slot := a_slot || s.slot;
+            a_status := a_status || s.status;
+            a_created := a_created || s.created;
+            a_conflict := a_conflict || s.conflict;
+            a_problem := a_problem || s.problem;
+            v_bad := v_bad OR s.problem IS NOT NULL;
+        END LOOP;
+        IF v_bad AND NOT p_partial THEN
+            RAISE EXCEPTION USING ERRCODE = 'SF900', MESSAGE = 'roll the batch back';
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'SF900' THEN
+        FOR i IN 1 .. cardinality(a_id) LOOP
+            IF a_created[i] THEN
+                a_status[i] := NULL;
+                a_created[i] := false;
+            END IF;
+        END LOOP;
+    END;
+    RETURN QUERY SELECT * FROM unnest(a_id, a_slot, a_status, a_created, a_conflict, a_problem);
 END
 $$;

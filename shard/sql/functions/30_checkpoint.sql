@@ -18,6 +18,7 @@ DECLARE
     v_output jsonb;
     v_error jsonb;
     v_payload text;
+    v_now timestamptz;
 BEGIN
     SELECT t.* INTO r
     FROM json_to_recordset(p_records) AS t(id text, epoch bigint, status text, output text,
@@ -30,6 +31,9 @@ BEGIN
         WHERE w.id = r.id AND w.lease_epoch = r.epoch AND w.status = 'running'
         FOR NO KEY UPDATE;
     ELSE
+        -- clock_timestamp(), not now(): see _flush_update in queries.sql (a variable:
+        -- Citus refuses a volatile function in an UPDATE).
+        v_now := clock_timestamp();
         UPDATE shardflow.workflows w SET
             status = r.status,
             output = r.output::jsonb,
@@ -38,9 +42,8 @@ BEGIN
             wake_at = r.run_at,
             lease_owner = NULL,
             lease_until = NULL,
-            -- clock_timestamp(), not now(): see _flush_update in queries.sql.
             finished_at = CASE WHEN r.status IN ('completed', 'failed', 'cancelled')
-                               THEN clock_timestamp() END,
+                               THEN v_now END,
             updated_at = now()
         WHERE w.id = r.id AND w.lease_epoch = r.epoch AND (w.status = 'running') IS TRUE
         RETURNING w.status, w.cancel_requested, w.output, w.error
@@ -56,7 +59,7 @@ BEGIN
         output text, error text, attempts integer, started_at timestamptz)
     ON CONFLICT (workflow_id, seq) DO UPDATE
         SET status = excluded.status, output = excluded.output, error = excluded.error,
-            attempts = excluded.attempts, finished_at = now()
+            attempts = excluded.attempts, finished_at = excluded.finished_at
         WHERE shardflow.steps.status = 'retrying';
     notified := 0;
     IF v_status IN ('completed', 'failed', 'cancelled') THEN
@@ -80,4 +83,59 @@ CREATE OR REPLACE FUNCTION shardflow.resume_seq(p_id text, p_next_seq integer)
 RETURNS integer LANGUAGE sql STABLE AS $$
     SELECT greatest(p_next_seq, (SELECT max(s.seq) + 1 FROM shardflow.steps s
                                  WHERE s.workflow_id = p_id))
+$$;
+
+-- The checkpoint flushes on Citus (docs/citus.md), record by record: Citus plans a
+-- statement with an INSERT in a CTE piece by piece (each CTE its own statement, results
+-- shipped between them), which the batched flushes of queries.sql do not survive; each
+-- statement here is planned whole, on the schema's node. The same writes and answers as
+-- checkpoint_flush (the claim riding it included), in the columns of its result.
+CREATE OR REPLACE FUNCTION shardflow.flush_each(
+    p_records json, p_owner text, p_limit integer, p_lease double precision,
+    p_names text[], p_versions text[])
+RETURNS TABLE (claimed boolean, id text, name text, version text, input text,
+               lease_epoch bigint, attempt integer, next_seq integer, signal_seq integer,
+               cancel_requested boolean, deadline timestamptz, created_at timestamptz,
+               routing_key text, parent text, priority integer, notified bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    e json;
+    r record;
+    f record;
+    w record;
+BEGIN
+    FOR e IN SELECT x.value FROM json_array_elements(p_records) AS x LOOP
+        SELECT t.* INTO r FROM json_to_record(e) AS t(id text, status text, run_at timestamptz,
+            seen_signal integer, parent text);
+        -- The row, its steps and the outcome NOTIFY: flush_one's writes.
+        SELECT o.id, o.cancel_requested, o.notified INTO f
+        FROM shardflow.flush_one(json_build_array(e)) AS o;
+        CONTINUE WHEN f.id IS NULL;  -- fenced off: another run owns the workflow now
+        IF r.status IN ('sleeping', 'waiting') THEN
+            -- Back to the ready queue at its timer, or now when an event, a child's end or
+            -- a cancel came since the run looked.
+            SELECT x.slot, x.priority, x.signal_seq <> r.seen_signal OR x.cancel_requested
+                   AS woken
+            INTO w FROM shardflow.workflows x WHERE x.id = r.id;
+            IF w.woken OR r.run_at IS NOT NULL THEN
+                INSERT INTO shardflow.ready (workflow_id, slot, run_at, priority)
+                VALUES (r.id, w.slot, CASE WHEN w.woken THEN now() ELSE r.run_at END,
+                        w.priority)
+                ON CONFLICT (workflow_id) DO UPDATE
+                    SET run_at = least(shardflow.ready.run_at, excluded.run_at);
+            END IF;
+        ELSIF r.parent IS NOT NULL AND r.status IN ('completed', 'failed', 'cancelled') THEN
+            PERFORM shardflow.signal_parent(r.parent);
+        END IF;
+        claimed := false;
+        id := f.id;
+        cancel_requested := f.cancel_requested;
+        notified := f.notified;
+        RETURN NEXT;
+    END LOOP;
+    IF p_limit > 0 THEN
+        RETURN QUERY SELECT true, c.*, NULL::bigint
+        FROM shardflow.claim_workflows(p_owner, p_limit, p_lease, p_names, p_versions) AS c;
+    END IF;
+END
 $$;

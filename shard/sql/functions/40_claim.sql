@@ -158,6 +158,12 @@ BEGIN
 END
 $$;
 
+-- The server this runs on, in one life of it: 'system identifier@start time'.
+CREATE OR REPLACE FUNCTION shardflow.lock_server() RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT (SELECT system_identifier FROM pg_control_system())::text || '@'
+           || pg_postmaster_start_time()::text
+$$;
+
 -- Take back the workflows of executors that are gone (their advisory lock is free)
 -- or stalled (their lease expired): new lease epoch, back to the ready queue, or
 -- failed once a workflow has crashed its executors more than p_max_attempts times.
@@ -165,19 +171,30 @@ CREATE OR REPLACE FUNCTION shardflow.reclaim_dead(p_me text, p_max_attempts inte
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    v_here text := shardflow.lock_server();
+    v_now timestamptz;
+    v_ids text[];
+    v_slots integer[];
+    v_priorities integer[];
     v_dead text[] := '{}';
     v_count integer;
     v_parents text[];
 BEGIN
-    FOR r IN SELECT e.owner, e.lock_key, e.lease_until < now() AS expired
+    -- A lock is tested only on the server holding it; one held in an earlier life of
+    -- this server is gone (lock_server, migration 0020).
+    FOR r IN SELECT e.owner, e.lock_key, e.lease_until < now() AS expired,
+                    coalesce(e.lock_server = v_here, true) AS here,
+                    split_part(e.lock_server, '@', 1) = split_part(v_here, '@', 1)
+                        AND e.lock_server <> v_here AS restarted
              FROM shardflow.executors e WHERE e.owner <> p_me LOOP
-        IF r.expired OR pg_try_advisory_xact_lock(r.lock_key) THEN
+        IF r.expired OR r.restarted OR (r.here AND pg_try_advisory_xact_lock(r.lock_key)) THEN
             v_dead := v_dead || r.owner;
         END IF;
     END LOOP;
     IF cardinality(v_dead) > 0 THEN
         DELETE FROM shardflow.executors WHERE owner = ANY (v_dead);
     END IF;
+    v_now := clock_timestamp();  -- a variable: Citus refuses volatile functions in an UPDATE
     WITH lost AS (
         UPDATE shardflow.workflows w
         SET attempt = w.attempt + 1, lease_epoch = w.lease_epoch + 1,
@@ -186,30 +203,58 @@ BEGIN
             -- with its compensations (shard/runner.py); if even that run is lost, it is
             -- failed here, its compensations unrun.
             status = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN 'failed' ELSE 'pending' END,
-            error = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN jsonb_build_object(
-                'type', 'RecoveryLimitExceeded', 'code', 'recovery_limit',
-                'message', format('the workflow was recovered from a lost executor %s times '
-                                  '(limit %s), its compensations too; it is failed instead of '
-                                  'looping', w.attempt + 1, p_max_attempts))
+            -- Built of immutable parts: Citus refuses stable functions (format,
+            -- jsonb_build_object) in a CASE of an UPDATE.
+            error = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN (
+                '{"type": "RecoveryLimitExceeded", "code": "recovery_limit", "message": '
+                || '"the workflow was recovered from a lost executor '
+                || (w.attempt + 1)::text || ' times (limit ' || p_max_attempts::text
+                || '), its compensations too; it is failed instead of looping"}')::jsonb
                 ELSE w.error END,
-            finished_at = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN clock_timestamp() END
+            finished_at = CASE WHEN w.attempt + 1 > p_max_attempts + 1 THEN v_now END
         WHERE w.status = 'running'
           AND (w.lease_owner = ANY (v_dead)
                OR NOT EXISTS (SELECT 1 FROM shardflow.executors e WHERE e.owner = w.lease_owner))
         RETURNING w.id, w.slot, w.status, w.priority, w.parent
-    ), rdy AS (
-        INSERT INTO shardflow.ready (workflow_id, slot, priority)
-        SELECT lost.id, lost.slot, lost.priority FROM lost WHERE lost.status = 'pending'
-        ON CONFLICT (workflow_id) DO NOTHING
     )
     SELECT count(*), array_agg(lost.parent) FILTER (WHERE lost.status = 'failed'
-                                                      AND lost.parent IS NOT NULL)
-    INTO v_count, v_parents FROM lost;
+                                                      AND lost.parent IS NOT NULL),
+           array_agg(lost.id) FILTER (WHERE lost.status = 'pending'),
+           array_agg(lost.slot) FILTER (WHERE lost.status = 'pending'),
+           array_agg(lost.priority) FILTER (WHERE lost.status = 'pending')
+    INTO v_count, v_parents, v_ids, v_slots, v_priorities FROM lost;
+    -- Its own statement, not a CTE of the one above: Citus cannot plan an INSERT in a CTE.
+    INSERT INTO shardflow.ready (workflow_id, slot, priority)
+    SELECT * FROM unnest(v_ids, v_slots, v_priorities)
+    ON CONFLICT (workflow_id) DO NOTHING;
     PERFORM shardflow.signal_parent(p) FROM unnest(v_parents) AS p;
     IF v_count > 0 THEN
         PERFORM pg_notify('shardflow_ready', '');
         PERFORM pg_notify('shardflow_done', '');
     END IF;
+    RETURN v_count;
+END
+$$;
+
+-- workflow_release_many (shard/sql/queries.sql) on Citus, one workflow at a time (Citus
+-- cannot plan its INSERT in a CTE whole: docs/citus.md).
+CREATE OR REPLACE FUNCTION shardflow.release_each(p_ids text[], p_epochs bigint[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_count integer := 0;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+        UPDATE shardflow.workflows w
+        SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+            lease_epoch = w.lease_epoch + 1, updated_at = now()
+        WHERE w.id = p_ids[i] AND w.lease_epoch = p_epochs[i] AND w.status = 'running'
+        RETURNING w.id, w.slot, w.priority INTO r;
+        CONTINUE WHEN NOT FOUND;
+        INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
+        ON CONFLICT (workflow_id) DO NOTHING;
+        v_count := v_count + 1;
+    END LOOP;
     RETURN v_count;
 END
 $$;

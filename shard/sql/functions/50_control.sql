@@ -42,7 +42,7 @@ BEGIN
     RETURNING p.id, p.slot, p.status, p.priority INTO r;
     IF FOUND AND r.status = 'waiting' THEN
         INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
-        ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+        ON CONFLICT (workflow_id) DO UPDATE SET run_at = excluded.run_at;
         PERFORM pg_notify('shardflow_ready', '');
     END IF;
 END
@@ -52,18 +52,24 @@ CREATE OR REPLACE FUNCTION shardflow.cancel_workflow(p_id text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    v_unstarted boolean;
+    v_now timestamptz;
 BEGIN
     -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
     -- then updates their workflows), so a claim under way and this never deadlock.
     PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
+    -- Whether it never ran (cancelled at once), read first: Citus refuses functions of
+    -- the row's columns, and volatile ones, in an UPDATE.
     PERFORM shardflow.check_slot_served(w.slot, p_id)
     FROM shardflow.workflows w WHERE w.id = p_id;
+    SELECT w.next_seq = 0 INTO v_unstarted FROM shardflow.workflows w WHERE w.id = p_id;
+    v_unstarted := v_unstarted AND NOT EXISTS (SELECT FROM shardflow.steps s
+                                               WHERE s.workflow_id = p_id);
+    v_now := clock_timestamp();
     UPDATE shardflow.workflows w
     SET cancel_requested = true, signal_seq = w.signal_seq + 1, updated_at = now(),
-        status = CASE WHEN w.status = 'pending' AND shardflow.resume_seq(w.id, w.next_seq) = 0
-                      THEN 'cancelled' ELSE w.status END,
-        finished_at = CASE WHEN w.status = 'pending' AND shardflow.resume_seq(w.id, w.next_seq) = 0
-                           THEN clock_timestamp() END
+        status = CASE WHEN w.status = 'pending' AND v_unstarted THEN 'cancelled' ELSE w.status END,
+        finished_at = CASE WHEN w.status = 'pending' AND v_unstarted THEN v_now END
     WHERE w.id = p_id AND w.status NOT IN ('completed', 'failed', 'cancelled')
     RETURNING w.id, w.slot, w.status, w.priority, w.parent INTO r;
     IF NOT FOUND THEN
@@ -84,7 +90,7 @@ BEGIN
         END IF;
     ELSIF r.status IN ('sleeping', 'waiting', 'pending') THEN
         INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
-        ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+        ON CONFLICT (workflow_id) DO UPDATE SET run_at = excluded.run_at;
         PERFORM pg_notify('shardflow_ready', '');
     END IF;
     RETURN r.status;
@@ -128,7 +134,7 @@ BEGIN
         deadline = w.deadline + (now() - w.created_at), updated_at = now()
     WHERE w.id = p_id;
     INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
-    ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+    ON CONFLICT (workflow_id) DO UPDATE SET run_at = excluded.run_at;
     PERFORM pg_notify('shardflow_ready', '');
     RETURN 'pending';
 END
@@ -164,7 +170,7 @@ BEGIN
     UPDATE shardflow.workflows SET signal_seq = signal_seq + 1, updated_at = now() WHERE id = p_id;
     IF r.status = 'waiting' THEN
         INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
-        ON CONFLICT (workflow_id) DO UPDATE SET run_at = now();
+        ON CONFLICT (workflow_id) DO UPDATE SET run_at = excluded.run_at;
         PERFORM pg_notify('shardflow_ready', '');
     END IF;
     RETURN true;

@@ -112,7 +112,7 @@ BEGIN
     INSERT INTO shardflow.sql_workflows (name, version, definition)
     VALUES (p_name, v_version, p_definition) ON CONFLICT DO NOTHING;
     INSERT INTO shardflow.registry (name, version) VALUES (p_name, v_version)
-    ON CONFLICT (name, version) DO UPDATE SET registered_at = now();
+    ON CONFLICT (name, version) DO UPDATE SET registered_at = excluded.registered_at;
     RETURN v_version;
 END
 $$;

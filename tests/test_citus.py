@@ -1,0 +1,191 @@
+"""Shardflow on a real Citus cluster (a coordinator and two workers, started once per
+session: tests/citus_fixtures.py). What runs today; docs/citus.md lists what does not."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from examples.bench import make_input
+from shardflow.catalog.store import Catalog
+from shardflow.coordinator import citus
+from shardflow.infra import placement
+from shardflow.infra import pool as shard_pool
+from shardflow.shard.client import ShardClient
+from shardflow.shard.executor import Executor
+from shardflow.shard.sdk import Registry
+from tests.citus_fixtures import CitusCluster
+from tests.conftest import settings_for
+from tests.waiting import until
+
+# A poll this long never fires within a test: work reaches the executor by NOTIFY alone.
+NO_POLL = 600.0
+
+
+async def test_citus_init_is_idempotent_against_the_real_extension(citus_cluster: CitusCluster):
+    """Twice: the extension on every node, the workers added once, four distributed
+    schemas, the catalog and its slots, the same layout both times."""
+    c = citus_cluster
+    workers = tuple(c.node(w) for w in c.workers)
+    dsn = c.coordinator.dsn("init_twice")
+    conn = await asyncpg.connect(c.dsn)
+    try:
+        await conn.execute("CREATE DATABASE init_twice")
+    finally:
+        await conn.close()
+    for w in c.workers:  # a new database: the workers need it too (the extension: init)
+        conn = await asyncpg.connect(w.dsn())
+        try:
+            await conn.execute("CREATE DATABASE init_twice")
+        finally:
+            await conn.close()
+    first = await citus.init(dsn, 4, 64, coordinator_host=c.node(c.coordinator), workers=workers)
+    second = await citus.init(dsn, 4, 64, coordinator_host=c.node(c.coordinator), workers=workers)
+    assert first == second and sorted(first.shards) == ["s1", "s2", "s3", "s4"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary'") == 3
+        )
+        schemas = await conn.fetch("SELECT schema_name::text FROM citus_schemas ORDER BY 1")
+        assert [r[0] for r in schemas] == [f"shardflow_s{k}" for k in range(1, 5)]
+    finally:
+        await conn.close()
+    catalog = await Catalog.connect(dsn, pool_size=1)
+    try:
+        assert await catalog.slot_count() == 64
+        assert sorted(s.id for s in await catalog.shards()) == ["s1", "s2", "s3", "s4"]
+    finally:
+        await catalog.close()
+
+
+async def _node_of(c: CitusCluster, dsn: str) -> str:
+    conn = await asyncpg.connect(c.dsn)
+    try:
+        node = await placement.node_of(conn, shard_pool.schema_of(dsn))
+    finally:
+        await conn.close()
+    assert node is not None
+    return f"{node[0]}:{node[1]}"
+
+
+async def test_an_executor_works_on_the_schemas_node_and_hears_its_notifications(
+    citus_cluster: CitusCluster,
+):
+    """The executor and the client talk to the worker holding the schema, not the
+    coordinator: with polling out of the picture, a W3 still completes, so the hand-off
+    or ready NOTIFY and the outcome NOTIFY reached them there."""
+    dsn = await citus_cluster.new_schema()
+    node = await _node_of(citus_cluster, dsn)
+    assert node != citus_cluster.node(citus_cluster.coordinator)
+    settings = settings_for(dsn, poll_interval=NO_POLL)
+    executor = Executor(settings, Registry.from_modules(settings.app))
+    await executor.start()
+    client = await ShardClient.connect(dsn)
+    try:
+        assert urlsplit(executor._node_dsn).netloc.endswith(node)
+        wid = await client.start("w3", make_input(1))
+        assert await client.result(wid, timeout=30) == {
+            "reserved": 1,
+            "charged": 10.25,
+            "notified": True,
+        }
+    finally:
+        await client.close()
+        await executor.shutdown()
+
+
+async def test_an_executor_follows_its_schema_when_citus_moves_it(citus_cluster: CitusCluster):
+    """citus_move_shard_placement moves the schema to the other worker: the executor
+    takes its lock and LISTEN there, records where its lock now is, moves its pool, and
+    the next workflow runs by NOTIFY on the new node."""
+    c = citus_cluster
+    dsn = await c.new_schema()
+    settings = settings_for(dsn, poll_interval=NO_POLL, maintenance_interval=0.1)
+    executor = Executor(settings, Registry.from_modules(settings.app))
+    await executor.start()
+    client = await ShardClient.connect(dsn)
+    try:
+        before = await _node_of(c, dsn)
+        wid = await client.start("w3", make_input(1))
+        await client.result(wid, timeout=30)
+        target = next(w for w in c.workers if c.node(w) != before)
+        conn = await asyncpg.connect(c.dsn)
+        try:
+            shard_id = await conn.fetchval(
+                "SELECT shardid FROM citus_shards WHERE table_name = $1::regclass",
+                f"{shard_pool.schema_of(dsn)}.workflows",
+            )
+            host, port = before.rsplit(":", 1)
+            await conn.execute(
+                "SELECT citus_move_shard_placement($1, $2, $3, '127.0.0.1', $4, "
+                "shard_transfer_mode => 'block_writes')",
+                shard_id,
+                host,
+                int(port),
+                target.port,
+            )
+        finally:
+            await conn.close()
+        assert await _node_of(c, dsn) == c.node(target)
+
+        async def followed() -> bool:
+            return all(
+                urlsplit(node_dsn).netloc.endswith(c.node(target))
+                for node_dsn in (executor._node_dsn, client.results._node_dsn)
+            )
+
+        await until(followed, what="the executor and the client to follow the schema")
+        lock_server = await executor.store.pool.fetchval(
+            shard_pool.in_schema(
+                "SELECT lock_server FROM shardflow.executors WHERE owner = $1",
+                shard_pool.schema_of(dsn),
+            ),
+            executor.owner,
+        )
+        conn = await asyncpg.connect(target.dsn("shardflow"))
+        try:
+            here = await conn.fetchval(
+                "SELECT (SELECT system_identifier FROM pg_control_system())::text || '@' "
+                "|| pg_postmaster_start_time()::text"
+            )
+        finally:
+            await conn.close()
+        assert lock_server == here
+        wid = await client.start("w3", make_input(2))
+        assert (await client.result(wid, timeout=30))["reserved"] == 2
+    finally:
+        await client.close()
+        await executor.shutdown()
+
+
+async def test_a_lock_is_tested_only_on_the_server_holding_it(dsn: str, start_executor: Any):
+    """reclaim_dead (migration 0020): a free advisory lock means death only for an
+    executor whose lock was held on this server in this life; one held on another
+    server is left to its lease, one held in an earlier life of this server is dead."""
+    executor = await start_executor()
+    conn = await shard_pool.connect(dsn)
+    try:
+        here = await conn.fetchval("SELECT shardflow.lock_server()")
+        system = here.split("@")[0]
+        rows = {
+            "elsewhere": "12345@2026-01-01 00:00:00+00",
+            "earlier-life": f"{system}@2000-01-01 00:00:00+00",
+            "here": here,
+        }
+        for owner, server in rows.items():
+            await conn.execute(
+                "INSERT INTO shardflow.executors (owner, lock_key, lease_until, lock_server) "
+                "VALUES ($1, $2, now() + interval '1 hour', $3)",
+                owner,
+                abs(hash(owner)) % 2**31,
+                server,
+            )
+        await executor.store.reclaim_dead(executor.owner, 3)
+        left = {r[0] for r in await conn.fetch("SELECT owner FROM shardflow.executors")}
+        assert "elsewhere" in left
+        assert "earlier-life" not in left and "here" not in left
+    finally:
+        await shard_pool.close_connection(conn)
