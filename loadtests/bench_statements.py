@@ -83,7 +83,9 @@ async def _setup(conn: asyncpg.Connection) -> None:
         "INSERT INTO shardflow.slots (slot, epoch) SELECT g, 1 FROM generate_series(0, $1) g",
         OWNED - 1,
     )
-    await conn.execute(query("executor_register"), OWNER, LOCK_KEY, 86400.0, "bench", 0)
+    await conn.execute(
+        query("executor_register"), OWNER, LOCK_KEY, 86400.0, "bench", 0, "bench@server"
+    )
     await conn.execute(query("executor_handoff"), OWNER, ["w3@1"], 86400.0, 1_000_000)
     await conn.execute("CREATE TABLE bench_floor (id text PRIMARY KEY)")
 

@@ -3,10 +3,16 @@ session: tests/citus_fixtures.py). What runs today; docs/citus.md lists what doe
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 
 from examples.bench import make_input
 from shardflow.catalog.store import Catalog
@@ -16,8 +22,9 @@ from shardflow.infra import pool as shard_pool
 from shardflow.shard.client import ShardClient
 from shardflow.shard.executor import Executor
 from shardflow.shard.sdk import Registry
-from tests.citus_fixtures import CitusCluster
+from tests.citus_fixtures import CitusCluster, require_citus
 from tests.conftest import settings_for
+from tests.test_dev import Dev, request
 from tests.waiting import until
 
 # A poll this long never fires within a test: work reaches the executor by NOTIFY alone.
@@ -189,3 +196,88 @@ async def test_a_lock_is_tested_only_on_the_server_holding_it(dsn: str, start_ex
         assert "earlier-life" not in left and "here" not in left
     finally:
         await shard_pool.close_connection(conn)
+
+
+@pytest.fixture(scope="module")
+def citus_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    """``shardflow dev --citus``: a Citus coordinator and two workers, two shard schemas,
+    an executor each, a router and a coordinator, as a user starts it."""
+    require_citus()
+    d = Dev(
+        tmp_path_factory.mktemp("citus-dev"),
+        "--citus",
+        "--workers",
+        "2",
+        "--app",
+        "tests.apps.crash",
+    )
+    d.start()
+    yield d
+    d.remove()
+
+
+def _start(dev: Dev, workflow: str, inp: Any, wid: str) -> None:
+    body = json.dumps({"workflow": workflow, "input": inp, "id": wid}).encode()
+    code, doc = request(dev.url + "/v1/workflows", "POST", body)
+    assert code == 201, doc
+
+
+def _result(dev: Dev, wid: str) -> dict[str, Any]:
+    code, doc = request(dev.url + f"/v1/workflows/{wid}/result?timeout=30", timeout=35)
+    assert code == 200, doc
+    return dict(doc)
+
+
+def test_workflows_timers_events_and_children_run_through_the_router(citus_dev: Dev):
+    _start(citus_dev, "w3", {"order_id": 7, "amount": 1.5, "pad": "c"}, "c-w3")
+    _start(citus_dev, "sleeper", {"seconds": 0.5}, "c-sleep")
+    _start(citus_dev, "approval", {}, "c-event")
+    _start(citus_dev, "family", {"n": 10}, "c-family")
+    assert _result(citus_dev, "c-w3")["output"]["reserved"] == 7
+    assert _result(citus_dev, "c-sleep")["output"]["after"] == "woke"
+    code, _ = request(
+        citus_dev.url + "/v1/workflows/c-event/events/approved", "POST", b'{"payload": {"ok": 1}}'
+    )
+    assert code in (200, 201, 202)
+    assert _result(citus_dev, "c-event")["output"]["payload"] == {"ok": 1}
+    family = _result(citus_dev, "c-family")
+    assert family["status"] == "completed", family
+    assert family["output"] == {"first": 10, "second": 11, "failed": "ChildWorkflowFailedError"}
+
+
+def test_a_killed_executors_workflows_are_reclaimed_because_its_session_ended(citus_dev: Dev):
+    """SIGKILL of the executor in the middle of a workflow's step: the restarted executor's
+    reclaim finds the dead one's lock free on the schema's node (its session ended with
+    the process) and takes the workflow back while the dead one's lease still runs."""
+    body = json.dumps({"workflow": "slow", "input": {"steps": 2, "seconds": 3}, "id": "c-kill"})
+    code, doc = request(citus_dev.url + "/v1/workflows", "POST", body.encode())
+    assert code == 201, doc
+    schema = f"shardflow_{doc['shard']}"
+    coordinator = citus_dev.shard_dsn("citus-coordinator")
+    find = (
+        f"SELECT e.owner, e.pid, e.lease_until, now() AS at FROM {schema}.executors e "
+        f"JOIN {schema}.workflows w ON w.lease_owner = e.owner WHERE w.id = 'c-kill'"
+    )
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(coordinator)
+        try:
+            holder = await until(lambda: conn.fetchrow(find), what="c-kill to be running")
+            os.kill(holder["pid"], signal.SIGKILL)
+
+            async def reclaimed() -> bool:
+                gone = await conn.fetchval(
+                    f"SELECT NOT EXISTS (SELECT FROM {schema}.executors WHERE owner = $1)",
+                    holder["owner"],
+                )
+                return bool(gone)
+
+            await until(reclaimed, timeout=60, what="the dead executor to be reclaimed")
+            # Removed while its lease still ran: the free lock, not the lease, said dead.
+            assert await conn.fetchval("SELECT now()") < holder["lease_until"]
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
+    done = _result(citus_dev, "c-kill")
+    assert done["status"] == "completed" and done["output"] == 2

@@ -272,12 +272,7 @@ SELECT id, cancel_requested, notified FROM shardflow.flush_one($1::json);
 -- step at this position is recorded already (a commit whose answer was lost, then the
 -- same run trying again: its effects must not apply twice).
 -- The workflow's slot and ID are set for the transaction: app tables can default to them.
-UPDATE shardflow.workflows w SET next_seq = greatest(w.next_seq, $3 + 1), updated_at = now()
-WHERE w.id = $1 AND w.lease_epoch = $2 AND w.status = 'running'
-  AND NOT EXISTS (SELECT FROM shardflow.steps s
-                  WHERE s.workflow_id = $1 AND s.seq = $3 AND s.status <> 'retrying')
-RETURNING cancel_requested, set_config('shardflow.slot', slot::text, true) AS slot,
-          set_config('shardflow.workflow_id', id, true) AS workflow_id;
+SELECT * FROM shardflow.lock_for_step($1, $2, $3);
 
 -- name: step_insert
 INSERT INTO shardflow.steps (workflow_id, seq, name, status, output, error, attempts, started_at)

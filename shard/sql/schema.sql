@@ -37,7 +37,9 @@ CREATE TABLE shardflow.executors (
     started_at timestamptz NOT NULL DEFAULT now(),
     kinds text[],
     handoff_until timestamptz,
-    handoff_room integer
+    handoff_room integer,
+    -- 'system identifier@start time' of the server holding the lock (migration 0020)
+    lock_server text
 );
 
 -- One row per workflow instance (the wide row; never scanned by the claim loop).

@@ -139,3 +139,30 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The fence of a transactional step (workflow_lock_for_step in queries.sql): the row
+-- locked under the lease epoch unless this step is recorded already, then the
+-- workflow's slot and ID set for the transaction (app tables can default to them). The
+-- settings are made after the UPDATE, not in its RETURNING: Citus refuses a volatile
+-- function there.
+CREATE OR REPLACE FUNCTION shardflow.lock_for_step(p_id text, p_epoch bigint, p_seq integer)
+RETURNS TABLE (cancel_requested boolean, slot text, workflow_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_slot integer;
+    v_cancel boolean;
+BEGIN
+    UPDATE shardflow.workflows w SET next_seq = greatest(w.next_seq, p_seq + 1), updated_at = now()
+    WHERE w.id = p_id AND w.lease_epoch = p_epoch AND w.status = 'running'
+      AND NOT EXISTS (SELECT FROM shardflow.steps s
+                      WHERE s.workflow_id = p_id AND s.seq = p_seq AND s.status <> 'retrying')
+    RETURNING w.cancel_requested, w.slot INTO v_cancel, v_slot;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    cancel_requested := v_cancel;
+    slot := set_config('shardflow.slot', v_slot::text, true);
+    workflow_id := set_config('shardflow.workflow_id', p_id, true);
+    RETURN NEXT;
+END
+$$;

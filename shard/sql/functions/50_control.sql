@@ -52,6 +52,8 @@ CREATE OR REPLACE FUNCTION shardflow.cancel_workflow(p_id text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    c record;
+    v_slot integer;
     v_unstarted boolean;
     v_now timestamptz;
 BEGIN
@@ -60,9 +62,13 @@ BEGIN
     PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
     -- Whether it never ran (cancelled at once), read first: Citus refuses functions of
     -- the row's columns, and volatile ones, in an UPDATE.
-    PERFORM shardflow.check_slot_served(w.slot, p_id)
+    -- (Functions that read the shard's tables are called with values, never per row of
+    -- a statement on them: Citus cannot run a query from inside one on a shard.)
+    SELECT w.slot, w.next_seq = 0 INTO v_slot, v_unstarted
     FROM shardflow.workflows w WHERE w.id = p_id;
-    SELECT w.next_seq = 0 INTO v_unstarted FROM shardflow.workflows w WHERE w.id = p_id;
+    IF FOUND THEN
+        PERFORM shardflow.check_slot_served(v_slot, p_id);
+    END IF;
     v_unstarted := v_unstarted AND NOT EXISTS (SELECT FROM shardflow.steps s
                                                WHERE s.workflow_id = p_id);
     v_now := clock_timestamp();
@@ -80,8 +86,10 @@ BEGIN
         RETURN r.status;
     END IF;
     -- Its children on this shard (they inherit its routing key) are cancelled with it.
-    PERFORM shardflow.cancel_workflow(c.id) FROM shardflow.workflows c
-    WHERE c.parent = p_id AND c.status NOT IN ('completed', 'failed', 'cancelled');
+    FOR c IN SELECT k.id FROM shardflow.workflows k
+             WHERE k.parent = p_id AND k.status NOT IN ('completed', 'failed', 'cancelled') LOOP
+        PERFORM shardflow.cancel_workflow(c.id);
+    END LOOP;
     IF r.status = 'cancelled' THEN
         DELETE FROM shardflow.ready WHERE workflow_id = p_id;
         PERFORM pg_notify('shardflow_done', '');
@@ -110,12 +118,15 @@ BEGIN
     -- The ready entry first, then the workflow: the claim's order (it locks ready rows,
     -- then updates their workflows), so a claim under way and this never deadlock.
     PERFORM 1 FROM shardflow.ready WHERE workflow_id = p_id FOR UPDATE;
-    SELECT w.id, w.slot, w.status, w.error, shardflow.resume_seq(w.id, w.next_seq) AS next_seq,
-           w.priority INTO r
+    -- The deadline moves by the time since the start (computed here: Citus refuses a
+    -- stable function of the row's columns in an UPDATE).
+    SELECT w.id, w.slot, w.status, w.error, w.next_seq, w.priority,
+           w.deadline + (now() - w.created_at) AS deadline INTO r
     FROM shardflow.workflows w WHERE w.id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SF004', MESSAGE = format('unknown workflow ID %s', quote_literal(p_id));
     END IF;
+    r.next_seq := shardflow.resume_seq(p_id, r.next_seq);
     PERFORM shardflow.check_slot_served(r.slot, p_id);
     IF r.status <> 'failed' THEN
         RAISE EXCEPTION USING ERRCODE = 'SF003', MESSAGE = format(
@@ -131,7 +142,7 @@ BEGIN
     UPDATE shardflow.workflows w
     SET status = 'pending', output = NULL, error = NULL, finished_at = NULL, attempt = 0,
         next_seq = coalesce(cut, r.next_seq), lease_owner = NULL, lease_until = NULL,
-        deadline = w.deadline + (now() - w.created_at), updated_at = now()
+        deadline = r.deadline, updated_at = now()
     WHERE w.id = p_id;
     INSERT INTO shardflow.ready (workflow_id, slot, priority) VALUES (r.id, r.slot, r.priority)
     ON CONFLICT (workflow_id) DO UPDATE SET run_at = excluded.run_at;
