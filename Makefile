@@ -42,8 +42,11 @@ lint:
 typecheck:
 	$(BIN)/mypy $(PACKAGES)
 
+# Then the sagas and retries again with every shard a distributed schema of the session's
+# Citus cluster (tests/citus_fixtures.py; skipped without Citus, required in CI).
 pytest:
 	$(BIN)/pytest -q
+	SHARDFLOW_TEST_CITUS=1 $(BIN)/pytest -q tests/test_saga.py tests/test_retry.py
 
 # The console's screenshots in docs/ui/ (docs/ui.md shows them), from its browser test.
 screenshots: install

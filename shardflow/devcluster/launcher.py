@@ -235,6 +235,9 @@ class LocalPostgres:
             root = Path("/var/tmp") / f"shardflow-{tag}"
             link = self.base / "pg"
             if not link.is_symlink():
+                # A new base: whatever is at root was left by an earlier base of the same
+                # path (a temporary folder's name comes round again) that was not removed.
+                shutil.rmtree(root, ignore_errors=True)
                 link.symlink_to(root)
         root.mkdir(parents=True, exist_ok=True)
         if self.account is not None:

@@ -4,4 +4,4 @@
 -- holds it, takes a lock held in an earlier life of its own server (a restart ended
 -- it) for a death, and leaves locks held on other nodes to the lease. NULL (rows from
 -- before): held here.
-ALTER TABLE shardflow.executors ADD COLUMN lock_server text;
+ALTER TABLE shardflow.executors ADD COLUMN IF NOT EXISTS lock_server text;
