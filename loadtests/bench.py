@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from examples.bench import make_input
-from loadtests import bench_cluster, bench_statements
+from loadtests import bench_citus, bench_cluster, bench_statements
 from loadtests.cpu import tree_cpu_parts
 from shardflow.cli import run_command
 from shardflow.devcluster.local_shard import LocalShard
@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cgroup, as if each had a machine (needs root); 0: the shards share the machine",
     )
     b.set_defaults(handler=bench_cluster.rebalance)
+    c = which.add_parser(
+        "citus", help="W3 on a local Citus cluster vs plain shards; a worker added under load"
+    )
+    c.add_argument("--seconds", type=float, default=15.0)
+    c.add_argument("--clients", type=int, default=64)
+    c.add_argument("--workers", type=int, default=2, help="Citus workers before the one added")
+    c.set_defaults(handler=bench_citus.run)
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")
     r.set_defaults(handler=_recovery)

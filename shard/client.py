@@ -323,7 +323,16 @@ class ShardClient:
             sql, created, wid, status, workflow, limit, f.id_prefix, f.created_after,
             f.created_before, f.parent,
         )  # fmt: skip
-        return [(r["created_at"], r["id"], codec.loads(r["doc"])) for r in rows]
+        docs = {
+            r["id"]: r["doc"]
+            for r in await self._fetch(query("workflow_docs"), [r["id"] for r in rows])
+        }
+        # A workflow collected between the two statements has no document: left out.
+        return [
+            (r["created_at"], r["id"], codec.loads(docs[r["id"]]))
+            for r in rows
+            if docs.get(r["id"]) is not None
+        ]
 
     async def counts(self, workflow: str | None = None) -> dict[str, int]:
         """Workflows by status on this shard."""

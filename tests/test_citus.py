@@ -8,6 +8,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,8 @@ import pytest
 from examples.bench import make_input
 from shardflow.catalog.store import Catalog
 from shardflow.coordinator import citus
+from shardflow.devcluster.dev import CITUS_SETTINGS
+from shardflow.devcluster.launcher import LocalPostgres
 from shardflow.infra import placement
 from shardflow.infra import pool as shard_pool
 from shardflow.shard.client import ShardClient
@@ -210,6 +213,7 @@ def citus_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         "2",
         "--app",
         "tests.apps.crash",
+        shards=4,
     )
     d.start()
     yield d
@@ -243,6 +247,8 @@ def test_workflows_timers_events_and_children_run_through_the_router(citus_dev: 
     family = _result(citus_dev, "c-family")
     assert family["status"] == "completed", family
     assert family["output"] == {"first": 10, "second": 11, "failed": "ChildWorkflowFailedError"}
+    code, page = request(citus_dev.url + "/v1/workflows?workflow=w3&limit=100")
+    assert code == 200 and "c-w3" in {w["id"] for w in page["workflows"]}
 
 
 def test_a_killed_executors_workflows_are_reclaimed_because_its_session_ended(citus_dev: Dev):
@@ -281,3 +287,94 @@ def test_a_killed_executors_workflows_are_reclaimed_because_its_session_ended(ci
     asyncio.run(scenario())
     done = _result(citus_dev, "c-kill")
     assert done["status"] == "completed" and done["output"] == 2
+
+
+def test_a_worker_added_under_load_takes_schemas_and_nothing_is_lost_or_run_twice(
+    citus_dev: Dev, tmp_path: Path
+):
+    """A third worker joins; citus_rebalance_start() (shard_transfer_mode auto: logical
+    replication, every table has a primary key) moves schemas to it while W3s start and
+    run through the router. Every workflow completes once: never reclaimed or replayed
+    (attempt 0), each of its three steps run once."""
+    coordinator = citus_dev.shard_dsn("citus-coordinator")
+    extra = LocalPostgres(
+        tmp_path / "worker3", durable=False, extra_settings=CITUS_SETTINGS, databases=("shardflow",)
+    )
+    (worker3,) = extra.start("worker3")
+    try:
+        asyncio.run(citus.add_nodes(coordinator, None, (f"127.0.0.1:{worker3.port}",)))
+        try:
+            ids = asyncio.run(_load_while_rebalancing(citus_dev.url, coordinator))
+        except AssertionError as exc:
+            log = (citus_dev.data / "logs" / "router-0.log").read_text(errors="replace")
+            raise AssertionError(f"{exc}\n{log[-4000:]}") from None
+        for wid in ids:
+            assert _result(citus_dev, wid)["status"] == "completed"
+        asyncio.run(_check_once(coordinator, ids, worker3.port))
+    finally:
+        extra.stop()
+
+
+async def _load_while_rebalancing(url: str, coordinator: str) -> list[str]:
+    import aiohttp
+
+    ids: list[str] = []
+    done = asyncio.Event()
+
+    async def load(http: aiohttp.ClientSession, lane: int) -> None:
+        n = 0
+        while not done.is_set() or n < 5:
+            wid = f"rb-{lane}-{n}"
+            body = {
+                "workflow": "w3",
+                "input": {"order_id": n, "amount": 1.0, "pad": "r"},
+                "id": wid,
+            }
+            while True:  # a 503 says when to come back (the same ID starts it once)
+                async with http.post(url + "/v1/workflows", json=body) as resp:
+                    if resp.status == 503:
+                        await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                        continue
+                    assert resp.status == 201, await resp.text()
+                    break
+            ids.append(wid)
+            n += 1
+            await asyncio.sleep(0.02)
+
+    async def rebalance() -> None:
+        conn = await asyncpg.connect(coordinator)
+        try:
+            await asyncio.sleep(1.0)
+            await conn.execute("SELECT citus_rebalance_start()")
+            await conn.execute("SELECT citus_rebalance_wait()")
+            await asyncio.sleep(1.0)
+        finally:
+            await conn.close()
+            done.set()
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(rebalance(), *(load(http, lane) for lane in range(4)))
+    return ids
+
+
+async def _check_once(coordinator: str, ids: list[str], new_port: int) -> None:
+    conn = await asyncpg.connect(coordinator)
+    try:
+        moved = await conn.fetchval(
+            "SELECT count(DISTINCT colocation_id) FROM citus_shards "
+            "WHERE nodeport = $1 AND table_name::text LIKE 'shardflow_s%'",
+            new_port,
+        )
+        assert moved >= 1, "the rebalancer moved no schema to the new worker"
+        print(f"rebalance: {moved} schema(s) moved to the new worker, {len(ids)} workflows")
+        for k in range(1, 5):
+            rows = await conn.fetch(
+                f"SELECT w.id, w.attempt, count(s.seq) AS steps, max(s.attempts) AS tries "
+                f"FROM shardflow_s{k}.workflows w JOIN shardflow_s{k}.steps s "
+                f"ON s.workflow_id = w.id WHERE w.id = ANY ($1::text[]) GROUP BY w.id, w.attempt",
+                ids,
+            )
+            for row in rows:
+                assert (row["attempt"], row["steps"], row["tries"]) == (0, 3, 1), dict(row)
+    finally:
+        await conn.close()

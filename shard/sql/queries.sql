@@ -375,10 +375,17 @@ UPDATE shardflow.settings SET value = $1::text WHERE key = 'slots';
   AND ($8::timestamptz IS NULL OR w.created_at < $8)
   AND ($9::text IS NULL OR w.parent = $9)
 
+-- name: workflow_docs
+-- The status documents of a page of workflows (workflow_list), in a statement of its own:
+-- called per row of a statement on the shard's tables, workflow_status would be a query
+-- inside a query on a shard, which Citus refuses (docs/citus.md).
+SELECT x.id, shardflow.workflow_status(x.id)::text AS doc FROM unnest($1::text[]) AS x(id);
+
 -- name: workflow_list
 -- One page of workflows after the cursor (created_at, id), oldest first, filtered by
--- status, name, ID prefix ($6), creation time ($7 <= created_at < $8) and parent ($9).
-SELECT shardflow.workflow_status(w.id)::text AS doc, w.created_at, w.id
+-- status, name, ID prefix ($6), creation time ($7 <= created_at < $8) and parent ($9);
+-- their documents: workflow_docs.
+SELECT w.created_at, w.id
 FROM shardflow.workflows w
 WHERE (w.created_at, w.id) > ($1::timestamptz, $2::text)
 -- use: _list_filters
@@ -387,7 +394,7 @@ LIMIT $5;
 
 -- name: workflow_list_newest
 -- The same, newest first: the page before the cursor.
-SELECT shardflow.workflow_status(w.id)::text AS doc, w.created_at, w.id
+SELECT w.created_at, w.id
 FROM shardflow.workflows w
 WHERE (w.created_at, w.id) < ($1::timestamptz, $2::text)
 -- use: _list_filters
