@@ -65,6 +65,27 @@ class CitusCluster:
     def node(self, server: PostgresServer) -> str:
         return f"127.0.0.1:{server.port}"
 
+    async def new_database(self) -> str:
+        """A fresh database on every node (Citus needs it on each), not yet laid out."""
+        name = f"t_{os.getpid()}_{next(_schemas)}"
+        for server in (self.coordinator, *self.workers):
+            conn = await asyncpg.connect(server.dsn(DATABASE))
+            try:
+                await conn.execute(f"CREATE DATABASE {name}")
+            finally:
+                await conn.close()
+        return self.coordinator.dsn(name)
+
+    async def init(self, dsn: str, *, shards: int, slots: int) -> citus.Layout:
+        """``citus-init`` on ``dsn`` with this cluster's nodes."""
+        return await citus.init(
+            dsn,
+            shards,
+            slots,
+            coordinator_host=self.node(self.coordinator),
+            workers=tuple(self.node(w) for w in self.workers),
+        )
+
     async def new_schema(self) -> str:
         """A fresh distributed schema, migrated: the DSN of a shard living there."""
         schema = f"t_{os.getpid()}_{next(_schemas)}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from shardflow.shard.client import ShardClient
 from shardflow.shard.executor import Executor
 from shardflow.shard.sdk import Registry
 from tests.citus_fixtures import CitusCluster, require_citus
-from tests.conftest import settings_for
+from tests.conftest import ROOT, settings_for
 from tests.test_dev import Dev, request
 from tests.waiting import until
 
@@ -69,6 +70,20 @@ async def test_citus_init_is_idempotent_against_the_real_extension(citus_cluster
         assert sorted(s.id for s in await catalog.shards()) == ["s1", "s2", "s3", "s4"]
     finally:
         await catalog.close()
+
+
+async def test_the_compose_image_builds_the_citus_the_tests_run(citus_cluster: CitusCluster):
+    """deploy/compose/citus.yml builds deploy/citus/Dockerfile: the same Citus release."""
+    dockerfile = (ROOT / "deploy" / "citus" / "Dockerfile").read_text()
+    (version,) = re.findall(r"^ARG CITUS_VERSION=(\S+)$", dockerfile, re.M)
+    conn = await asyncpg.connect(citus_cluster.dsn)
+    try:
+        assert f"Citus {version} " in await conn.fetchval("SELECT citus_version()")
+        assert "150000" <= await conn.fetchval("SHOW server_version_num") < "160000"
+    finally:
+        await conn.close()
+    compose = (ROOT / "deploy" / "compose" / "citus.yml").read_text()
+    assert "context: ../citus" in compose
 
 
 async def _node_of(c: CitusCluster, dsn: str) -> str:

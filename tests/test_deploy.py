@@ -34,9 +34,10 @@ def _run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, cwd=ROOT, **kw)
 
 
-def test_dockerfile_passes_hadolint():
-    out = _run(str(VENV_BIN / "hadolint"), "deploy/docker/Dockerfile")
-    assert out.returncode == 0, out.stdout + out.stderr
+def test_dockerfiles_pass_hadolint():
+    for dockerfile in ("deploy/docker/Dockerfile", "deploy/citus/Dockerfile"):
+        out = _run(str(VENV_BIN / "hadolint"), dockerfile)
+        assert out.returncode == 0, dockerfile + out.stdout + out.stderr
 
 
 def test_dockerfile_copies_every_package_and_pins_this_version():

@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -80,11 +81,21 @@ def test_every_shard_statement_stays_in_the_shard_schema():
     assert checked > 100
 
 
+@pytest.fixture(params=["plain", "citus"])
+def schemas_server(request: pytest.FixtureRequest) -> Any:
+    """The same layout on plain Postgres (--without-citus) and on the session's Citus."""
+    return request.getfixturevalue("pg" if request.param == "plain" else "citus_cluster")
+
+
 @pytest.fixture
-async def schemas(pg: PostgresServer) -> AsyncIterator[LiveCluster]:
-    dsn = await create_database(pg, "template0")
-    layout = await citus.init(dsn, 2, 32, without_citus=True)
-    assert layout == await citus.init(dsn, 2, 32, without_citus=True)  # idempotent
+async def schemas(schemas_server: Any) -> AsyncIterator[LiveCluster]:
+    if isinstance(schemas_server, PostgresServer):
+        dsn = await create_database(schemas_server, "template0")
+        layout = await citus.init(dsn, 2, 32, without_citus=True)
+        assert layout == await citus.init(dsn, 2, 32, without_citus=True)  # idempotent
+    else:
+        dsn = await schemas_server.new_database()
+        layout = await schemas_server.init(dsn, shards=2, slots=32)
     catalog = await Catalog.connect(dsn)
     cluster = LiveCluster(catalog, dsn, layout.shards)
     for shard_id in layout.shards:

@@ -27,7 +27,8 @@ DEFAULT_SCHEMA = "shardflow"
 SCHEMA_PARAM = "shardflow.schema"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _QUALIFIER = re.compile(r"(?<![\w'.\"])shardflow\.(?=[a-z_])")
-_CREATE = re.compile(r"\bCREATE SCHEMA IF NOT EXISTS shardflow;")
+# (with or without its semicolon: on Citus, migrations are sent statement by statement)
+_CREATE = re.compile(r"\bCREATE SCHEMA IF NOT EXISTS shardflow(?=\s*;|\s*$)")
 
 
 def schema_of(dsn: str) -> str:
@@ -48,7 +49,7 @@ def in_schema(query: str, schema: str) -> str:
     """``query`` with its ``shardflow.`` qualifiers naming ``schema`` instead."""
     if schema == DEFAULT_SCHEMA:
         return query
-    query = _CREATE.sub(f"CREATE SCHEMA IF NOT EXISTS {schema};", query)
+    query = _CREATE.sub(f"CREATE SCHEMA IF NOT EXISTS {schema}", query)
     return _QUALIFIER.sub(schema + ".", query)
 
 
