@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from shardflow.infra import placement
 from shardflow.infra import pool as shard_pool
 from shardflow.metrics.shard_stats import ShardStats, read_stats
 from shardflow.shard.admin import ShardAdmin
@@ -27,6 +28,7 @@ class ShardProbe:
     def __init__(self, timeout: float = 3.0) -> None:
         self.timeout = timeout
         self._conns: dict[str, asyncpg.Connection] = {}
+        self._nodes: dict[str, str] = {}  # shard DSN -> the DSN connected to (placement)
 
     async def sample(self, dsn: str) -> ShardStats:
         """Check the shard (it answers, with its schema version) and read its figures.
@@ -39,8 +41,16 @@ class ShardProbe:
 
     async def _sample(self, dsn: str) -> ShardStats:
         conn = self._conns.get(dsn)
+        if conn is not None and not conn.is_closed():
+            # On Citus the figures (locks, backends) are the node's holding the schema:
+            # follow it when Citus moves it (shardflow/infra/placement.py).
+            node = self._nodes.get(dsn, dsn)
+            if await placement.moved(conn, dsn, node) is not None:
+                self._drop(dsn)
+                conn = None
         if conn is None or conn.is_closed():
-            conn = self._conns[dsn] = await shard_pool.connect(dsn, timeout=self.timeout)
+            node = self._nodes[dsn] = await placement.resolve(dsn, timeout=self.timeout)
+            conn = self._conns[dsn] = await shard_pool.connect(node, timeout=self.timeout)
         await ShardAdmin(conn).schema_version()
         return await read_stats(conn)
 

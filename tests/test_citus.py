@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,15 @@ def test_workflows_timers_events_and_children_run_through_the_router(citus_dev: 
     assert family["output"] == {"first": 10, "second": 11, "failed": "ChildWorkflowFailedError"}
     code, page = request(citus_dev.url + "/v1/workflows?workflow=w3&limit=100")
     assert code == 200 and "c-w3" in {w["id"] for w in page["workflows"]}
+    # The coordinator's health checks and figures read each schema on its worker.
+    targets = json.loads((citus_dev.data / "prometheus" / "targets" / "targets.json").read_text())
+    (coordinator,) = next(
+        t["targets"] for t in targets if t["labels"]["job"].endswith("coordinator")
+    )
+    with urllib.request.urlopen(f"http://{coordinator}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for k in range(1, 5):
+        assert f'shardflow_shard_up{{shard="s{k}"}} 1.0' in text
 
 
 def test_a_killed_executors_workflows_are_reclaimed_because_its_session_ended(citus_dev: Dev):
