@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seconds", type=float, default=15.0)
     c.add_argument("--clients", type=int, default=64)
     c.add_argument("--workers", type=int, default=2, help="Citus workers before the one added")
+    c.add_argument("--rate", type=float, default=50.0, help="arrivals/s of the open loop")
     c.set_defaults(handler=bench_citus.run)
     r = which.add_parser("recovery", help="seconds from SIGKILL to resumed checkpoints")
     r.add_argument("--seconds", type=float, default=5.0, help="steady load before the kill")

@@ -27,24 +27,34 @@ PROBE_EVERY = 0.01
 SCHEMAS = 4
 
 
-async def _measure(cluster: DevCluster, args: argparse.Namespace, label: str) -> Phase:
+async def _measure(
+    cluster: DevCluster, args: argparse.Namespace, label: str
+) -> tuple[Phase, Phase]:
+    """The closed loop (throughput), then an open loop at a low rate (latency when idle:
+    every hand-off and outcome by NOTIFY)."""
     url = cluster.router_urls[0]
     load = ["--mode", "closed", "--clients", str(args.clients)]
     await _loadgen(url, *load, "--seconds", "3")
-    phase = await _loadgen(url, *load, "--seconds", str(args.seconds))
-    print(f"{label}: {brief(phase.summary)}", flush=True)
-    return phase
+    closed = await _loadgen(url, *load, "--seconds", str(args.seconds))
+    print(f"{label}, closed loop: {brief(closed.summary)}", flush=True)
+    opened = await _loadgen(
+        url, "--mode", "open", "--rate", str(args.rate), "--seconds", str(args.seconds)
+    )
+    print(f"{label}, open loop at {args.rate:g}/s: {brief(opened.summary)}", flush=True)
+    return closed, opened
 
 
-def _figures(phase: Phase) -> dict[str, Any]:
-    s = phase.summary
-    per = phase.ms_per_wf()
+def _figures(phases: tuple[Phase, Phase]) -> dict[str, Any]:
+    closed, opened = phases
+    per = closed.ms_per_wf()
     return {
-        "wf_per_s": s["wf_per_s"],
-        "p50_ms": s["p50_ms"],
-        "p99_ms": s["p99_ms"],
+        "wf_per_s": closed.summary["wf_per_s"],
+        "p50_ms": closed.summary["p50_ms"],
+        "p99_ms": closed.summary["p99_ms"],
         "cpu_ms_per_wf": per.pop("all"),
         "cpu_ms_per_wf_by_part": per,
+        "open_p50_ms": opened.summary["p50_ms"],
+        "open_p99_ms": opened.summary["p99_ms"],
     }
 
 

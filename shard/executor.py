@@ -81,6 +81,7 @@ class Executor:
         self._lock_conn: asyncpg.Connection | None = None
         self._node_dsn = settings.dsn  # the server we talk to (on Citus: our schema's node)
         self._placement_at = time.monotonic()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, tuple[asyncio.Task[None], int]] = {}
         self._release: list[tuple[str, int]] = []
         self._wake = asyncio.Event()
@@ -246,7 +247,7 @@ class Executor:
         self.store.listener = conn
         self._node_dsn = target
         await shard_pool.repoint(self._pool, target)
-        await shard_pool.close_connection(old)
+        shard_pool.retire(old, self._retiring)  # a flush may still run on it
         if not await self.store.executor_relock(self.owner, lock_server):
             await self._reattach("declared dead by a peer while following the schema")
 
@@ -333,6 +334,9 @@ class Executor:
                 await self.store.executor_unregister(self.owner)
             except Exception as exc:
                 log.warning("event=shutdown_incomplete error=%r", exc)
+        for task in self._retiring:
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await shard_pool.close_connection(self._lock_conn)
         await shard_pool.close_pool(self._pool)
         log.info("event=executor_stopped owner=%s", self.owner)

@@ -47,6 +47,7 @@ class ResultWaiters:
         self._dsn = dsn
         self._node_dsn = node_dsn or dsn  # where we connect (on Citus: the schema's node)
         self._placement_at = time.monotonic()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._notified = asyncio.Event()
@@ -109,9 +110,10 @@ class ResultWaiters:
                     del self._waiters[workflow_id]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [*self._retiring, *([self._task] if self._task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _ensure_watcher(self) -> None:
         if self._task is None or self._task.done():
@@ -151,8 +153,8 @@ class ResultWaiters:
         if target is not None:
             self._node_dsn = target
             await shard_pool.repoint(self.pool, target)
-            conn, self._conn = self._conn, None
-            await shard_pool.close_connection(conn)
+            conn, self._conn = self._conn, None  # a start may still run on it: closed later
+            shard_pool.retire(conn, self._retiring)
 
     async def _listen(self) -> asyncpg.Connection | None:
         conn = None

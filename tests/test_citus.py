@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,6 +295,7 @@ def test_a_killed_executors_workflows_are_reclaimed_because_its_session_ended(ci
         conn = await asyncpg.connect(coordinator)
         try:
             holder = await until(lambda: conn.fetchrow(find), what="c-kill to be running")
+            killed = time.monotonic()
             os.kill(holder["pid"], signal.SIGKILL)
 
             async def reclaimed() -> bool:
@@ -304,6 +306,7 @@ def test_a_killed_executors_workflows_are_reclaimed_because_its_session_ended(ci
                 return bool(gone)
 
             await until(reclaimed, timeout=60, what="the dead executor to be reclaimed")
+            print(f"reclaimed {time.monotonic() - killed:.2f} s after the SIGKILL")
             # Removed while its lease still ran: the free lock, not the lease, said dead.
             assert await conn.fetchval("SELECT now()") < holder["lease_until"]
         finally:

@@ -135,6 +135,33 @@ async def close_connection(conn: asyncpg.Connection | None, timeout: float = 5.0
             await conn.close(timeout=timeout)
 
 
+# A connection taken out of use is closed this long after: a statement may still be running
+# on it, and closing a connection under a statement breaks asyncpg's protocol state
+# ("got result for unknown protocol state") for the caller of that statement.
+RETIRE_AFTER = 10.0
+
+
+def retire(
+    conn: asyncpg.Connection | None,
+    tasks: set[asyncio.Task[None]],
+    delay: float = RETIRE_AFTER,
+) -> None:
+    """Close ``conn`` in ``delay`` seconds (at once if the task is cancelled first); the
+    task is kept in ``tasks`` until it is done, for the owner to cancel at shutdown."""
+    if conn is None:
+        return
+
+    async def later() -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            await close_connection(conn)
+
+    task = asyncio.create_task(later())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
 async def close_pool(pool: asyncpg.Pool | None, timeout: float = 10.0) -> None:
     """``close_connection`` for a pool (asyncpg terminates a pool whose close fails or is
     cancelled by the timeout)."""
