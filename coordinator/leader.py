@@ -72,6 +72,9 @@ class CoordinatorSettings(Settings):
     )
     metrics_port: int | None = setting(None, help="port of /metrics (unset: none)", minimum=0)
     metrics_host: str = setting("127.0.0.1", help="address of /metrics")
+    log_format: str = setting(
+        "logfmt", help="log lines as logfmt or JSON", choices=("logfmt", "json")
+    )
 
 
 class Coordinator:

@@ -42,3 +42,6 @@ class RouterSettings(Settings):
     log_level: str = setting(
         "info", help="log level", choices=("debug", "info", "warning", "error")
     )
+    log_format: str = setting(
+        "logfmt", help="log lines as logfmt or JSON", choices=("logfmt", "json")
+    )

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from shardflow.infra import placement
+from shardflow.infra import logs, placement
 from shardflow.infra import pool as shard_pool
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import SettingsError, ShardflowError
@@ -152,6 +152,7 @@ class Executor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         await self._check_schema()
+        logs.bind(shard=s.shard)  # on every line of this executor's tasks from here on
         store = ShardStore(self._pool)
         store.citus = await placement.on_citus(self._pool)
         committer = GroupCommitter(store, self.faults, self.metrics)

@@ -74,6 +74,9 @@ class ExecutorSettings(Settings):
     log_level: str = setting(
         "info", help="log level", choices=("debug", "info", "warning", "error")
     )
+    log_format: str = setting(
+        "logfmt", help="log lines as logfmt or JSON", choices=("logfmt", "json")
+    )
 
     def validate(self) -> None:
         super().validate()

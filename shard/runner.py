@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
+from shardflow.infra import logs
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import (
     NonDeterminismError,
@@ -168,6 +169,7 @@ class WorkflowRunner:
                 f"(limit {self.max_recovery_attempts}); it is failed instead of looping"
             )
         run.bind()
+        logs.bind(workflow_id=claimed.id)  # this task's log lines (a task of its own)
         if claimed.next_seq == 0:
             self.metrics.workflows_started.labels(self.shard, claimed.name).inc()
         try:

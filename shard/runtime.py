@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shardflow.infra import logs
 from shardflow.infra.errors import (
     ChildWorkflowFailedError,
     EventTimeoutError,
@@ -265,7 +266,8 @@ class WorkflowRun:
                     if cancel:
                         self.cancel_requested()
                     return value
-                value = await with_timeout(step.invoke(args, kwargs), step.timeout, step.name)
+                with logs.context(step=step.name):
+                    value = await with_timeout(step.invoke(args, kwargs), step.timeout, step.name)
             except (ControlFlow, SerializationError):
                 raise
             except Exception as exc:

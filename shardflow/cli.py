@@ -79,7 +79,7 @@ async def _executor(args: argparse.Namespace) -> int:
     from shardflow.shard.sdk import Registry
 
     settings = ExecutorSettings.load(vars(args))
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     executor = Executor(
         settings, Registry.from_modules(settings.app, settings.app_dir), faults=Faults.from_env()
     )
@@ -131,7 +131,7 @@ async def _dev(args: argparse.Namespace) -> int:
 
     settings = DevSettings.load(vars(args))
     apps = import_apps(settings.app, settings.app_dir)  # refused here, not in a restart loop
-    configure("info")
+    configure("info", settings.log_format)
     stop = stop_event_on_signals()
     cluster = DevCluster(settings)
     try:
@@ -156,7 +156,7 @@ async def _coordinator(args: argparse.Namespace) -> int:
     from shardflow.shard.faults import Faults
 
     settings = CoordinatorSettings.load(vars(args))
-    configure("info")
+    configure("info", settings.log_format)
     stop = stop_event_on_signals()
     coordinator = Coordinator(settings, Faults.from_env())
     runner = None
@@ -204,7 +204,7 @@ async def _router(args: argparse.Namespace) -> int:
     from shardflow.router.settings import RouterSettings
 
     settings = RouterSettings.load(vars(args))
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     stop = stop_event_on_signals()
     server = RouterServer(settings)
     await server.start()

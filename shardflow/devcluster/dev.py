@@ -75,6 +75,9 @@ class DevSettings(Settings):
         False, help="the shards as distributed schemas of a local Citus cluster (docs/citus.md)"
     )
     workers: int = setting(2, help="Citus workers (with --citus)", minimum=1)
+    log_format: str = setting(
+        "logfmt", help="log lines of every process as logfmt or JSON", choices=("logfmt", "json")
+    )
 
 
 @dataclass
@@ -383,7 +386,11 @@ class DevCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**child_env(self.settings.app_dir), **child.env},
+                env={
+                    **child_env(self.settings.app_dir),
+                    "SHARDFLOW_LOG_FORMAT": self.settings.log_format,
+                    **child.env,
+                },
                 preexec_fn=die_with_parent,
             )
 
