@@ -124,6 +124,26 @@ async def test_an_executor_works_on_the_schemas_node_and_hears_its_notifications
         await executor.shutdown()
 
 
+async def test_a_start_hands_off_while_the_queue_holds_due_work(citus_cluster: CitusCluster):
+    """With due work in the queue, a start first reads the kinds that work holds (so that
+    no hand-off passes it by): a function reading tables, which Citus refuses to run from
+    inside a query on a shard; start_one calls it on its own."""
+    dsn = await citus_cluster.new_schema()
+    settings = settings_for(dsn, poll_interval=NO_POLL)
+    executor = Executor(settings, Registry.from_modules(settings.app))
+    await executor.start()
+    client = await ShardClient.connect(dsn)
+    try:
+        # Due, and claimed by nobody: no NOTIFY wakes the executor, which polls every 600 s.
+        ghost = "INSERT INTO shardflow.ready (workflow_id, slot) VALUES ('ghost', 0)"
+        await client.pool.execute(shard_pool.in_schema(ghost, shard_pool.schema_of(dsn)))
+        wid = await client.start("w3", make_input(5))
+        assert (await client.result(wid, timeout=30))["reserved"] == 5
+    finally:
+        await client.close()
+        await executor.shutdown()
+
+
 async def test_an_executor_follows_its_schema_when_citus_moves_it(citus_cluster: CitusCluster):
     """citus_move_shard_placement moves the schema to the other worker: the executor
     takes its lock and LISTEN there, records where its lock now is, moves its pool, and

@@ -231,6 +231,7 @@ DECLARE
     v_status text;
     v_name text;
     v_input jsonb;
+    v_held text[];
 BEGIN
     id := p_id;
     slot := shardflow.slot_of(v_key, p_slots);
@@ -253,11 +254,17 @@ BEGIN
         v_kind := p_name || '@' || v_version;
         IF octet_length(p_input::text) <= 2000
            AND NOT EXISTS (SELECT FROM shardflow.limits l WHERE l.name = p_name) THEN
+            -- The kinds due in the queue, read first and called with no table around it:
+            -- handoff_held_kinds reads tables, and Citus cannot run such a function from
+            -- inside a query on a shard.
+            v_held := '{}';
+            IF (SELECT min(q.run_at) FROM shardflow.ready q) <= now() THEN
+                v_held := shardflow.handoff_held_kinds();
+            END IF;
             SELECT e.owner, e.lock_key, e.lease_until INTO v_owner, v_lock, v_until
             FROM shardflow.executors e
             WHERE e.handoff_until > now() AND v_kind = ANY (e.kinds)
-              AND NOT (e.kinds && CASE WHEN (SELECT min(q.run_at) FROM shardflow.ready q) <= now()
-                  THEN (SELECT shardflow.handoff_held_kinds()) ELSE '{}' END)
+              AND NOT (e.kinds && v_held)
             ORDER BY -ln(1.0 - random()) / greatest(coalesce(e.handoff_room, 1), 1)
             LIMIT 1;
         END IF;
