@@ -16,6 +16,7 @@ import contextlib
 import functools
 import re
 import socket
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -238,19 +239,36 @@ async def repoint(pool: asyncpg.Pool, dsn: str) -> None:
 
 class ShardPools:
     """Small pools to many shards, made on first use and kept by DSN (for the control
-    plane: moves, schedules, limits run short statements, where connecting costs more)."""
+    plane: moves, schedules, limits run short statements, where connecting costs more).
+
+    On Citus a pool goes to the node holding the shard's schema, looked up again after
+    placement.CHECK_SECONDS: a slot move's pre-copy horizon reads the open transactions of
+    the node where the shard's writes run (shardflow/infra/placement.py)."""
 
     def __init__(self, timeout: float, size: int = 2) -> None:
         self.timeout = timeout
         self.size = size
         self._pools: dict[str, asyncpg.Pool] = {}
+        self._nodes: dict[str, tuple[float, str]] = {}  # DSN -> (when looked up, node DSN)
 
     async def get(self, dsn: str) -> asyncpg.Pool:
-        if dsn not in self._pools:
-            self._pools[dsn] = await create_pool(
-                dsn, min_size=0, max_size=self.size, timeout=self.timeout
+        node = await self._node(dsn)
+        if node not in self._pools:
+            self._pools[node] = await create_pool(
+                node, min_size=0, max_size=self.size, timeout=self.timeout
             )
-        return self._pools[dsn]
+        return self._pools[node]
+
+    async def _node(self, dsn: str) -> str:
+        if schema_of(dsn) == DEFAULT_SCHEMA:
+            return dsn
+        from shardflow.infra import placement  # it builds on this module
+
+        at, node = self._nodes.get(dsn, (-placement.CHECK_SECONDS, dsn))
+        if time.monotonic() - at >= placement.CHECK_SECONDS:
+            node = await placement.resolve(dsn, timeout=self.timeout)
+            self._nodes[dsn] = (time.monotonic(), node)
+        return node
 
     async def close(self) -> None:
         for pool in self._pools.values():
