@@ -59,11 +59,13 @@ async def fault_dev(
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not). Its /proc entry can vanish between the
+    two looks, when its parent reaps it: gone then too."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
 
 
 async def owners(dev: FaultCluster) -> dict[int, str]:
