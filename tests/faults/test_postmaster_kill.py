@@ -35,10 +35,12 @@ def _start(dev: FaultCluster, wid: str) -> tuple[int, Any, str | None]:
 async def test_a_killed_postmaster_is_restarted_and_nothing_is_lost(fault_dev: FaultCluster):
     load = Workload(fault_dev.url, "pm")
     await load.start(rounds=6)
-    victim = fault_dev.postmaster("shard1")
-    os.kill(victim, signal.SIGKILL)
+    # The keys first: looked up after the kill, they took long enough for the supervisor to
+    # bring the server back before the start that must find it down (seen in CI).
     down = await key_on(fault_dev, "shard1", "down")
     up = await key_on(fault_dev, "shard0", "up")
+    victim = fault_dev.postmaster("shard1")
+    os.kill(victim, signal.SIGKILL)
     status, body, retry_after = await asyncio.to_thread(_start, fault_dev, down)
     assert (status, body["error"]["code"], retry_after) == (503, "shard_unavailable", "1"), body
     status, _, _ = await asyncio.to_thread(_start, fault_dev, up)
