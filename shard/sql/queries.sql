@@ -81,11 +81,7 @@ ORDER BY workflow_id, id;
 -- $1 is one JSON array of the workflows' records, each with its new step rows (outputs
 -- and errors as JSON text, times in ISO 8601): one parameter encodes in a fraction
 -- of the time 17 arrays took the driver, element by element.
-WITH clock AS (
-    -- The time of the write (see _flush_update), joined in as a column: Citus refuses a
-    -- volatile function in an UPDATE.
-    SELECT clock_timestamp() AS at
-), wf_in AS (
+WITH wf_in AS (
     SELECT t.id, t.epoch, t.status AS new_status, t.output::jsonb AS output,
            t.error::jsonb AS error, t.run_at, t.next_seq,
            t.seen_signal, t.parent, t.steps
@@ -103,10 +99,11 @@ WITH clock AS (
         lease_until = CASE WHEN i.new_status = 'running' THEN w.lease_until END,
         -- clock_timestamp(), not now(): the slot-move pre-copy horizon must never pass
         -- for this transaction's finish while it is still open (slot_precopy_horizon).
+        -- (Not on Citus: there the flushes are shardflow.flush_each's.)
         finished_at = CASE WHEN i.new_status IN ('completed', 'failed', 'cancelled')
-                           THEN clock.at END,
+                           THEN clock_timestamp() END,
         updated_at = now()
-    FROM wf_in i CROSS JOIN clock
+    FROM wf_in i
     -- Probe the flushed IDs' keys (= ANY): with a bare w.status = 'running' the planner
     -- read the whole partial index of running workflows (thousands of entries, most of
     -- them dead between vacuums) and hash-joined it. IS TRUE keeps
