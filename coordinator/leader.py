@@ -29,6 +29,7 @@ from shardflow.coordinator.limits import Limiter
 from shardflow.coordinator.moves import Mover, NotLeader
 from shardflow.coordinator.schedules import Scheduler
 from shardflow.infra import pool as shard_pool
+from shardflow.infra.logs import FORMATS
 from shardflow.infra.pool import close_connection
 from shardflow.infra.settings import Settings, setting
 from shardflow.metrics.coordinator import CoordinatorMetrics
@@ -72,9 +73,7 @@ class CoordinatorSettings(Settings):
     )
     metrics_port: int | None = setting(None, help="port of /metrics (unset: none)", minimum=0)
     metrics_host: str = setting("127.0.0.1", help="address of /metrics")
-    log_format: str = setting(
-        "logfmt", help="log lines as logfmt or JSON", choices=("logfmt", "json")
-    )
+    log_format: str = setting("logfmt", help="log lines as logfmt or JSON", choices=FORMATS)
 
 
 class Coordinator:

@@ -79,8 +79,7 @@ class Executor:
         self._new_identity()
         self._pool: asyncpg.Pool | None = None
         self._lock_conn: asyncpg.Connection | None = None
-        self._node_dsn = settings.dsn  # the server we talk to (on Citus: our schema's node)
-        self._placement_at = time.monotonic()
+        self._placement = placement.Follower(settings.dsn)  # on Citus: our schema's node
         self._retiring: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, tuple[asyncio.Task[None], int]] = {}
         self._release: list[tuple[str, int]] = []
@@ -137,9 +136,8 @@ class Executor:
         delay = 0.1
         while True:
             try:
-                self._node_dsn = await placement.resolve(s.dsn)
                 self._pool = await create_pool(
-                    self._node_dsn,
+                    await self._placement.resolve(),
                     min_size=2,
                     max_size=s.pool_size,
                     command_timeout=COMMAND_TIMEOUT,
@@ -205,7 +203,7 @@ class Executor:
     async def _attach(self) -> None:
         """Open the liveness connection: advisory lock, registration, LISTEN (and the
         checkpoint flushes: ShardStore.listener)."""
-        conn, lock_server = await self._lock(self._node_dsn)
+        conn, lock_server = await self._lock(self._placement.node)
         try:
             await self.store.executor_register(
                 self.owner, self.lock_key, self.settings.lease_seconds, lock_server
@@ -235,18 +233,16 @@ class Executor:
         """On Citus, move to the node now holding our schema (shardflow/infra/placement.py):
         lock and listen there first, then tell peers where our lock is, then move the pool.
         Nothing in flight stops: a statement on the old node is still routed by Citus."""
-        now = time.monotonic()
-        if self._pool is None or now - self._placement_at < placement.CHECK_SECONDS:
+        if self._pool is None:
             return
-        self._placement_at = now
-        target = await placement.moved(self._pool, self.settings.dsn, self._node_dsn)
+        target = await self._placement.moved(self._pool)
         if target is None:
             return
         log.info("event=schema_moved owner=%s to=%s", self.owner, urlsplit(target).netloc)
         conn, lock_server = await self._lock(target)
         old, self._lock_conn = self._lock_conn, conn
         self.store.listener = conn
-        self._node_dsn = target
+        self._placement.node = target
         await shard_pool.repoint(self._pool, target)
         shard_pool.retire(old, self._retiring)  # a flush may still run on it
         if not await self.store.executor_relock(self.owner, lock_server):

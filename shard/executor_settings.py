@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardflow.infra.logs import FORMATS
 from shardflow.infra.settings import Settings, setting
 
 
@@ -74,9 +75,7 @@ class ExecutorSettings(Settings):
     log_level: str = setting(
         "info", help="log level", choices=("debug", "info", "warning", "error")
     )
-    log_format: str = setting(
-        "logfmt", help="log lines as logfmt or JSON", choices=("logfmt", "json")
-    )
+    log_format: str = setting("logfmt", help="log lines as logfmt or JSON", choices=FORMATS)
 
     def validate(self) -> None:
         super().validate()

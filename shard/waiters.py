@@ -44,9 +44,7 @@ def settle(fut: asyncio.Future[Any], outcome: Any) -> None:
 class ResultWaiters:
     def __init__(self, pool: asyncpg.Pool, dsn: str, node_dsn: str | None = None) -> None:
         self.pool = pool
-        self._dsn = dsn
-        self._node_dsn = node_dsn or dsn  # where we connect (on Citus: the schema's node)
-        self._placement_at = time.monotonic()
+        self._placement = placement.Follower(dsn, node_dsn)  # on Citus: the schema's node
         self._retiring: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -140,18 +138,14 @@ class ResultWaiters:
     async def _follow_schema(self) -> None:
         """On Citus, every CHECK_SECONDS: when the schema moved, the pool and the LISTEN
         connection move to its node (the next turn of the watch loop listens there)."""
-        now = time.monotonic()
-        if now - self._placement_at < placement.CHECK_SECONDS:
-            return
-        self._placement_at = now
         try:
-            target = await placement.moved(self.pool, self._dsn, self._node_dsn)
+            target = await self._placement.moved(self.pool)
         except Exception as exc:
             if is_unavailable(exc):
                 return
             raise
         if target is not None:
-            self._node_dsn = target
+            self._placement.node = target
             await shard_pool.repoint(self.pool, target)
             conn, self._conn = self._conn, None  # a start may still run on it: closed later
             shard_pool.retire(conn, self._retiring)
@@ -159,7 +153,7 @@ class ResultWaiters:
     async def _listen(self) -> asyncpg.Connection | None:
         conn = None
         try:
-            conn = await shard_pool.connect(self._node_dsn)
+            conn = await shard_pool.connect(self._placement.node)
             await conn.add_listener("shardflow_done", self._on_done)
         except Exception as exc:
             if conn is not None:

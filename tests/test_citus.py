@@ -112,7 +112,7 @@ async def test_an_executor_works_on_the_schemas_node_and_hears_its_notifications
     await executor.start()
     client = await ShardClient.connect(dsn)
     try:
-        assert urlsplit(executor._node_dsn).netloc.endswith(node)
+        assert urlsplit(executor._placement.node).netloc.endswith(node)
         wid = await client.start("w3", make_input(1))
         assert await client.result(wid, timeout=30) == {
             "reserved": 1,
@@ -181,7 +181,7 @@ async def test_an_executor_follows_its_schema_when_citus_moves_it(citus_cluster:
         async def followed() -> bool:
             return all(
                 urlsplit(node_dsn).netloc.endswith(c.node(target))
-                for node_dsn in (executor._node_dsn, client.results._node_dsn)
+                for node_dsn in (executor._placement.node, client.results._placement.node)
             )
 
         await until(followed, what="the executor and the client to follow the schema")

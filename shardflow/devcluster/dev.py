@@ -31,6 +31,7 @@ from shardflow.devcluster.launcher import (
     ensure_database,
     free_port,
 )
+from shardflow.infra.logs import FORMATS
 from shardflow.infra.settings import Settings, setting
 from shardflow.shard.apps import child_env
 
@@ -76,7 +77,7 @@ class DevSettings(Settings):
     )
     workers: int = setting(2, help="Citus workers (with --citus)", minimum=1)
     log_format: str = setting(
-        "logfmt", help="log lines of every process as logfmt or JSON", choices=("logfmt", "json")
+        "logfmt", help="log lines of every process as logfmt or JSON", choices=FORMATS
     )
 
 

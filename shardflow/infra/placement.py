@@ -8,13 +8,15 @@ hot path (executors and routers) connect to the worker itself, where every state
 of the shard runs locally (Citus's local execution), notifications reach the listeners
 and advisory locks are where ``reclaim_dead`` tests them. They look again every few
 seconds, and move their connections when ``citus_rebalance_start()`` has moved the
-schema. DDL (migrations) and the control plane keep using the coordinator.
+schema. The control plane goes to the schema's node too; DDL (migrations) stays on the
+coordinator, the only node Citus takes it on.
 
 On plain Postgres every function here leaves the DSN as it is.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -57,7 +59,7 @@ async def on_citus(conn: Any) -> bool:
 async def node_of(conn: Any, schema: str) -> tuple[str, int] | None:
     """The Citus node (host, port) holding ``schema``, or None when the server has no
     Citus or the schema is not distributed (then the connection's server is the one)."""
-    if schema == DEFAULT_SCHEMA or not await conn.fetchval(q["citus"]):
+    if schema == DEFAULT_SCHEMA or not await on_citus(conn):
         return None
     row = await conn.fetchrow(q["schema_node"], schema)
     return None if row is None else (str(row["nodename"]), int(row["nodeport"]))
@@ -87,3 +89,27 @@ async def moved(pool: Any, dsn: str, current: str) -> str | None:
         return None
     target = on_node(dsn, *node)
     return None if target == current else target
+
+
+class Follower:
+    """A hot-path process's view of where its shard lives: ``node`` (the DSN it talks to)
+    and, every CHECK_SECONDS, the look whether Citus moved the schema since."""
+
+    def __init__(self, dsn: str, node: str | None = None) -> None:
+        self.dsn = dsn
+        self.node = node or dsn
+        self._looked = time.monotonic()
+
+    async def resolve(self, timeout: float = 10.0) -> str:
+        self.node = await resolve(self.dsn, timeout)
+        return self.node
+
+    async def moved(self, pool: Any) -> str | None:
+        """The node to move to, asked through ``pool`` at most every CHECK_SECONDS; None
+        while the schema has not moved (or it is not time to look). The caller moves,
+        then sets ``node``."""
+        now = time.monotonic()
+        if now - self._looked < CHECK_SECONDS:
+            return None
+        self._looked = now
+        return await moved(pool, self.dsn, self.node)
