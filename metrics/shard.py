@@ -54,8 +54,10 @@ class ShardMetrics:
         )
         self.step_duration = Histogram(
             "shardflow_step_duration_seconds",
-            "Duration of step executions.",
-            ["shard", "workflow"],
+            "Duration of each step attempt, from its start to its outcome (completed, failed, "
+            "retried; a transactional step's transaction included). With tracing on, its "
+            "trace ID is the exemplar.",
+            ["shard", "workflow", "step"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from shardflow.infra import tracing
 from shardflow.infra.errors import (
     BadRequestError,
     InvalidScheduleError,
@@ -115,8 +116,11 @@ class Client:
         params: dict[str, str] | None = None,
         retry: bool = True,
         admin: bool = False,
+        traceparent: str | None = None,
     ) -> tuple[int, Any]:
-        status, payload, _ = await self._call_counted(method, path, body, params, retry, admin)
+        status, payload, _ = await self._call_counted(
+            method, path, body, params, retry, admin, traceparent
+        )
         return status, payload
 
     async def _call_counted(
@@ -127,11 +131,16 @@ class Client:
         params: dict[str, str] | None = None,
         retry: bool = True,
         admin: bool = False,
+        traceparent: str | None = None,
     ) -> tuple[int, Any, int]:
         """The answer, and how many attempts it took (a retry may follow an attempt that
-        reached the server and whose answer was lost)."""
+        reached the server and whose answer was lost). Each request carries the caller's
+        trace context (``traceparent``, else the current OpenTelemetry span's)."""
         data = None if body is None else codec.dumps(body, "the request body")
         headers = {"Content-Type": "application/json"} if data else {}
+        traceparent = traceparent or tracing.current_traceparent()
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         if admin:
             headers |= self._admin_headers
         attempt = 0
@@ -168,17 +177,22 @@ class Client:
         routing_key: str | None = None,
         priority: int = 0,
         wait: float | None = None,
+        traceparent: str | None = None,
     ) -> dict[str, Any]:
         """Start a workflow; ``priority``: higher is claimed first (-1000..1000). With
         ``wait`` (seconds), the same request waits for the outcome: the answer is then the
-        result document (status, output, error) if the workflow finished in time."""
+        result document (status, output, error) if the workflow finished in time.
+        ``traceparent``: the W3C trace its runs join (default: the current OpenTelemetry
+        span's, when the application traces)."""
         body: dict[str, Any] = {"workflow": workflow, "input": input, "id": id or uuid.uuid4().hex}
         if routing_key is not None:
             body["routing_key"] = routing_key
         if priority:
             body["priority"] = priority
         params = None if wait is None else {"wait": str(wait)}
-        _, doc = await self._call("POST", "/v1/workflows", body, params=params)
+        _, doc = await self._call(
+            "POST", "/v1/workflows", body, params=params, traceparent=traceparent
+        )
         return dict(doc)
 
     async def run(

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from shardflow.catalog import admin as operations
+from shardflow.infra import tracing
 from shardflow.infra.errors import (
     IdElsewhereError,
     OverloadedError,
@@ -43,12 +44,25 @@ async def check_known(view: ClusterView, name: str) -> None:
         )
 
 
-def _request(body: rq.StartBody) -> StartRequest:
+def _request(body: rq.StartBody, traceparent: str | None) -> StartRequest:
     wid = body.id if body.id is not None else uuid.uuid4().hex
     rq.check_id(wid)
     if body.routing_key is not None:
         rq.check_id(body.routing_key, "routing key")
-    return StartRequest(body.workflow, body.input, wid, body.routing_key, priority=body.priority)
+    return StartRequest(
+        body.workflow,
+        body.input,
+        wid,
+        body.routing_key,
+        priority=body.priority,
+        traceparent=traceparent,
+    )
+
+
+def _traceparent(request: web.Request) -> str | None:
+    """The W3C trace context a request brings, stored with what it starts (a malformed
+    header is ignored, as the W3C recommendation asks)."""
+    return tracing.parse_traceparent(request.headers.get("traceparent"))
 
 
 def _start_doc(result: StartResult, shard: str) -> dict[str, Any]:
@@ -60,8 +74,11 @@ async def start(request: web.Request) -> web.Response:
     wait = rq.float_param(request, "wait", 0.0, view.settings.max_result_wait)
     body = rq.start_body(await rq.json_body(request))
     await check_known(view, body.workflow)
-    req = _request(body)
-    shard, result = await _start_unique(view, req)
+    with tracing.span(
+        f"start {body.workflow}", _traceparent(request), {"shardflow.workflow.name": body.workflow}
+    ) as traceparent:
+        req = _request(body, traceparent)
+        shard, result = await _start_unique(view, req)
     if result.conflict:
         raise HttpError("conflict", f"workflow {result.id!r} exists with another name or input")
     doc = _start_doc(result, shard)
@@ -92,6 +109,7 @@ async def _start_unique(view: ClusterView, req: StartRequest) -> tuple[str, Star
 async def start_batch(request: web.Request) -> web.Response:
     view = view_of(request)
     items = rq.batch_body(await rq.json_body(request), view.settings.max_batch)
+    traceparent = _traceparent(request)  # the batch's: each start of it joins that trace
     out: list[dict[str, Any] | None] = [None] * len(items)
     by_shard: dict[str, list[tuple[int, StartRequest]]] = defaultdict(list)
     requests: list[tuple[int, StartRequest]] = []
@@ -99,7 +117,7 @@ async def start_batch(request: web.Request) -> web.Response:
         try:
             body = rq.start_body(item, f"workflows[{i}]")
             await check_known(view, body.workflow)
-            requests.append((i, _request(body)))
+            requests.append((i, _request(body, traceparent)))
         except ShardflowError as exc:
             out[i] = {"error": {"code": exc.code, "message": exc.message}}
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from shardflow.infra import placement
+from shardflow.infra import placement, tracing
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import (
     BadRequestError,
@@ -48,6 +48,7 @@ class StartRequest:
     timeout: float | None = None
     parent: str | None = None
     priority: int = 0  # higher runs first, -1000..1000
+    traceparent: str | None = None  # W3C trace context the workflow's runs join
 
 
 MAX_PRIORITY = 1000
@@ -118,6 +119,7 @@ async def _start(
             [r.timeout for r in requests],
             [r.priority for r in requests],
             partial,
+            [r.traceparent for r in requests],
         )
         results: list[StartResult | ShardflowError] = [
             StartResult(*row[:5])
@@ -236,11 +238,19 @@ class ShardClient:
         timeout: float | None = None,
         priority: int = 0,
         conn: asyncpg.Connection | None = None,
+        traceparent: str | None = None,
     ) -> str:
         """Start a workflow; idempotent by ``id`` (same input: the existing instance).
-        ``priority``: higher is claimed first (-1000..1000, default 0)."""
+        ``priority``: higher is claimed first (-1000..1000, default 0). ``traceparent``:
+        the W3C trace its runs join (default: the current OpenTelemetry span's, if any)."""
         request = StartRequest(
-            workflow_name(workflow), input, id, routing_key, timeout, priority=priority
+            workflow_name(workflow),
+            input,
+            id,
+            routing_key,
+            timeout,
+            priority=priority,
+            traceparent=tracing.parse_traceparent(traceparent or tracing.current_traceparent()),
         )
         (result,) = await start_many_on(conn or self.pool, [request])
         if result.conflict:

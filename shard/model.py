@@ -33,6 +33,7 @@ class ClaimedWorkflow:
     routing_key: str = ""
     parent: str | None = None
     priority: int = 0
+    traceparent: str | None = None  # W3C trace context of the start (infra/tracing.py)
 
     @classmethod
     def decode(cls, row: Row) -> ClaimedWorkflow:
@@ -54,6 +55,7 @@ class ClaimedWorkflow:
             routing_key=row["routing_key"] or "",
             parent=row["parent"],
             priority=int(row["priority"] or 0),
+            traceparent=_fresh(row, "traceparent"),
         )
 
 

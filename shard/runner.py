@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
-from shardflow.infra import logs
+from shardflow.infra import logs, tracing
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import (
     NonDeterminismError,
@@ -37,6 +37,7 @@ from shardflow.shard.runtime import (
     Context,
     Fenced,
     Lost,
+    StepProbe,
     Suspend,
     WorkflowCancelled,
     WorkflowRun,
@@ -47,6 +48,28 @@ from shardflow.shard.sdk import AnyStep, AnyWorkflow, Registry
 from shardflow.shard.store import ShardStore
 
 log = logging.getLogger("shardflow.runner")
+
+
+class _Probe:
+    """A step attempt's duration (shardflow_step_duration_seconds) and, with tracing on,
+    its span: current while the step runs, its trace ID the observation's exemplar."""
+
+    __slots__ = ("histogram", "span", "started", "token")
+
+    def __init__(self, histogram: Any, span: Any) -> None:
+        self.histogram = histogram
+        self.span = span
+        self.token = None if span is None else tracing.activate(span)
+        self.started = time.perf_counter()
+
+    def end(self, outcome: str, error: BaseException | None = None) -> None:
+        seconds = time.perf_counter() - self.started
+        if self.span is None:
+            self.histogram.observe(seconds)
+            return
+        tracing.deactivate(self.token)
+        self.histogram.observe(seconds, exemplar={"trace_id": tracing.trace_id_of(self.span)})
+        tracing.end(self.span, outcome, error)  # a retried attempt failed too
 
 
 class WorkflowRunner:
@@ -130,6 +153,9 @@ class WorkflowRunner:
             run.claimed.routing_key or run.id,
             parent=run.id,
             priority=run.claimed.priority,  # a child runs at its parent's priority
+            # in its parent's trace: under this run's span, or the context the parent came with
+            traceparent=(tracing.current_traceparent() if tracing.on() else None)
+            or run.claimed.traceparent,
         )
         try:
             (result,) = await start_many_on(self.store.pool, [request])
@@ -152,6 +178,24 @@ class WorkflowRunner:
     def step_retried(self, run: WorkflowRun, step: AnyStep) -> None:
         self.metrics.step_retries.labels(self.shard, run.claimed.name).inc()
 
+    def step_probe(self, run: WorkflowRun, step: AnyStep, seq: int, attempt: int) -> StepProbe:
+        span = None
+        if tracing.on():
+            span = tracing.start_child_span(
+                f"step {step.name}",
+                {
+                    "shardflow.workflow.id": run.id,
+                    "shardflow.workflow.name": run.claimed.name,
+                    "shardflow.step.name": step.name,
+                    "shardflow.step.seq": seq,
+                    "shardflow.step.attempt": attempt,
+                    "shardflow.shard": self.shard,
+                },
+            )
+        return _Probe(
+            self.metrics.step_duration.labels(self.shard, run.claimed.name, step.name), span
+        )
+
     # -- one instance -------------------------------------------------------------------
     async def execute(self, claimed: ClaimedWorkflow, history: History) -> bool:
         """Run until the workflow finishes or suspends; False if it must be released."""
@@ -169,11 +213,55 @@ class WorkflowRunner:
                 f"(limit {self.max_recovery_attempts}); it is failed instead of looping"
             )
         run.bind()
-        logs.bind(workflow_id=claimed.id)  # this task's log lines (a task of its own)
+        span = self._run_span(claimed) if tracing.on() else None
+        traceparent = claimed.traceparent if span is None else tracing.traceparent_of(span)
+        # this task's log lines (a task of its own)
+        logs.bind(workflow_id=claimed.id, trace_id=tracing.trace_id(traceparent))
         if claimed.next_seq == 0:
             self.metrics.workflows_started.labels(self.shard, claimed.name).inc()
+        token = None if span is None else tracing.activate(span)
+        outcome, error = "interrupted", None
+        try:
+            outcome, error, finished = await self._run(run, definition)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if span is not None:
+                tracing.deactivate(token)
+                tracing.end(span, outcome, error)
+        if finished:
+            labels = (self.shard, claimed.name)
+            self.metrics.workflows_completed.labels(*labels, outcome).inc()
+            self.metrics.workflow_duration.labels(*labels).observe(
+                max(0.0, time.time() - claimed.created_at.timestamp()),
+                exemplar=None if span is None else {"trace_id": tracing.trace_id_of(span)},
+            )
+        return outcome != "lost"
+
+    def _run_span(self, claimed: ClaimedWorkflow) -> Any:
+        return tracing.start_span(
+            f"run {claimed.name}",
+            claimed.traceparent,
+            "consumer",
+            {
+                "shardflow.workflow.id": claimed.id,
+                "shardflow.workflow.name": claimed.name,
+                "shardflow.workflow.version": claimed.version,
+                "shardflow.shard": self.shard,
+                "shardflow.run.recovery": claimed.attempt,
+                "shardflow.run.from_seq": claimed.next_seq,
+            },
+        )
+
+    async def _run(
+        self, run: WorkflowRun, definition: AnyWorkflow
+    ) -> tuple[str, BaseException | None, bool]:
+        """(outcome, its error, whether this run finished the workflow): outcome is the
+        status written, or fenced (another run owns it now) or lost (the shard was)."""
         try:
             state = await self._drive(run, definition)
+            failure = state.pop("failure", None)
             if run.has_unsaved and not self.committer.waiting(run.id, run.epoch):
                 # The last step's flush is under way: let it land first. A cancel that
                 # arrives now is too late: the workflow's code has finished.
@@ -183,16 +271,12 @@ class WorkflowRunner:
             run.abandon_unsaved()  # merged into the final record, or settled above
         except Fenced:
             run.abandon_unsaved()
-            return True
+            return "fenced", None, False
         except Lost:
             run.abandon_unsaved()
-            return False
-        if result.applied and state["status"] in FINISHED:
-            self.metrics.workflows_completed.labels(self.shard, claimed.name, state["status"]).inc()
-            self.metrics.workflow_duration.labels(self.shard, claimed.name).observe(
-                max(0.0, time.time() - claimed.created_at.timestamp())
-            )
-        return True
+            return "lost", None, False
+        status = state["status"]
+        return status, failure, result.applied and status in FINISHED
 
     async def _drive(self, run: WorkflowRun, definition: AnyWorkflow) -> dict[str, Any]:
         try:
@@ -212,7 +296,7 @@ class WorkflowRunner:
         except Exception as exc:
             failure = run.fatal if run.fatal is not None else exc
             log.info("event=workflow_failed workflow=%s error=%r", run.id, failure)
-            return await self._end(run, "failed", error_record(failure))
+            return {**await self._end(run, "failed", error_record(failure)), "failure": failure}
 
     async def _end(self, run: WorkflowRun, status: str, error: dict[str, Any]) -> dict[str, Any]:
         """A failed or cancelled end: the saga's compensations run first (not after a

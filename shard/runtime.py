@@ -97,6 +97,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class StepProbe(Protocol):
+    """One step attempt's duration and span (WorkflowRunner.step_probe)."""
+
+    def end(self, outcome: str, error: BaseException | None = None) -> None:
+        """outcome: completed, retrying, failed or interrupted (a suspension, a lost
+        lease or a lost shard stopped the run during the step)."""
+        ...
+
+
 class RunServices(Protocol):
     """What a run needs from its executor (the committer and the store)."""
 
@@ -116,6 +125,10 @@ class RunServices(Protocol):
     ) -> tuple[Any, bool]: ...
 
     def step_retried(self, run: WorkflowRun, step: AnyStep) -> None: ...
+
+    def step_probe(self, run: WorkflowRun, step: AnyStep, seq: int, attempt: int) -> StepProbe:
+        """Started as an attempt of ``step`` begins; ended with its outcome."""
+        ...
 
     async def start_child(self, run: WorkflowRun, workflow: str, input: Any, child_id: str) -> None:
         """Start a child on the parent's shard, with the parent's routing key (idempotent)."""
@@ -257,27 +270,35 @@ class WorkflowRun:
         started = utcnow()
         while True:
             attempt += 1
+            probe = self.services.step_probe(self, step, seq, attempt)
             try:
                 if step.transactional:
                     value, cancel = await self.services.transactional_step(
                         self, step, seq, args, kwargs, attempt, started
                     )
+                    probe.end("completed")
                     self._completed(seq, step, args, kwargs, value)
                     if cancel:
                         self.cancel_requested()
                     return value
                 with logs.context(step=step.name):
                     value = await with_timeout(step.invoke(args, kwargs), step.timeout, step.name)
-            except (ControlFlow, SerializationError):
+            except (ControlFlow, asyncio.CancelledError):
+                probe.end("interrupted")
+                raise
+            except SerializationError as exc:
+                probe.end("failed", exc)
                 raise
             except Exception as exc:
                 retryable = isinstance(exc, step.policy.retry_on) and not isinstance(
                     exc, NonRetryableError | NonDeterminismError
                 )
                 if retryable and attempt <= step.policy.retries:
+                    probe.end("retrying", exc)
                     self.services.step_retried(self, step)
                     await self._retry_later(seq, step, attempt, started, exc)
                     continue
+                probe.end("failed", exc)
                 error = error_record(exc)
                 error["attempts"] = attempt
                 row = StepRow(
@@ -285,6 +306,7 @@ class WorkflowRun:
                 )
                 await self.save([row])
                 raise StepFailedError(_failed_message(step.name, error), error) from exc
+            probe.end("completed")
             text = codec.dumps(value, f"the result of step {step.name}")
             self.save_later([StepRow(seq, step.name, "completed", text, None, attempt, started)])
             return self._completed(seq, step, args, kwargs, value)

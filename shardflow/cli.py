@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from shardflow.infra import pool as shard_pool
+from shardflow.infra import tracing
 from shardflow.infra.dbfaults import is_unavailable
 from shardflow.infra.errors import ShardflowError
 
@@ -80,6 +81,7 @@ async def _executor(args: argparse.Namespace) -> int:
 
     settings = ExecutorSettings.load(vars(args))
     configure(settings.log_level, settings.log_format)
+    tracing.configure("shardflow-executor")
     executor = Executor(
         settings, Registry.from_modules(settings.app, settings.app_dir), faults=Faults.from_env()
     )
@@ -103,6 +105,7 @@ async def _executor(args: argparse.Namespace) -> int:
     finally:
         if runner is not None:
             await runner.cleanup()
+        tracing.shutdown()  # what is buffered goes out
     return 0
 
 
@@ -205,6 +208,7 @@ async def _router(args: argparse.Namespace) -> int:
 
     settings = RouterSettings.load(vars(args))
     configure(settings.log_level, settings.log_format)
+    tracing.configure("shardflow-router")
     stop = stop_event_on_signals()
     server = RouterServer(settings)
     await server.start()
@@ -214,6 +218,7 @@ async def _router(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await server.stop()
+        tracing.shutdown()
     return 0
 
 

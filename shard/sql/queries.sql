@@ -224,7 +224,7 @@ SELECT false AS claimed, f.id, NULL AS name, NULL AS version, NULL AS input,
        NULL::bigint AS lease_epoch, NULL::integer AS attempt, NULL::integer AS next_seq,
        NULL::integer AS signal_seq, f.cancel_requested, NULL::timestamptz AS deadline,
        NULL::timestamptz AS created_at, NULL AS routing_key, NULL AS parent,
-       NULL::integer AS priority,
+       NULL::integer AS priority, NULL AS traceparent,
        (SELECT count(*) FROM done) + (SELECT count(*) FROM woke) AS notified
 FROM fenced f
 UNION ALL
@@ -303,7 +303,7 @@ SELECT count(*) FROM rel;
 -- $8: partial (start the rows without a problem even when others have one).
 SELECT id, slot, status, created, conflict, problem
 FROM shardflow.start_workflows($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
-                               $6::double precision[], $7::integer[], $8::boolean);
+                               $6::double precision[], $7::integer[], $8::boolean, $9::text[]);
 
 -- name: workflow_start_recheck
 -- Starts that raced with a concurrent insert of the same ID: read what won.

@@ -67,6 +67,7 @@ CREATE TABLE shardflow.workflows (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
+    traceparent text,  -- W3C trace context of the start (migration 0021)
     CONSTRAINT workflows_status_check CHECK (status IN
         ('pending', 'running', 'sleeping', 'waiting', 'completed', 'failed', 'cancelled')),
     CONSTRAINT workflows_priority_check CHECK (priority BETWEEN -1000 AND 1000)

@@ -67,13 +67,14 @@ $$;
 -- column names of claim_workflows (decoded by ClaimedWorkflow.decode, shard/model.py).
 CREATE OR REPLACE FUNCTION shardflow.handoff_item(
     p_id text, p_name text, p_version text, p_input jsonb, p_timeout double precision,
-    p_key text, p_parent text, p_priority integer)
+    p_key text, p_parent text, p_priority integer, p_traceparent text)
 RETURNS text LANGUAGE sql STABLE AS $$
     SELECT json_build_object('id', p_id, 'name', p_name, 'version', p_version,
                              'input', p_input::text, 'lease_epoch', 1,
                              'deadline', now() + make_interval(secs => p_timeout),
                              'created_at', now(), 'routing_key', p_key, 'parent', p_parent,
-                             'priority', coalesce(p_priority, 0))::text
+                             'priority', coalesce(p_priority, 0),
+                             'traceparent', p_traceparent)::text
 $$;
 
 -- Start many workflows in one statement (the hot path of every start).
@@ -85,7 +86,7 @@ $$;
 CREATE OR REPLACE FUNCTION shardflow.start_workflows(
     p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
     p_parents text[], p_timeouts double precision[], p_priorities integer[] DEFAULT NULL,
-    p_partial boolean DEFAULT false)
+    p_partial boolean DEFAULT false, p_traceparents text[] DEFAULT NULL)
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
                problem text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
@@ -97,7 +98,7 @@ BEGIN
     IF shardflow.on_citus() THEN
         RETURN QUERY SELECT * FROM shardflow.start_each(
             p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts, p_priorities,
-            p_partial, coalesce(v_slots, 1024));
+            p_partial, coalesce(v_slots, 1024), p_traceparents);
         RETURN;
     END IF;
     IF cardinality(p_ids) = 1 THEN
@@ -106,15 +107,16 @@ BEGIN
         -- query's plan at each run; for one row that was most of its cost.
         RETURN QUERY SELECT * FROM shardflow.start_one(
             p_ids[1], p_names[1], p_inputs[1], p_routing_keys[1], p_parents[1],
-            p_timeouts[1], p_priorities[1], coalesce(v_slots, 1024));
+            p_timeouts[1], p_priorities[1], coalesce(v_slots, 1024), p_traceparents[1]);
         RETURN;
     END IF;
     RETURN QUERY
     WITH input AS (
         SELECT t.*, coalesce(t.routing_key, t.id) AS key
         FROM unnest(p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts,
-                    p_priorities)
-            WITH ORDINALITY AS t(id, name, input, routing_key, parent, timeout_s, priority, ord)
+                    p_priorities, p_traceparents)
+            WITH ORDINALITY AS t(id, name, input, routing_key, parent, timeout_s, priority,
+                                 traceparent, ord)
     ), keyed AS (
         SELECT i.*, shardflow.slot_of(i.key, coalesce(v_slots, 1024)) AS slot,
                r.version, coalesce(i.timeout_s, r.timeout_s) AS timeout,
@@ -165,11 +167,12 @@ BEGIN
     ), ins AS (
         INSERT INTO shardflow.workflows AS w
             (id, slot, routing_key, name, version, status, input, parent, deadline, priority,
-             lease_owner, lease_epoch, lease_until)
+             lease_owner, lease_epoch, lease_until, traceparent)
         SELECT c.id, c.slot, c.key, c.name, c.version,
                CASE WHEN c.owner IS NULL THEN 'pending' ELSE 'running' END, c.input, c.parent,
                now() + make_interval(secs => c.timeout), coalesce(c.priority, 0),
-               c.owner, CASE WHEN c.owner IS NULL THEN 0 ELSE 1 END, c.lease_until
+               c.owner, CASE WHEN c.owner IS NULL THEN 0 ELSE 1 END, c.lease_until,
+               c.traceparent
         FROM placed c
         WHERE c.issue IS NULL
           AND (p_partial OR NOT EXISTS (SELECT 1 FROM checked b WHERE b.issue IS NOT NULL))
@@ -188,7 +191,7 @@ BEGIN
                sum(length(p.item)) OVER (PARTITION BY p.lock_key ORDER BY p.id) / 7000 AS part
         FROM (SELECT DISTINCT ON (c.id) c.lock_key, c.id,
                      shardflow.handoff_item(c.id, c.name, c.version, c.input, c.timeout,
-                                            c.key, c.parent, c.priority) AS item
+                                            c.key, c.parent, c.priority, c.traceparent) AS item
               FROM placed c JOIN ins ON ins.id = c.id AND ins.lease_owner = c.owner
               ORDER BY c.id, c.ord) p
     ), handoff AS (
@@ -216,7 +219,8 @@ $$;
 -- hand-off, writes and NOTIFYs as its batch query, in that order.
 CREATE OR REPLACE FUNCTION shardflow.start_one(
     p_id text, p_name text, p_input jsonb, p_routing_key text, p_parent text,
-    p_timeout double precision, p_priority integer, p_slots integer)
+    p_timeout double precision, p_priority integer, p_slots integer,
+    p_traceparent text DEFAULT NULL)
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
                problem text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
@@ -270,12 +274,12 @@ BEGIN
         END IF;
         INSERT INTO shardflow.workflows AS w
             (id, slot, routing_key, name, version, status, input, parent, deadline, priority,
-             lease_owner, lease_epoch, lease_until)
+             lease_owner, lease_epoch, lease_until, traceparent)
         VALUES (p_id, start_one.slot, v_key, p_name, v_version,
                 CASE WHEN v_owner IS NULL THEN 'pending' ELSE 'running' END, p_input,
                 p_parent, now() + make_interval(secs => coalesce(p_timeout, v_timeout)),
                 coalesce(p_priority, 0), v_owner,
-                CASE WHEN v_owner IS NULL THEN 0 ELSE 1 END, v_until)
+                CASE WHEN v_owner IS NULL THEN 0 ELSE 1 END, v_until, p_traceparent)
         ON CONFLICT ON CONSTRAINT workflows_pkey DO NOTHING
         RETURNING w.status INTO v_status;
         created := FOUND;
@@ -286,7 +290,7 @@ BEGIN
         ELSIF created THEN
             PERFORM pg_notify('shardflow_handoff_' || v_lock, '[' || shardflow.handoff_item(
                 p_id, p_name, v_version, p_input, coalesce(p_timeout, v_timeout), v_key,
-                p_parent, p_priority) || ']');
+                p_parent, p_priority, p_traceparent) || ']');
         END IF;
     END IF;
     IF created THEN
@@ -332,7 +336,7 @@ $$;
 CREATE OR REPLACE FUNCTION shardflow.start_each(
     p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
     p_parents text[], p_timeouts double precision[], p_priorities integer[],
-    p_partial boolean, p_slots integer)
+    p_partial boolean, p_slots integer, p_traceparents text[])
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
                problem text)
 LANGUAGE plpgsql AS $$
@@ -350,7 +354,7 @@ BEGIN
         FOR i IN 1 .. cardinality(p_ids) LOOP
             SELECT * INTO s FROM shardflow.start_one(
                 p_ids[i], p_names[i], p_inputs[i], p_routing_keys[i], p_parents[i],
-                p_timeouts[i], p_priorities[i], p_slots);
+                p_timeouts[i], p_priorities[i], p_slots, p_traceparents[i]);
             a_id := a_id || s.id;
             a_slot := a_slot || s.slot;
             a_status := a_status || s.status;

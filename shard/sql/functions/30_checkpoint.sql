@@ -116,7 +116,8 @@ CREATE OR REPLACE FUNCTION shardflow.flush_each(
 RETURNS TABLE (claimed boolean, id text, name text, version text, input text,
                lease_epoch bigint, attempt integer, next_seq integer, signal_seq integer,
                cancel_requested boolean, deadline timestamptz, created_at timestamptz,
-               routing_key text, parent text, priority integer, notified bigint)
+               routing_key text, parent text, priority integer, traceparent text,
+               notified bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     e json;

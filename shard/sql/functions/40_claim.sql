@@ -126,7 +126,7 @@ CREATE OR REPLACE FUNCTION shardflow.claim_workflows(
 RETURNS TABLE (id text, name text, version text, input text, lease_epoch bigint,
                attempt integer, next_seq integer, signal_seq integer,
                cancel_requested boolean, deadline timestamptz, created_at timestamptz,
-               routing_key text, parent text, priority integer)
+               routing_key text, parent text, priority integer, traceparent text)
 LANGUAGE plpgsql AS $$
 BEGIN
     -- Nothing due (every poll of an idle shard, and of a busy one whose starts are handed
@@ -154,7 +154,7 @@ BEGIN
               greatest(w.next_seq, (SELECT max(s.seq) + 1 FROM shardflow.steps s
                                     WHERE s.workflow_id = w.id)),
               w.signal_seq, w.cancel_requested,
-              w.deadline, w.created_at, w.routing_key, w.parent, w.priority;
+              w.deadline, w.created_at, w.routing_key, w.parent, w.priority, w.traceparent;
 END
 $$;
 
