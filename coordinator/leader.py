@@ -208,9 +208,10 @@ class Coordinator:
                 except (OSError, asyncpg.PostgresError) as exc:  # a shard away: next round
                     log.warning("event=limit_share_failed error=%r", exc)
                 next_limits = loop.time() + self.settings.limit_interval
+            fired, skipped = scheduler.fired, scheduler.skipped
             if await scheduler.fire_due():
-                self.metrics.schedule_ticks.labels("fired").set(scheduler.fired)
-                self.metrics.schedule_ticks.labels("skipped").set(scheduler.skipped)
+                self.metrics.schedule_ticks.labels("fired").inc(scheduler.fired - fired)
+                self.metrics.schedule_ticks.labels("skipped").inc(scheduler.skipped - skipped)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.move_interval)
 
@@ -230,12 +231,10 @@ class Coordinator:
             m.queue_depth.labels(shard_id, status).set(stats.queue.get(status, 0))
         m.queue_depth.labels(shard_id, "ready").set(stats.ready_now)
         m.oldest_ready.labels(shard_id).set(stats.oldest_ready_s)
-        m.completions.labels(shard_id).set(stats.finished_last_minute / 10)
-        m.shard_p99.labels(shard_id).set(stats.p99_s)
         for locktype in ("relation", "tuple", "transactionid", "advisory"):
             m.lock_waits.labels(shard_id, locktype).set(stats.lock_waits.get(locktype, 0))
         m.longest_lock_wait.labels(shard_id).set(stats.longest_lock_wait_s)
-        m.deadlocks.labels(shard_id).set(stats.deadlocks)
+        m.server_counters.deadlocks[shard_id] = stats.deadlocks
         for table in ("workflows", "steps", "ready", "events"):
             m.dead_tuples.labels(shard_id, table).set(stats.dead_tuples.get(table, 0))
         m.oldest_xact.labels(shard_id).set(stats.oldest_transaction_s)

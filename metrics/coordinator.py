@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from shardflow.metrics.shard import LATENCY_BUCKETS
+from shardflow.metrics.standard import add_standard
+
+
+class ServerCounters(Collector):
+    """Counters the shards' servers keep themselves (pg_stat_database), exposed as read:
+    their value does not restart with the coordinator, so rate() and increase() see only
+    the server's own resets."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deadlocks: dict[str, float] = {}
+        registry.register(self)
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter([self._deadlocks()])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._deadlocks()
+        for shard, value in sorted(self.deadlocks.items()):
+            family.add_metric([shard], value)
+        return iter([family])
+
+    @staticmethod
+    def _deadlocks() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "shardflow_pg_deadlocks",
+            "Deadlocks detected in the shard's database (pg_stat_database's counter).",
+            labels=["shard"],
+        )
 
 
 class CoordinatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        add_standard(r, "coordinator")
         self.is_leader = Gauge(
             "shardflow_coordinator_is_leader",
             "1 on the leading coordinator, 0 on standbys.",
@@ -24,7 +57,7 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.moves_done = Counter("shardflow_slot_moves_total", "Slot moves finished.", registry=r)
-        self.schedule_ticks = Gauge(
+        self.schedule_ticks = Counter(
             "shardflow_schedule_ticks",
             "Cron ticks this coordinator handled while leading, by outcome (fired, skipped).",
             ["outcome"],
@@ -42,18 +75,6 @@ class CoordinatorMetrics:
             ["shard"],
             registry=r,
         )
-        self.completions = Gauge(
-            "shardflow_shard_completions_per_second",
-            "Workflows finished per second over the last 10 s, read from the shard's rows.",
-            ["shard"],
-            registry=r,
-        )
-        self.shard_p99 = Gauge(
-            "shardflow_shard_workflow_p99_seconds",
-            "P99 start-to-finish of the last 10 s of workflows, from the shard's rows.",
-            ["shard"],
-            registry=r,
-        )
         self.lock_waits = Gauge(
             "shardflow_pg_lock_waits",
             "Backends waiting on a lock, by lock type (pg_locks).",
@@ -66,13 +87,7 @@ class CoordinatorMetrics:
             ["shard"],
             registry=r,
         )
-        self.deadlocks = Gauge(
-            "shardflow_pg_deadlocks",
-            "Deadlocks detected in the shard's database so far "
-            "(pg_stat_database; use rate/increase).",
-            ["shard"],
-            registry=r,
-        )
+        self.server_counters = ServerCounters(r)
         self.dead_tuples = Gauge(
             "shardflow_pg_dead_tuples",
             "Dead tuples of the hot tables (pg_stat_user_tables).",

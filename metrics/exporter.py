@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+
+def exposition(registry: CollectorRegistry, request: web.Request) -> web.Response:
+    """The registry in the format the scraper asks for: OpenMetrics (which carries the
+    histograms' trace exemplars) when its Accept header names it, else Prometheus text."""
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encode(registry), headers={"Content-Type": content_type})
 
 
 async def serve_metrics(
     registry: CollectorRegistry, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
-    async def handle(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def handle(request: web.Request) -> web.Response:
+        return exposition(registry, request)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

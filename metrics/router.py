@@ -5,12 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shardflow.metrics.shard import LATENCY_BUCKETS
+from shardflow.metrics.standard import add_standard
 
 
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        add_standard(r, "router")
         self.request_duration = Histogram(
             "shardflow_http_request_duration_seconds",
             "HTTP requests by route template and status code.",

@@ -1,12 +1,16 @@
 """Metrics of the processes attached to one shard (executors and their GC).
 
-Each executor owns a CollectorRegistry (no global state), served on its /metrics.
-Names are ``shardflow_*`` in base units; labels stay low-cardinality.
+Each executor owns a CollectorRegistry (no global state), served on its /metrics with the
+process, GC and build figures every component has (metrics/standard.py). Names are
+``shardflow_*`` in base units; labels stay low-cardinality; every series carries ``shard``.
+The metrics of one label are kept bound to this executor's shard (``.observe``, ``.inc``).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shardflow.metrics.standard import add_standard
 
 LATENCY_BUCKETS = (
     0.001,
@@ -26,12 +30,27 @@ LATENCY_BUCKETS = (
     60.0,
 )
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+# Start to finish of a workflow: milliseconds for a W3, up to days for one that waits for
+# a person or a timer.
+WORKFLOW_BUCKETS = (
+    *LATENCY_BUCKETS,
+    120.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    4 * 3600.0,
+    12 * 3600.0,
+    86400.0,
+    7 * 86400.0,
+)
 
 
 class ShardMetrics:
     def __init__(self, shard: str = "0", registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        add_standard(r, "executor")
         self.shard = shard
         self.workflows_started = Counter(
             "shardflow_workflows_started_total",
@@ -49,7 +68,7 @@ class ShardMetrics:
             "shardflow_workflow_duration_seconds",
             "Start (creation) to finish of workflows finished by this executor.",
             ["shard", "workflow"],
-            buckets=LATENCY_BUCKETS,
+            buckets=WORKFLOW_BUCKETS,
             registry=r,
         )
         self.step_duration = Histogram(
@@ -71,7 +90,7 @@ class ShardMetrics:
             "shardflow_claims_total",
             "Claims made, by how: alone (a statement of their own) or with_flush (riding a "
             "checkpoint flush, one statement and one commit for both).",
-            ["how"],
+            ["shard", "how"],
             registry=r,
         )
         self.handoffs = Counter(
@@ -79,61 +98,71 @@ class ShardMetrics:
             "Workflows handed to this executor at their start (no claim), by outcome: taken, "
             "released to the queue (the executor was full, stopping or without the code), or "
             "lost (leased to it, never notified; found by its sweep and released).",
-            ["outcome"],
+            ["shard", "outcome"],
             registry=r,
         )
         self.claim_batch_size = Histogram(
             "shardflow_claim_batch_size",
             "Workflows claimed per claim.",
+            ["shard"],
             buckets=BATCH_BUCKETS,
             registry=r,
-        )
+        ).labels(shard)
         self.claim_seconds = Histogram(
             "shardflow_claim_duration_seconds",
             "Latency of one claim (with a flush: from the request to the flush's end).",
+            ["shard"],
             buckets=LATENCY_BUCKETS,
             registry=r,
-        )
+        ).labels(shard)
         self.checkpoint_batch_size = Histogram(
             "shardflow_checkpoint_batch_size",
             "Workflow records per group-commit flush.",
+            ["shard"],
             buckets=BATCH_BUCKETS,
             registry=r,
-        )
+        ).labels(shard)
         self.checkpoint_seconds = Histogram(
             "shardflow_checkpoint_commit_duration_seconds",
             "Latency of one group-commit flush (one statement, one transaction).",
+            ["shard"],
             buckets=LATENCY_BUCKETS,
             registry=r,
-        )
+        ).labels(shard)
         self.fenced_writes = Counter(
             "shardflow_fenced_writes_total",
             "Writes rejected because the workflow's lease epoch had changed.",
+            ["shard"],
             registry=r,
-        )
+        ).labels(shard)
         self.reclaimed = Counter(
             "shardflow_lease_reclaims_total",
             "Workflows taken back from dead or stalled executors.",
+            ["shard"],
             registry=r,
-        )
+        ).labels(shard)
         self.inflight = Gauge(
             "shardflow_executor_inflight_workflows",
             "Workflows held in memory now.",
+            ["shard"],
             registry=r,
-        )
+        ).labels(shard)
         self.gc_rows = Counter(
             "shardflow_gc_workflows_removed_total",
             "Finished workflows removed by the GC.",
+            ["shard"],
             registry=r,
-        )
+        ).labels(shard)
         self.gc_last_run = Gauge(
             "shardflow_gc_last_run_timestamp_seconds",
             "When the GC last finished a run.",
+            ["shard"],
             registry=r,
-        )
+        ).labels(shard)
         self.gc_seconds = Histogram(
             "shardflow_gc_run_duration_seconds",
             "Duration of one GC run.",
+            ["shard"],
             buckets=LATENCY_BUCKETS,
             registry=r,
-        )
+        ).labels(shard)

@@ -14,8 +14,6 @@ class ShardStats:
     queue: dict[str, int] = field(default_factory=dict)
     ready_now: int = 0
     oldest_ready_s: float = 0.0
-    finished_last_minute: int = 0
-    p99_s: float = 0.0
     lock_waits: dict[str, int] = field(default_factory=dict)
     longest_lock_wait_s: float = 0.0
     deadlocks: int = 0
@@ -30,9 +28,6 @@ async def read_stats(conn: asyncpg.Connection | asyncpg.Pool) -> ShardStats:
     row = await conn.fetchrow(q["ready_now"])
     if row is not None:
         stats.ready_now, stats.oldest_ready_s = row["n"], row["oldest_s"]
-    row = await conn.fetchrow(q["finished_recently"])
-    if row is not None:
-        stats.finished_last_minute, stats.p99_s = row["n"], row["p99_s"]
     stats.lock_waits = {r["locktype"]: r["n"] for r in await conn.fetch(q["lock_waits"])}
     stats.longest_lock_wait_s = float(await conn.fetchval(q["longest_lock_wait"]))
     row = await conn.fetchrow(q["database_stats"])

@@ -13,8 +13,8 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shardflow.metrics.exporter import exposition
 from shardflow.metrics.router import RouterMetrics
 from shardflow.router import handlers, schedules
 from shardflow.router.errors import HttpError, error_response, from_exception
@@ -145,8 +145,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return exposition(request.app[METRICS].registry, request)
 
 
 async def openapi(request: web.Request) -> web.Response:

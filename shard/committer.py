@@ -81,9 +81,9 @@ class GroupCommitter:
                 future.add_done_callback(self._orphaned)
                 raise
             if claimed is not None:
-                self._metrics.claims.labels("with_flush").inc()
+                self._metrics.claims.labels(self._metrics.shard, "with_flush").inc()
                 return claimed
-        self._metrics.claims.labels("alone").inc()
+        self._metrics.claims.labels(self._metrics.shard, "alone").inc()
         return await self._store.workflow_claim_batch(request)
 
     def _orphaned(self, future: asyncio.Future[list[ClaimedWorkflow] | None]) -> None:

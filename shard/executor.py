@@ -263,10 +263,10 @@ class Executor:
                 or len(self._inflight) + len(taken) >= self.settings.concurrency
                 or (c.name, c.version) not in self.registry.versions
             ):
-                self.metrics.handoffs.labels("released").inc()
+                self.metrics.handoffs.labels(self.metrics.shard, "released").inc()
                 self._release.append((c.id, c.epoch))
                 continue
-            self.metrics.handoffs.labels("taken").inc()
+            self.metrics.handoffs.labels(self.metrics.shard, "taken").inc()
             taken.append(c)
         if taken:
             task = asyncio.create_task(self._launch(taken))
@@ -302,7 +302,7 @@ class Executor:
         ]
         if lost:
             log.warning("event=handoff_lost workflows=%d", len(lost))
-            self.metrics.handoffs.labels("lost").inc(len(lost))
+            self.metrics.handoffs.labels(self.metrics.shard, "lost").inc(len(lost))
             self._release.extend(lost)
 
     async def shutdown(self) -> None:

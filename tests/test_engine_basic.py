@@ -370,7 +370,7 @@ async def test_a_claim_rides_the_flush_in_flight_and_goes_alone_otherwise(client
     committer = GroupCommitter(store, Faults(), metrics)
 
     def claims(how: str) -> float:
-        return metrics.claims.labels(how)._value.get()
+        return metrics.claims.labels(metrics.shard, how)._value.get()
 
     ids = [await client.start("w3", make_input(i)) for i in range(4)]
     (first,) = await committer.claim(ClaimRequest("t-owner", 1, 30.0))  # idle: alone

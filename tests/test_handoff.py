@@ -183,7 +183,7 @@ async def test_an_executor_runs_handed_off_workflows_and_gives_back_what_it_cann
     ids = [await client.start("w3", make_input(i)) for i in range(20)]
     outcomes = [await client.wait(wid, timeout=30) for wid in ids]
     assert {o["status"] for o in outcomes} == {"completed"}
-    taken = executor.metrics.handoffs.labels("taken")._value.get()
+    taken = executor.metrics.handoffs.labels(executor.metrics.shard, "taken")._value.get()
     assert taken == 20  # none went through a claim
     # A hand-off of a kind it has no code for (its row says otherwise) goes back to the
     # queue: released with a new epoch, not run, not lost.
@@ -199,7 +199,7 @@ async def test_an_executor_runs_handed_off_workflows_and_gives_back_what_it_cann
             break
         await asyncio.sleep(0.05)
     assert state == {"status": "pending", "lease_owner": None, "lease_epoch": 2, "queued": True}
-    assert executor.metrics.handoffs.labels("released")._value.get() == 1
+    assert executor.metrics.handoffs.labels(executor.metrics.shard, "released")._value.get() == 1
     # Stopping closes the executor to hand-offs: later starts queue.
     await executor.shutdown()
     assert (await _status(client, await client.start("w3", make_input(99))))["queued"]
@@ -209,7 +209,7 @@ async def test_hand_offs_can_be_turned_off(client: ShardClient, start_executor: 
     executor = await start_executor(handoff=False)
     wid = await client.start("w3", make_input(1))
     assert (await client.wait(wid, timeout=30))["status"] == "completed"
-    assert executor.metrics.handoffs.labels("taken")._value.get() == 0
+    assert executor.metrics.handoffs.labels(executor.metrics.shard, "taken")._value.get() == 0
 
 
 async def test_a_hand_off_whose_notify_never_came_goes_back_to_the_queue(
@@ -229,7 +229,7 @@ async def test_a_hand_off_whose_notify_never_came_goes_back_to_the_queue(
             executor.owner,
         )
     assert (await client.wait("lost-1", timeout=30))["status"] == "completed"
-    assert executor.metrics.handoffs.labels("lost")._value.get() == 1
+    assert executor.metrics.handoffs.labels(executor.metrics.shard, "lost")._value.get() == 1
     async with client.pool.acquire() as conn:
         assert await conn.fetchval("SELECT lease_epoch FROM shardflow.workflows") == 3
 

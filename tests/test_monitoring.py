@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, cast
 
 import asyncpg
 import pytest
+import yaml
 
 from shardflow.devcluster.launcher import free_port
+from shardflow.metrics.docs import rows
 from tests.conftest import ROOT
 from tests.test_dev import Dev, request
 
@@ -35,17 +42,25 @@ def test_promtool_checks_config_rules_and_alert_unit_tests():
     assert "SUCCESS" in _promtool("test", "rules", "tests/alerts_test.yml")
 
 
-def test_every_alert_has_a_unit_test():
-    rules = (DEPLOY / "prometheus" / "rules" / "shardflow.yml").read_text()
+def _alerts() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "shardflow.yml").read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def test_every_alert_has_a_unit_test_a_severity_and_a_runbook():
     tests = (DEPLOY / "prometheus" / "tests" / "alerts_test.yml").read_text()
-    alerts = [
-        line.split(":", 1)[1].strip()
-        for line in rules.splitlines()
-        if line.strip().startswith("- alert:")
-    ]
-    assert len(alerts) >= 10
+    runbooks = (ROOT / "docs" / "operations.md").read_text()
+    alerts = _alerts()
+    names = {a["alert"] for a in alerts}
+    assert {"ShardflowNoLeader", "ShardflowNoExecutors", "ShardflowRouterErrors"} <= names
+    assert "ShardflowP99OverSLO" not in names  # start-to-finish includes timers and events
     for alert in alerts:
-        assert f"alertname: {alert}\n" in tests, alert
+        name = alert["alert"]
+        assert f"alertname: {name}\n" in tests, name
+        assert alert["labels"]["severity"] in ("critical", "warning", "info"), name
+        assert set(alert["annotations"]) == {"summary", "description", "runbook_url"}, name
+        assert alert["annotations"]["runbook_url"] == f"docs/operations.md#{name.lower()}"
+        assert f"\n### {name}\n" in runbooks, f"no runbook section for {name}"
 
 
 def _panel_exprs() -> list[tuple[str, str]]:
@@ -70,11 +85,23 @@ def _recording_rules() -> list[tuple[str, str]]:
 
 
 def test_dashboards_use_the_template_variables():
+    """A data source and a job picked per dashboard, the shard wherever a series has one."""
+    sharded = {name for name, _, labels, _, _ in rows() if "shard" in labels.split(", ")}
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        names = [v["name"] for v in board["templating"]["list"]]
+        assert names[:2] == ["datasource", "job"], path.name
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            for target in panel["targets"]:
+                expr = target["expr"]
+                assert target["datasource"]["uid"] == "${datasource}"
+                assert 'job=~"$job"' in expr, (path.name, expr)
+                if any(re.search(rf"\b{m}(_bucket|_count|_sum)?\{{", expr) for m in sharded):
+                    assert 'shard=~"$shard"' in expr and "shard" in names, (path.name, expr)
     overview = json.loads((DEPLOY / "grafana" / "dashboards" / "cluster-overview.json").read_text())
-    names = {v["name"] for v in overview["templating"]["list"]}
-    assert names == {"shard", "workflow"}
-    assert any("$shard" in e for _, e in _panel_exprs())
-    assert any("$workflow" in e for _, e in _panel_exprs())
+    assert [v["name"] for v in overview["templating"]["list"]][2:] == ["shard", "workflow"]
+    assert any(t.get("exemplar") for p in overview["panels"] for t in p["targets"])
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +146,7 @@ def test_every_rule_and_panel_answers_from_a_live_cluster(watched: tuple[Dev, st
         request(f"{dev.url}/v1/workflows/{started['id']}/result?timeout=20")
     exprs = _recording_rules()
     exprs += [(name, expr) for name, _ in _recording_rules() for expr in [name]]
-    exprs += [
-        (name, e.replace("$shard", ".*").replace("$workflow", ".*")) for name, e in _panel_exprs()
-    ]
+    exprs += [(name, re.sub(r"\$(shard|workflow|job)\b", ".*", e)) for name, e in _panel_exprs()]
     missing: list[str] = []
     deadline = time.monotonic() + 60
     for name, expr in exprs:
@@ -161,3 +186,106 @@ def test_a_held_lock_raises_the_lock_alert(watched: tuple[Dev, str]):
     asyncio.run(hold_the_row())
     code, outcome = request(f"{dev.url}/v1/workflows/{started['id']}/result?timeout=30")
     assert code == 200 and outcome["status"] == "completed", outcome
+
+
+def _for_zero(folder: Path, dev: Dev, log: IO[bytes]) -> tuple[str, subprocess.Popen[bytes]]:
+    """A Prometheus of this test's own over the dev cluster's targets, with the alert rules
+    of deploy/ at ``for: 0s`` (promtool covers the real durations): its URL."""
+    (folder / "rules").mkdir()
+    rules = (DEPLOY / "prometheus" / "rules" / "shardflow.yml").read_text()
+    (folder / "rules" / "shardflow.yml").write_text(re.sub(r"for: \w+", "for: 0s", rules))
+    (targets,) = dev.data.glob("**/prometheus/targets")
+    (folder / "targets").symlink_to(targets)
+    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text().replace(": 5s", ": 1s")
+    (folder / "prometheus.yml").write_text(config)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return f"http://127.0.0.1:{port}", proc
+
+
+@pytest.fixture
+def prometheus_for_zero(watched: tuple[Dev, str], tmp_path: Path) -> Iterator[tuple[Dev, str]]:
+    dev, _ = watched
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        url, proc = _for_zero(tmp_path, dev, log)
+        try:
+            yield dev, url
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _firing(prom: str, alert: str) -> list[dict[str, Any]]:
+    try:
+        found = _query(prom, f'ALERTS{{alertname="{alert}", alertstate="firing"}}')
+    except OSError:  # not listening yet
+        return []
+    return [dict(cast(dict[str, Any], r)["metric"]) for r in found]
+
+
+def _wait_for(check: Any, what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+    return value
+
+
+def test_no_executor_and_no_leader_alerts_fire_on_a_live_cluster(
+    prometheus_for_zero: tuple[Dev, str],
+):
+    """SIGSTOP a shard's executors, then the coordinator: their scrapes fail, their series
+    go stale, and ShardflowNoExecutors (that shard) then ShardflowNoLeader fire."""
+    dev, prom = prometheus_for_zero
+    _wait_for(lambda: _quiet(prom), "the rules loaded and everything up, nothing firing")
+    executors = _pids(dev, "executor", "shard1")
+    assert executors
+    for pid in executors:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        fired = _wait_for(lambda: _firing(prom, "ShardflowNoExecutors"), "ShardflowNoExecutors")
+        assert [a["shard"] for a in fired] == ["shard1"] and fired[0]["severity"] == "critical"
+    finally:
+        for pid in executors:
+            os.kill(pid, signal.SIGCONT)
+    (coordinator,) = _pids(dev, "coordinator")
+    os.kill(coordinator, signal.SIGSTOP)
+    try:
+        fired = _wait_for(lambda: _firing(prom, "ShardflowNoLeader"), "ShardflowNoLeader")
+        assert fired[0]["severity"] == "critical"
+    finally:
+        os.kill(coordinator, signal.SIGCONT)
+
+
+def _quiet(prom: str) -> bool:
+    try:
+        groups = request(f"{prom}/api/v1/rules")[1]["data"]["groups"]
+        up = _query(prom, "min(up)")
+    except OSError:
+        return False
+    loaded = any(r.get("name") == "ShardflowNoLeader" for g in groups for r in g["rules"])
+    healthy = bool(up) and cast(dict[str, Any], up[0])["value"][1] == "1"
+    firing = _firing(prom, "ShardflowNoLeader") + _firing(prom, "ShardflowNoExecutors")
+    return loaded and healthy and not firing
+
+
+def _pids(dev: Dev, *words: str) -> list[int]:
+    """The cluster's shardflow processes whose command line holds each of ``words``."""
+    found = []
+    for pid in dev.tree():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "shardflow" in " ".join(args[:3]) and all(w in args for w in words):
+            found.append(pid)
+    return found

@@ -13,14 +13,6 @@ SELECT count(*)::bigint AS n,
        coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8 AS oldest_s
 FROM shardflow.ready WHERE run_at <= now();
 
--- name: finished_recently
--- Completions of the last 10 seconds and their start-to-finish P99, read from the shard's
--- own rows (a short window keeps this cheap at thousands of workflows per second).
-SELECT count(*)::bigint AS n,
-       coalesce(percentile_cont(0.99) WITHIN GROUP (
-           ORDER BY extract(epoch FROM finished_at - created_at)), 0)::float8 AS p99_s
-FROM shardflow.workflows WHERE finished_at > now() - interval '10 seconds';
-
 -- name: lock_waits
 SELECT l.locktype, count(*)::bigint AS n
 FROM pg_locks l WHERE NOT l.granted GROUP BY l.locktype;

@@ -374,6 +374,8 @@ class DevCluster:
                 f"--config.file={folder / 'prometheus.yml'}",
                 f"--storage.tsdb.path={folder / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                # the traces' exemplars of the duration histograms (docs/metrics.md)
+                "--enable-feature=exemplar-storage",
             ],
         )
 
