@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument(
         "--coordinators", type=int, default=1, help="0: no coordinator (its samples' cost)"
     )
+    h.add_argument(
+        "--tracing",
+        action="store_true",
+        help="routers and executors export every span over OTLP/HTTP to a sink here",
+    )
     h.set_defaults(handler=bench_cluster.http)
     b = which.add_parser("rebalance", help="grow 2 -> 3 shards under load; pause per slot")
     b.add_argument("--seconds", type=float, default=15.0)

@@ -17,10 +17,12 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from loadtests.cpu import parts_spent, tree_cpu_parts
 from shardflow.devcluster.dev import DevCluster, DevSettings
@@ -136,7 +138,48 @@ async def _loadgen(url: str, *extra: str, until: Awaitable[Any] | None = None) -
     return await loadgen_phase("loadtests.loadgen", "--url", url, *extra, until=until)
 
 
+@asynccontextmanager
+async def otlp_sink() -> AsyncIterator[dict[str, int]]:
+    """An OTLP/HTTP endpoint that takes every export and keeps only its count and bytes
+    (the cost measured is the processes' tracing, not a collector's); while it runs, the
+    processes this one starts export their traces to it (the OTEL_* variables)."""
+    seen = {"exports": 0, "bytes": 0}
+
+    async def take(request: web.Request) -> web.Response:
+        seen["bytes"] += len(await request.read())
+        seen["exports"] += 1
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", take)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    saved = {k: os.environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER")}
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    os.environ["OTEL_TRACES_EXPORTER"] = "otlp"
+    try:
+        yield seen
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        await runner.cleanup()
+
+
 async def http(args: argparse.Namespace) -> int:
+    async with AsyncExitStack() as stack:
+        sink = await stack.enter_async_context(otlp_sink()) if args.tracing else None
+        code = await _http(args)
+        if sink is not None:
+            print(f"traces: {sink['exports']} OTLP exports, {sink['bytes'] / 1e6:.1f} MB")
+        return code
+
+
+async def _http(args: argparse.Namespace) -> int:
     async with local_cluster(
         shards=args.shards,
         executors_per_shard=args.executors_per_shard,
@@ -171,6 +214,7 @@ async def http(args: argparse.Namespace) -> int:
             {
                 "workload": "W3",
                 "shards": args.shards,
+                "tracing": args.tracing,
                 "closed_wf_per_s": closed["wf_per_s"],
                 "closed_p50_ms": closed["p50_ms"],
                 "closed_p99_ms": closed["p99_ms"],

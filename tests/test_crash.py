@@ -15,6 +15,7 @@ from shardflow.devcluster.launcher import LocalPostgres, free_port
 from shardflow.infra.errors import ShardUnavailableError, WorkflowFailedError
 from shardflow.shard.client import ShardClient, StartRequest
 from tests.conftest import ExecutorProcess
+from tests.samples import samples
 from tests.waiting import status_becomes, until
 
 N = 120
@@ -72,11 +73,7 @@ async def _metric(port: int, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
 
-    text = await asyncio.to_thread(fetch)
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    return samples(await asyncio.to_thread(fetch)).get(name, 0.0)
 
 
 async def _stopped(proc: ExecutorProcess) -> bool:
@@ -104,10 +101,12 @@ async def test_stalled_executor_is_fenced_after_its_lease(client: ShardClient, s
             "SELECT count(*) FROM shardflow.workflows WHERE status = 'running'"
         )
         assert held > 0
-        spawn_executor("tests.apps.crash", lease_seconds=1.5)
+        peer = free_port()
+        spawn_executor("tests.apps.crash", lease_seconds=1.5, metrics_port=peer)
         ids = [r.id for r in results]
         for wid in ids:
             await client.result(wid, timeout=60)
+        assert await _metric(peer, "shardflow_lease_reclaims_total") >= held
         stalled.signal(signal.SIGCONT)
         await until(lambda: _metric(port, "shardflow_fenced_writes_total"), what="fenced writes")
         await _check_exactly_once(conn, ids)

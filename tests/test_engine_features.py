@@ -17,13 +17,15 @@ from shardflow import (
 )
 from shardflow.shard.sdk import Registry, step, workflow
 from tests.apps import basic
+from tests.samples import value
 from tests.waiting import status_becomes
 
 
 async def test_step_retries_until_it_succeeds(client: ShardClient, start_executor: Any):
-    await start_executor()
+    executor = await start_executor()
     wid = await client.start("retrying", {"key": "r1", "fail_times": 2})
     assert await client.result(wid, timeout=30) == {"attempts": 3}
+    assert value(executor.metrics.registry, "shardflow_step_retries_total") == 2
     (row,) = (await client.status(wid))["steps"]
     assert row["attempts"] == 3 and row["status"] == "completed"
 
@@ -194,6 +196,7 @@ async def test_gc_removes_finished_workflows_only(client: ShardClient, start_exe
     sleeping = await client.start("long_sleep", None)
     await status_becomes(client, sleeping, "sleeping")
     assert await executor.collect_garbage() == 5
+    assert value(executor.metrics.registry, "shardflow_gc_workflows_removed_total") == 5
     async with client.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM shardflow.workflows") == 1
         assert await conn.fetchval("SELECT count(*) FROM shardflow.steps") == 1
