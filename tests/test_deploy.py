@@ -46,7 +46,7 @@ def test_dockerfile_copies_every_package_and_pins_this_version():
     packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied = set(re.findall(r"^COPY (?:--chown=\S+ )?(\w+) \./\1$", text, re.M))
     assert packages <= copied
-    assert f"shardflow=={project['project']['version']}" in text
+    assert f"shardflow[otel]=={project['project']['version']}" in text  # tracing built in
     ignored = (ROOT / ".dockerignore").read_text()
     for path in [*copied, "pyproject.toml", "README.md"]:
         assert (ROOT / path).exists() and f"!{path}" in ignored, path
