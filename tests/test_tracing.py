@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -257,3 +258,24 @@ async def test_one_trace_shows_a_w3_across_an_executor_sigkill(
     assert resumed["shardflow.outcome"] == "completed"
     assert first["parent"] not in {s["id"] for s in trace}  # the killed run's span
     assert {s["parent"] for s in trace[3:]} == {resumed["id"]}
+
+
+async def test_asyncpg_instrumentation_adds_a_span_per_statement(dsn: str):
+    """SHARDFLOW_OTEL_INSTRUMENT=asyncpg: the library's own spans, under the same provider
+    (uninstrumented afterwards: the patch is process-wide)."""
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing._instrument("asyncpg", provider)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT 41 + 1") == 42
+        finally:
+            await conn.close()
+    finally:
+        AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+    texts = [" ".join(map(str, _attrs(s).values())) for s in exporter.get_finished_spans()]
+    assert any("SELECT 41 + 1" in t for t in texts), texts
