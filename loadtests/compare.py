@@ -155,7 +155,9 @@ def summary_json(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
                 s[key] = r[column]
         if r["phase"] == "open":
             s["open_rate"] = args.open_rate
-    others = [o for o in ("rabbitmq", "temporal") if "shardflow" in systems and o in systems]
+    others = [
+        o for o in ("rabbitmq", "temporal", "dbos") if "shardflow" in systems and o in systems
+    ]
     ratios = {
         f"shardflow/{o}": ratio
         for o in others
@@ -180,7 +182,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--systems", default="shardflow,temporal,rabbitmq")
+    parser.add_argument("--systems", default="shardflow,temporal,rabbitmq,dbos")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--open-rate", type=float, default=200.0)

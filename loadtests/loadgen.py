@@ -86,6 +86,24 @@ class HttpDriver:
                     raise LoadError(f"result {resp.status}")
 
 
+class DbosDriver(HttpDriver):
+    """DBOS: POST the order to the app's own endpoint (loadtests/dbos_w3.py), which starts
+    W3 under the given ID and answers with its result."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.start_url = self.url + "/w3"
+
+    async def one(self, i: int) -> None:
+        assert self.session is not None
+        headers = {**_JSON, "Id": uuid.uuid4().hex}
+        body = json.dumps(make_input(i)).encode()
+        async with self.session.post(self.start_url, data=body, headers=headers) as resp:
+            doc = json.loads(await resp.read())
+            if resp.status != 200 or doc.get("notified") is not True:
+                raise LoadError(f"dbos {resp.status}")
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
@@ -255,7 +273,7 @@ def run_phase(driver: Driver, args: argparse.Namespace) -> None:
     print(json.dumps(asyncio.run(run(driver, args))), flush=True)
 
 
-SYSTEMS = ("shardflow", "temporal", "rabbitmq")
+SYSTEMS = ("shardflow", "temporal", "rabbitmq", "dbos")
 
 
 class TemporalDriver:
@@ -289,6 +307,8 @@ def driver(system: str, target: str) -> Driver:
         from loadtests.rabbit_w3 import RabbitDriver
 
         return RabbitDriver(target)
+    if system == "dbos":
+        return DbosDriver(target)
     raise ValueError(f"unknown system {system!r}: one of {', '.join(SYSTEMS)}")
 
 
@@ -296,7 +316,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--system", choices=SYSTEMS, default="shardflow")
     parser.add_argument(
-        "--target", "--url", required=True, help="router URL, Temporal HOST:PORT or AMQP URL"
+        "--target",
+        "--url",
+        required=True,
+        help="router URL, Temporal HOST:PORT, AMQP URL or the DBOS app's URL",
     )
     parser.add_argument("--workflow", default="w3", help="the workflow a Shardflow router starts")
     parser.add_argument(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.bench_cluster import local_cluster
-from shardflow.devcluster.launcher import die_with_parent, free_port
+from shardflow.devcluster.launcher import LocalPostgres, die_with_parent, free_port
 from shardflow.infra.errors import ShardflowError
 
 RABBITMQ_HOME = Path("/usr/lib/rabbitmq/bin")
@@ -261,4 +261,49 @@ def _dpkg(package: str) -> str:
     return _version(["dpkg-query", "-W", "-f", "${Version}", package])
 
 
-SYSTEMS = {"shardflow": shardflow, "temporal": temporal, "rabbitmq": rabbitmq}
+@contextlib.asynccontextmanager
+async def dbos() -> AsyncIterator[Running]:
+    """DBOS Transact on a Postgres 15 of its own, started like the shards' (durable: fsync
+    and synchronous commit on), and one app process serving W3 over HTTP."""
+    from loadtests.dbos_w3 import POOL_SIZE
+
+    folder = Path(tempfile.mkdtemp(prefix="shardflow-dbos-", dir="/tmp"))
+    servers = LocalPostgres(folder / "pg", durable=True, databases=("dbos",))
+    app = None
+    try:
+        server = servers.start_one("dbos")  # from the main thread (it installs a signal handler)
+        port = free_port()
+        app = _spawn(
+            [
+                sys.executable,
+                "-m",
+                "loadtests.dbos_w3",
+                "--database-url",
+                f"postgresql://postgres@127.0.0.1:{server.port}/dbos",
+                "--port",
+                str(port),
+            ],
+            folder / "app.log",
+        )
+        await asyncio.to_thread(_wait_port, port, app, "the DBOS app")
+        yield Running(
+            "dbos",
+            f"http://127.0.0.1:{port}",
+            "DBOS Transact (the dbos package) on its own Postgres 15, in its durable default: "
+            "the workflow's status and each step's output are committed in the system "
+            "database before the next step. One app process serves POST /w3 (aiohttp): "
+            "DBOS.start_workflow_async under the client's ID, then the result; async workflow "
+            f"and steps on the request's event loop, sys_db_pool_size {POOL_SIZE}.",
+            {
+                "dbos": _package("dbos"),
+                "postgres": _version([str(servers.bindir / "postgres"), "--version"]),
+            },
+        )
+    finally:
+        if app is not None:
+            _stop(app)
+        servers.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+SYSTEMS = {"shardflow": shardflow, "temporal": temporal, "rabbitmq": rabbitmq, "dbos": dbos}

@@ -77,12 +77,13 @@ def is_png(path: Path) -> bool:
 
 
 @pytest.mark.timeout(900)
-def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: Path) -> None:
+def test_compare_runs_every_system_and_writes_consistent_results(tmp_path: Path) -> None:
+    """Shardflow, Temporal, RabbitMQ and DBOS: a smoke test of a few workflows each."""
     out = tmp_path / "results"
     result = run_module(
         "loadtests.compare",
         "--systems",
-        "shardflow,temporal,rabbitmq",
+        "shardflow,temporal,rabbitmq,dbos",
         "--clients",
         "4",
         "--seconds",
@@ -96,9 +97,9 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
     )
     rows = read_csv(out / "results.csv")
     assert [(r["system"], r["phase"]) for r in rows] == [
-        (s, p) for s in ("shardflow", "temporal", "rabbitmq") for p in ("closed", "open")
+        (s, p) for s in ("shardflow", "temporal", "rabbitmq", "dbos") for p in ("closed", "open")
     ]
-    assert set(result["systems"]) == {"shardflow", "temporal", "rabbitmq"}
+    assert set(result["systems"]) == {"shardflow", "temporal", "rabbitmq", "dbos"}
     for r in rows:
         figures = result["systems"][r["system"]]
         assert int(r["completed"]) > 0, r
@@ -118,7 +119,7 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
             assert figures["open_p99_ms"] == float(r["p99_ms"])
             assert figures["open_rate"] == 5.0
     sf = result["systems"]["shardflow"]["closed_wf_per_s"]
-    for other in ("rabbitmq", "temporal"):
+    for other in ("rabbitmq", "temporal", "dbos"):
         expected = round(sf / result["systems"][other]["closed_wf_per_s"], 2)
         assert result["ratios"][f"shardflow/{other}"] == expected
     text = (out / "report.md").read_text()
@@ -127,6 +128,8 @@ def test_compare_runs_all_three_systems_and_writes_consistent_results(tmp_path: 
         "| shardflow |",
         "| temporal |",
         "| rabbitmq |",
+        "| dbos |",
+        "sys_db_pool_size",
         "SQLite",
         "## Machine",
         "locust",

@@ -1,0 +1,95 @@
+"""W3 on DBOS Transact: a workflow of three steps, served over HTTP by the DBOS app itself.
+
+``python -m loadtests.dbos_w3 --database-url URL --port PORT`` launches DBOS on that
+Postgres (its system database: every workflow's status and each step's output written
+there before the next step runs, DBOS's durable default) and serves ``POST /w3`` with the
+order as its body and an ``Id`` header: the workflow is started under that ID with
+``DBOS.start_workflow_async`` and the answer is its result. As DBOS documents for async
+applications, the workflow and its ``async`` steps run on the request's own event loop
+(no thread hop), and its connection pool is sized for the load (``sys_db_pool_size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+from aiohttp import web
+from dbos import DBOS, DBOSConfig, SetWorkflowID
+
+# What the report prints as this system's configuration.
+POOL_SIZE = 64
+
+
+def settings(database_url: str) -> DBOSConfig:
+    return {
+        "name": "w3-bench",
+        "system_database_url": database_url,
+        "sys_db_pool_size": POOL_SIZE,
+        "log_level": "WARNING",
+        "run_migrations": True,
+    }
+
+
+@DBOS.step()
+async def reserve(order: dict[str, Any]) -> dict[str, Any]:
+    return {"reserved": order["order_id"]}
+
+
+@DBOS.step()
+async def charge(order: dict[str, Any]) -> dict[str, Any]:
+    return {"charged": order["amount"]}
+
+
+@DBOS.step()
+async def notify(order: dict[str, Any]) -> dict[str, Any]:
+    return {"notified": True}
+
+
+@DBOS.workflow()
+async def w3(order: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for step in (reserve, charge, notify):
+        out.update(await step(order))
+    return out
+
+
+async def run_w3(request: web.Request) -> web.Response:
+    order = await request.json()
+    with SetWorkflowID(request.headers["Id"]):
+        handle = await DBOS.start_workflow_async(w3, order)
+    return web.json_response(await handle.get_result())
+
+
+async def serve(database_url: str, port: int) -> None:
+    DBOS(config=settings(database_url))
+    DBOS.launch()
+    app = web.Application()
+    app.router.add_post("/w3", run_w3)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("dbos app ready", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        DBOS.destroy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url", required=True, help="DBOS's system database")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.database_url, args.port))
+
+
+if __name__ == "__main__":
+    main()
