@@ -41,6 +41,7 @@ class Running:
     target: str
     configuration: str
     versions: dict[str, str] = field(default_factory=dict)
+    http: str = ""  # an HTTP API beside the target, for locust (Temporal's)
 
 
 def _version(args: list[str]) -> str:
@@ -128,7 +129,7 @@ async def shardflow(shards: int = 3) -> AsyncIterator[Running]:
 async def temporal() -> AsyncIterator[Running]:
     binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     folder = Path(tempfile.mkdtemp(prefix="shardflow-temporal-", dir="/tmp"))
-    port = free_port()
+    port, http = free_port(), free_port()
     server = _spawn(
         [
             binary,
@@ -140,7 +141,7 @@ async def temporal() -> AsyncIterator[Running]:
             "--port",
             str(port),
             "--http-port",
-            str(free_port()),
+            str(http),
             "--metrics-port",
             str(free_port()),
             "--db-filename",
@@ -165,6 +166,7 @@ async def temporal() -> AsyncIterator[Running]:
             "not a production cluster) and one Python worker (temporalio) running W3 as a "
             "workflow of 3 activities.",
             {"temporal": _version([binary, "--version"]), "temporalio": _package("temporalio")},
+            http=f"http://127.0.0.1:{http}",
         )
     finally:
         if worker is not None:

@@ -289,6 +289,28 @@ async def test_locust_scenarios_report_start_to_result_and_batches() -> None:
 
 
 @pytest.mark.timeout(600)
+def test_locust_drives_shardflow_and_both_baselines(tmp_path: Path) -> None:
+    """locust_run --systems: each system started as compare starts it, driven by its own
+    user class; locust's CSV and HTML kept per system, the workflows' figures in the JSON."""
+    out = tmp_path / "locust"
+    result = run_module(
+        "loadtests.locust_run",
+        *("--systems", "shardflow,temporal,rabbitmq", "--users", "2", "--seconds", "2"),
+        *("--out", str(out)),
+    )
+    assert set(result["systems"]) == {"shardflow", "temporal", "rabbitmq"}
+    for name, user in (
+        ("shardflow", "Shardflow"),
+        ("temporal", "Temporal"),
+        ("rabbitmq", "Rabbit"),
+    ):
+        figures = result["systems"][name]
+        assert figures["requests"] > 0 and figures["failures"] == 0, (name, figures)
+        assert (out / name / f"{user}User_stats.csv").exists()
+        assert "<html" in (out / name / f"{user}User.html").read_text()
+
+
+@pytest.mark.timeout(600)
 def test_scale_model_caps_each_shard_and_reports_efficiency(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("the scale model writes cgroup quotas: run the suite as root (CI does)")
