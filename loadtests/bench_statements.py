@@ -140,7 +140,8 @@ async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int
     async def start_ids(ids: list[str]) -> None:
         k = len(ids)
         start = q["workflow_start_many"]
-        traced = [None] if "$9" in start else []  # a checkout before traceparents has 8
+        # a checkout before traceparents takes 8 parameters, one before the fast path 9
+        traced = [None] * sum(f"${n}" in start for n in (9, 10))
         rows = await conn.fetch(start, ids, ["w3"] * k, [INPUT] * k,
                                 [None] * k, [None] * k, [None] * k, None, False,
                                 *traced)  # fmt: skip

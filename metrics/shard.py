@@ -47,10 +47,15 @@ WORKFLOW_BUCKETS = (
 
 
 class ShardMetrics:
-    def __init__(self, shard: str = "0", registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, shard: str = "0", registry: CollectorRegistry | None = None, standard: bool = True
+    ) -> None:
+        """``standard``: also the process, GC and build figures (not for an executor inside
+        a router's process, whose registry serves them once)."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        add_standard(r, "executor")
+        if standard:
+            add_standard(r, "executor")
         self.shard = shard
         self.workflows_started = Counter(
             "shardflow_workflows_started_total",

@@ -225,6 +225,8 @@ class RouterServer:
 
     async def start(self) -> None:
         self.view = await ClusterView.open(self.settings, self.metrics)
+        if self.view.local is not None:  # the in-process executors' metrics, served here
+            self.metrics.registry.register(self.view.local)
         app = build_app(self.settings, self.view, self.metrics)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()

@@ -14,14 +14,28 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from shardflow.shard.client import ShardClient, StartRequest, StartResult, start_each_on
 from shardflow.shard.waiters import settle
 
+if TYPE_CHECKING:
+    from shardflow.router.local import LocalExecutors
+
 
 class StartBatcher:
-    def __init__(self, client: ShardClient, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        client: ShardClient,
+        max_batch: int = 500,
+        local: LocalExecutors | None = None,
+        shard_id: str = "",
+    ) -> None:
+        """``local``: this router's own executors (the fast path), which take the starts
+        of shard ``shard_id`` they can run."""
         self._client = client
+        self._local = local
+        self._shard_id = shard_id
         self._max_batch = max_batch
         self._pending: list[tuple[StartRequest, asyncio.Future[StartResult]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -47,8 +61,10 @@ class StartBatcher:
         ids = [str(r.id) for r in requests]
         results = self._client.results
         results.expect(ids)  # before the start, so no completion comes first
+        local = self._local
+        prefer = None if local is None else local.owner(self._shard_id)
         try:
-            outcomes = await start_each_on(results.statements(len(requests)), requests)
+            outcomes = await start_each_on(results.statements(len(requests)), requests, prefer)
         except Exception as exc:
             results.forget(ids)
             for _, fut in batch:
@@ -59,5 +75,7 @@ class StartBatcher:
             for wid, o in zip(ids, outcomes, strict=True)
             if not (isinstance(o, StartResult) and o.created)
         )
+        if local is not None:
+            local.hand(self._shard_id, [o for o in outcomes if isinstance(o, StartResult)])
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
             settle(fut, outcome)

@@ -158,7 +158,11 @@ async def start_batch(request: web.Request) -> web.Response:
 
     async def one_shard(shard: str, group: list[tuple[int, StartRequest]]) -> None:
         try:
-            outcomes = await start_each_on(view.client(shard).pool, [r for _, r in group])
+            local = view.local
+            prefer = None if local is None else local.owner(shard)
+            outcomes = await start_each_on(view.client(shard).pool, [r for _, r in group], prefer)
+            if local is not None:
+                local.hand(shard, [o for o in outcomes if isinstance(o, StartResult)])
         except ShardflowError as exc:
             for i, _ in group:
                 out[i] = {"error": {"code": exc.code, "message": exc.message}}

@@ -40,7 +40,32 @@ class RouterSettings(Settings):
         10.0, help="seconds a request for a moving slot waits before a 503", minimum=0
     )
     max_result_wait: float = setting(60.0, help="longest long-poll of /result (seconds)", minimum=0)
+    executors: bool = setting(
+        False,
+        help="also run an executor of every shard in this process (with --app): the starts "
+        "this router accepts are leased to them and run here, their outcomes answered in "
+        "memory (the fast path); other executors keep taking the rest",
+    )
+    app: list[str] = setting(
+        [], help="module(s) defining the workflows of the in-process executors (repeatable)"
+    )
+    app_dir: str | None = setting(
+        None, help="folder the app modules are imported from (default: the working directory)"
+    )
+    executor_concurrency: int = setting(
+        512, help="workflows each in-process executor holds in memory at once", minimum=1
+    )
     log_level: str = setting(
         "info", help="log level", choices=("debug", "info", "warning", "error")
     )
     log_format: str = setting("logfmt", help="log lines as logfmt or JSON", choices=FORMATS)
+
+    def validate(self) -> None:
+        super().validate()
+        from shardflow.infra.errors import SettingsError
+
+        if self.executors and not self.app:
+            raise SettingsError(
+                "setting executors needs app: pass --app MODULE (the workflows to run here)",
+                setting="app",
+            )

@@ -12,6 +12,7 @@ from shardflow.catalog.store import Catalog, SlotMap
 from shardflow.infra.errors import ShardUnavailableError, SlotMovedError
 from shardflow.metrics.router import RouterMetrics
 from shardflow.router.batcher import StartBatcher
+from shardflow.router.local import LocalExecutors
 from shardflow.router.settings import RouterSettings
 from shardflow.shard.client import ShardClient
 from shardflow.shard.slots import slot_of
@@ -32,6 +33,8 @@ class ClusterView:
         self.registry: dict[str, list[str]] = {}
         self.clients: dict[str, ShardClient] = {}
         self.batchers: dict[str, StartBatcher] = {}
+        # The fast path (--executors): an executor of every shard in this process.
+        self.local = LocalExecutors(settings, catalog) if settings.executors else None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._registry_read = 0.0
@@ -49,6 +52,8 @@ class ClusterView:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.local is not None:
+            await self.local.close()
         for client in self.clients.values():
             await client.close()
         await self.catalog.close()
@@ -78,7 +83,11 @@ class ClusterView:
                     min_size=0,
                     connect_timeout=self.settings.connect_timeout,
                 )
-                self.batchers[shard.id] = StartBatcher(self.clients[shard.id])
+                self.batchers[shard.id] = StartBatcher(
+                    self.clients[shard.id], local=self.local, shard_id=shard.id
+                )
+                if self.local is not None:
+                    self.local.add(shard.id, shard.dsn, self.clients[shard.id])
         self.map = new_map
         self.registry = await self.catalog.registry()
         self.metrics.map_version.set(new_map.version)

@@ -63,6 +63,9 @@ class StartResult:
     status: str
     created: bool
     conflict: bool
+    # The fast path: a start leased to the caller's own executor (``prefer``) is handed to
+    # it here, as a claim's columns in a JSON object, instead of by NOTIFY.
+    handoff: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,22 @@ async def start_many_on(
 
 
 async def start_each_on(
-    conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest]
+    conn: asyncpg.Connection | asyncpg.Pool,
+    requests: Sequence[StartRequest],
+    prefer: str | None = None,
 ) -> list[StartResult | ShardflowError]:
     """One round trip: start every request of the batch that has no problem; those that
-    have one (a slot that moved, an unknown name) come back as their error, started nowhere."""
-    return await _start(conn, requests, partial=True)
+    have one (a slot that moved, an unknown name) come back as their error, started nowhere.
+    ``prefer``: an executor of this process that takes what it can (StartResult.handoff)."""
+    return await _start(conn, requests, partial=True, prefer=prefer)
 
 
 async def _start(
-    conn: asyncpg.Connection | asyncpg.Pool, requests: Sequence[StartRequest], *, partial: bool
+    conn: asyncpg.Connection | asyncpg.Pool,
+    requests: Sequence[StartRequest],
+    *,
+    partial: bool,
+    prefer: str | None = None,
 ) -> list[StartResult | ShardflowError]:
     for r in requests:
         check_priority(r.priority)
@@ -120,9 +130,10 @@ async def _start(
             [r.priority for r in requests],
             partial,
             [r.traceparent for r in requests],
+            prefer,
         )
         results: list[StartResult | ShardflowError] = [
-            StartResult(*row[:5])
+            _result(row)
             if row["problem"] is None
             else start_problem(ids[i], names[i], row["problem"])
             for i, row in enumerate(rows)
@@ -139,12 +150,18 @@ async def _start(
                 [names[i] for i in racing],
                 [inputs[i] for i in racing],
             )
-            by_id = {row["id"]: StartResult(*row[:5]) for row in again}
+            by_id = {row["id"]: _result(row) for row in again}
             for i in racing:
                 results[i] = by_id[ids[i]]
     except Exception as exc:
         raise translate(exc) from exc
     return results
+
+
+def _result(row: asyncpg.Record) -> StartResult:
+    return StartResult(
+        row["id"], row["slot"], row["status"], row["created"], row["conflict"], row["handoff"]
+    )
 
 
 def start_problem(workflow_id: str, name: str, problem: str) -> ShardflowError:

@@ -252,9 +252,15 @@ class Executor:
         self._wake.set()
 
     def _on_handoff(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        """Workflows a start leased to us (the columns of a claim, a JSON object each)."""
+        """Workflows a start leased to us, by NOTIFY (a JSON array of hand-off items)."""
+        self.take(json.loads(str(payload)))
+
+    def take(self, items: list[dict[str, Any]]) -> None:
+        """Workflows a start leased to us (the columns of a claim, a JSON object each): by
+        NOTIFY, or from the start's own answer when this process made it (the fast path).
+        Those we cannot run now go back to the queue."""
         taken: list[ClaimedWorkflow] = []
-        for item in json.loads(str(payload)):
+        for item in items:
             c = ClaimedWorkflow.decode(item)
             if c.id in self._inflight:
                 continue

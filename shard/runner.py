@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -92,6 +92,9 @@ class WorkflowRunner:
         self.metrics = metrics
         self.foreign_seen = False  # claimed an instance of a version we have no code for
         self.shard = metrics.shard
+        # Told each outcome this executor writes ({id, status, output, error}, as a
+        # completion NOTIFY carries it): a router running it answers its waits in memory.
+        self.on_finished: Callable[[dict[str, Any]], None] | None = None
 
     # -- RunServices ----------------------------------------------------------------
     async def checkpoint(self, run: WorkflowRun, steps: list[StepRow], **state: Any) -> FlushResult:
@@ -222,7 +225,7 @@ class WorkflowRunner:
         token = None if span is None else tracing.activate(span)
         outcome, error = "interrupted", None
         try:
-            outcome, error, finished = await self._run(run, definition)
+            outcome, error, finished, written = await self._run(run, definition)
         except BaseException as exc:
             error = exc
             raise
@@ -231,6 +234,15 @@ class WorkflowRunner:
                 tracing.deactivate(token)
                 tracing.end(span, outcome, error)
         if finished:
+            if self.on_finished is not None:
+                self.on_finished(
+                    {
+                        "id": claimed.id,
+                        "status": outcome,
+                        "output": written.get("output"),
+                        "error": written.get("error"),
+                    }
+                )
             labels = (self.shard, claimed.name)
             self.metrics.workflows_completed.labels(*labels, outcome).inc()
             self.metrics.workflow_duration.labels(*labels).observe(
@@ -256,9 +268,10 @@ class WorkflowRunner:
 
     async def _run(
         self, run: WorkflowRun, definition: AnyWorkflow
-    ) -> tuple[str, BaseException | None, bool]:
-        """(outcome, its error, whether this run finished the workflow): outcome is the
-        status written, or fenced (another run owns it now) or lost (the shard was)."""
+    ) -> tuple[str, BaseException | None, bool, dict[str, Any]]:
+        """(outcome, its error, whether this run finished the workflow, the state it
+        wrote): outcome is the status written, or fenced (another run owns it now) or lost
+        (the shard was)."""
         try:
             state = await self._drive(run, definition)
             failure = state.pop("failure", None)
@@ -271,12 +284,12 @@ class WorkflowRunner:
             run.abandon_unsaved()  # merged into the final record, or settled above
         except Fenced:
             run.abandon_unsaved()
-            return "fenced", None, False
+            return "fenced", None, False, {}
         except Lost:
             run.abandon_unsaved()
-            return "lost", None, False
+            return "lost", None, False, {}
         status = state["status"]
-        return status, failure, result.applied and status in FINISHED
+        return status, failure, result.applied and status in FINISHED, state
 
     async def _drive(self, run: WorkflowRun, definition: AnyWorkflow) -> dict[str, Any]:
         try:

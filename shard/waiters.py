@@ -183,11 +183,16 @@ class ResultWaiters:
             self._notified.set()
             return
         for wid, status, output, error in outcomes:
-            outcome = {"id": wid, "status": status, "output": output, "error": error}
-            if wid in self._waiters:
-                self._settle(wid, outcome)
-            elif wid in self._expected:
-                self._expected[wid] = (self._expected[wid][0], outcome)
+            self.resolve({"id": wid, "status": status, "output": output, "error": error})
+
+    def resolve(self, outcome: dict[str, Any]) -> None:
+        """A workflow's outcome ({id, status, output, error}), from a completion NOTIFY or,
+        in memory, from an executor of this process that wrote it (the fast path)."""
+        wid = outcome["id"]
+        if wid in self._waiters:
+            self._settle(wid, outcome)
+        elif wid in self._expected:
+            self._expected[wid] = (self._expected[wid][0], outcome)
 
     def _settle(self, workflow_id: str, outcome: dict[str, Any] | BaseException) -> None:
         """Answer every waiter of a workflow with its outcome (or an error)."""

@@ -111,17 +111,12 @@ async def _executor(args: argparse.Namespace) -> int:
 
 async def _register_in_catalog(dsn: str, shard_id: str, executor: Any) -> None:
     """The workflows this executor runs, and the cron schedules they declare."""
-    from shardflow.catalog import schedules
+    from shardflow.catalog.admin import register_workflows
     from shardflow.catalog.store import Catalog
 
     catalog = await Catalog.connect(dsn, pool_size=1)
     try:
-        definitions = list(executor.registry.workflows.values())
-        await catalog.registry_add(shard_id, [(w.name, w.version) for w in definitions])
-        for w in definitions:
-            if w.schedule is not None:
-                await schedules.declare(catalog, w.name, w.schedule)
-            await catalog.limit_set(w.name, w.max_running)
+        await register_workflows(catalog, shard_id, list(executor.registry.workflows.values()))
     finally:
         await catalog.close()
 

@@ -300,15 +300,19 @@ WITH rel AS (
 SELECT count(*) FROM rel;
 
 -- name: workflow_start_many
--- $8: partial (start the rows without a problem even when others have one).
-SELECT id, slot, status, created, conflict, problem
+-- $8: partial (start the rows without a problem even when others have one); $9: W3C
+-- traceparents; $10: an executor of the caller's own process (the fast path), whose
+-- hand-offs come back in column handoff instead of a NOTIFY.
+SELECT id, slot, status, created, conflict, problem, handoff
 FROM shardflow.start_workflows($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
-                               $6::double precision[], $7::integer[], $8::boolean, $9::text[]);
+                               $6::double precision[], $7::integer[], $8::boolean, $9::text[],
+                               $10::text);
 
 -- name: workflow_start_recheck
 -- Starts that raced with a concurrent insert of the same ID: read what won.
 SELECT t.id, w.slot, w.status, false AS created,
-       (w.name <> t.name OR w.input <> t.input) AS conflict, NULL::text AS problem
+       (w.name <> t.name OR w.input <> t.input) AS conflict, NULL::text AS problem,
+       NULL::text AS handoff
 FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS t(id, name, input)
 JOIN shardflow.workflows w ON w.id = t.id;
 

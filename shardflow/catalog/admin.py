@@ -11,6 +11,21 @@ from shardflow.catalog.planner import plan
 from shardflow.catalog.store import Catalog, CatalogError
 from shardflow.infra import pool as shard_pool
 from shardflow.shard.admin import ShardAdmin
+from shardflow.shard.sdk import AnyWorkflow
+
+
+async def register_workflows(
+    catalog: Catalog, shard_id: str, definitions: list[AnyWorkflow]
+) -> None:
+    """The workflows an executor of ``shard_id`` runs, the cron schedules they declare and
+    their concurrency limits, in the catalog (routers learn the names from there)."""
+    from shardflow.catalog import schedules
+
+    await catalog.registry_add(shard_id, [(w.name, w.version) for w in definitions])
+    for w in definitions:
+        if w.schedule is not None:
+            await schedules.declare(catalog, w.name, w.schedule)
+        await catalog.limit_set(w.name, w.max_running)
 
 
 class UnknownShardError(CatalogError):

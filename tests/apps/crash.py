@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from shardflow import Context, step, workflow
+from shardflow import Context, NonRetryableError, step, workflow
 
 
 @step
@@ -118,3 +118,29 @@ async def slow_append(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
     await pause(inp["seconds"])
     rows = await insert_app_row(ctx.workflow_id)
     return {"rows": rows}
+
+
+@step(transactional=True)
+async def undo_dying(conn: asyncpg.Connection, workflow_id: str, reserved: int) -> None:
+    """A compensation that kills its process (with SHARDFLOW_TEST_KILL_IN_STEP=1) before
+    its insert: the one that runs to the end, on the peer, writes the one undo row."""
+    if os.environ.get("SHARDFLOW_TEST_KILL_IN_STEP") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    await conn.execute("INSERT INTO app_rows (workflow_id) VALUES ($1)", f"{workflow_id}:undo")
+
+
+@step(compensate=undo_dying)
+async def reserve_for_dying(workflow_id: str) -> int:
+    return 1
+
+
+@step
+async def refuse() -> None:
+    raise NonRetryableError("refused: compensate")
+
+
+@workflow(name="dying_compensation")
+async def dying_compensation(ctx: Context, inp: Any) -> str:
+    await reserve_for_dying(ctx.workflow_id)
+    await refuse()
+    return "never"

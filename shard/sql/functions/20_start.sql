@@ -86,9 +86,10 @@ $$;
 CREATE OR REPLACE FUNCTION shardflow.start_workflows(
     p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
     p_parents text[], p_timeouts double precision[], p_priorities integer[] DEFAULT NULL,
-    p_partial boolean DEFAULT false, p_traceparents text[] DEFAULT NULL)
+    p_partial boolean DEFAULT false, p_traceparents text[] DEFAULT NULL,
+    p_prefer text DEFAULT NULL)
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
-               problem text)
+               problem text, handoff text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     -- Read once here: a call of the SQL function slot_count() in the query below was
@@ -98,7 +99,7 @@ BEGIN
     IF shardflow.on_citus() THEN
         RETURN QUERY SELECT * FROM shardflow.start_each(
             p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts, p_priorities,
-            p_partial, coalesce(v_slots, 1024), p_traceparents);
+            p_partial, coalesce(v_slots, 1024), p_traceparents, p_prefer);
         RETURN;
     END IF;
     IF cardinality(p_ids) = 1 THEN
@@ -107,7 +108,8 @@ BEGIN
         -- query's plan at each run; for one row that was most of its cost.
         RETURN QUERY SELECT * FROM shardflow.start_one(
             p_ids[1], p_names[1], p_inputs[1], p_routing_keys[1], p_parents[1],
-            p_timeouts[1], p_priorities[1], coalesce(v_slots, 1024), p_traceparents[1]);
+            p_timeouts[1], p_priorities[1], coalesce(v_slots, 1024), p_traceparents[1],
+            p_prefer);
         RETURN;
     END IF;
     RETURN QUERY
@@ -161,9 +163,11 @@ BEGIN
             WHERE (c.name || '@' || c.version) = ANY (t.kinds)
               AND octet_length(c.input::text) <= 2000
               AND NOT EXISTS (SELECT 1 FROM shardflow.limits l WHERE l.name = c.name)
-            -- At random in proportion to each one's room (the first of exponential
-            -- clocks running at those rates): the emptier executors get more.
-            ORDER BY -ln(1.0 - random()) / t.room LIMIT 1) t ON c.issue IS NULL
+            -- The caller's own executor first (p_prefer: the fast path), else at random
+            -- in proportion to each one's room (the first of exponential clocks running
+            -- at those rates): the emptier executors get more.
+            ORDER BY t.owner IS DISTINCT FROM p_prefer, -ln(1.0 - random()) / t.room
+            LIMIT 1) t ON c.issue IS NULL
     ), ins AS (
         INSERT INTO shardflow.workflows AS w
             (id, slot, routing_key, name, version, status, input, parent, deadline, priority,
@@ -193,6 +197,7 @@ BEGIN
                      shardflow.handoff_item(c.id, c.name, c.version, c.input, c.timeout,
                                             c.key, c.parent, c.priority, c.traceparent) AS item
               FROM placed c JOIN ins ON ins.id = c.id AND ins.lease_owner = c.owner
+              WHERE c.owner IS DISTINCT FROM p_prefer  -- the caller's own: in the answer
               ORDER BY c.id, c.ord) p
     ), handoff AS (
         SELECT pg_notify('shardflow_handoff_' || h.lock_key, '[' || string_agg(h.item, ',') || ']')
@@ -201,7 +206,10 @@ BEGIN
     SELECT c.id, c.slot, coalesce(ins.status, w.status),
            ins.id IS NOT NULL AND c.ord = min(c.ord) OVER (PARTITION BY c.id),
            coalesce(ins.id IS NULL AND (w.name <> c.name OR w.input <> c.input), false),
-           c.issue
+           c.issue,
+           CASE WHEN ins.lease_owner = p_prefer AND c.ord = min(c.ord) OVER (PARTITION BY c.id)
+                THEN shardflow.handoff_item(c.id, c.name, c.version, c.input, c.timeout, c.key,
+                                            c.parent, c.priority, c.traceparent) END
     FROM checked c
     LEFT JOIN ins ON ins.id = c.id
     -- A key probe per start that found its ID taken (LIMIT keeps the planner from making it
@@ -220,9 +228,9 @@ $$;
 CREATE OR REPLACE FUNCTION shardflow.start_one(
     p_id text, p_name text, p_input jsonb, p_routing_key text, p_parent text,
     p_timeout double precision, p_priority integer, p_slots integer,
-    p_traceparent text DEFAULT NULL)
+    p_traceparent text DEFAULT NULL, p_prefer text DEFAULT NULL)
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
-               problem text)
+               problem text, handoff text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_key text := coalesce(p_routing_key, p_id);
@@ -265,11 +273,13 @@ BEGIN
             IF (SELECT min(q.run_at) FROM shardflow.ready q) <= now() THEN
                 v_held := shardflow.handoff_held_kinds();
             END IF;
+            -- The caller's own executor first (the fast path), else one at random.
             SELECT e.owner, e.lock_key, e.lease_until INTO v_owner, v_lock, v_until
             FROM shardflow.executors e
             WHERE e.handoff_until > now() AND v_kind = ANY (e.kinds)
               AND NOT (e.kinds && v_held)
-            ORDER BY -ln(1.0 - random()) / greatest(coalesce(e.handoff_room, 1), 1)
+            ORDER BY e.owner IS DISTINCT FROM p_prefer,
+                     -ln(1.0 - random()) / greatest(coalesce(e.handoff_room, 1), 1)
             LIMIT 1;
         END IF;
         INSERT INTO shardflow.workflows AS w
@@ -288,9 +298,13 @@ BEGIN
             VALUES (p_id, start_one.slot, coalesce(p_priority, 0));
             PERFORM pg_notify('shardflow_ready', '');
         ELSIF created THEN
-            PERFORM pg_notify('shardflow_handoff_' || v_lock, '[' || shardflow.handoff_item(
+            handoff := shardflow.handoff_item(
                 p_id, p_name, v_version, p_input, coalesce(p_timeout, v_timeout), v_key,
-                p_parent, p_priority, p_traceparent) || ']');
+                p_parent, p_priority, p_traceparent);
+            IF v_owner IS DISTINCT FROM p_prefer THEN  -- the caller's own takes the answer
+                PERFORM pg_notify('shardflow_handoff_' || v_lock, '[' || handoff || ']');
+                handoff := NULL;
+            END IF;
         END IF;
     END IF;
     IF created THEN
@@ -336,9 +350,9 @@ $$;
 CREATE OR REPLACE FUNCTION shardflow.start_each(
     p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
     p_parents text[], p_timeouts double precision[], p_priorities integer[],
-    p_partial boolean, p_slots integer, p_traceparents text[])
+    p_partial boolean, p_slots integer, p_traceparents text[], p_prefer text)
 RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
-               problem text)
+               problem text, handoff text)
 LANGUAGE plpgsql AS $$
 DECLARE
     s record;
@@ -348,19 +362,21 @@ DECLARE
     a_created boolean[] := '{}';
     a_conflict boolean[] := '{}';
     a_problem text[] := '{}';
+    a_handoff text[] := '{}';
     v_bad boolean := false;
 BEGIN
     BEGIN
         FOR i IN 1 .. cardinality(p_ids) LOOP
             SELECT * INTO s FROM shardflow.start_one(
                 p_ids[i], p_names[i], p_inputs[i], p_routing_keys[i], p_parents[i],
-                p_timeouts[i], p_priorities[i], p_slots, p_traceparents[i]);
+                p_timeouts[i], p_priorities[i], p_slots, p_traceparents[i], p_prefer);
             a_id := a_id || s.id;
             a_slot := a_slot || s.slot;
             a_status := a_status || s.status;
             a_created := a_created || s.created;
             a_conflict := a_conflict || s.conflict;
             a_problem := a_problem || s.problem;
+            a_handoff := a_handoff || s.handoff;
             v_bad := v_bad OR s.problem IS NOT NULL;
         END LOOP;
         IF v_bad AND NOT p_partial THEN
@@ -371,9 +387,11 @@ BEGIN
             IF a_created[i] THEN
                 a_status[i] := NULL;
                 a_created[i] := false;
+                a_handoff[i] := NULL;
             END IF;
         END LOOP;
     END;
-    RETURN QUERY SELECT * FROM unnest(a_id, a_slot, a_status, a_created, a_conflict, a_problem);
+    RETURN QUERY SELECT * FROM unnest(a_id, a_slot, a_status, a_created, a_conflict, a_problem,
+                                      a_handoff);
 END
 $$;
