@@ -165,7 +165,7 @@ class Dev:
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     data = tmp_path_factory.mktemp("dev")
-    d = Dev(data)
+    d = Dev(data, "--executors-per-shard", "1")  # beside the router's own (the fast path)
     d.start()
     yield d
     d.remove()

@@ -114,6 +114,12 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dev, str
         str(port),
         "--scrape-interval",
         "1s",
+        # executors as processes of their own, scraped as such (the no-executor alert
+        # watches them stop); the fast path's are served by the router
+        "--fast-path",
+        "false",
+        "--executors-per-shard",
+        "1",
     )
     dev.start()
     yield dev, f"http://127.0.0.1:{port}"

@@ -58,7 +58,17 @@ class DevSettings(Settings):
     )
     shards: int = setting(3, help="number of shard Postgres servers", minimum=1)
     slots: int = setting(1024, help="hash slots, fixed when the cluster is created", minimum=1)
-    executors_per_shard: int = setting(1, help="executor processes per shard", minimum=1)
+    fast_path: bool = setting(
+        True,
+        help="the routers run an executor of every shard in their own process: the starts "
+        "they accept run there, answered in memory (router --executors)",
+    )
+    executors_per_shard: int = setting(
+        0,
+        help="executor processes per shard, beside the routers' own (at least 1 without "
+        "the fast path)",
+        minimum=0,
+    )
     routers: int = setting(1, help="router processes (the first on --port)", minimum=1)
     coordinators: int = setting(1, help="coordinator processes (one leads)", minimum=0)
     host: str = setting("127.0.0.1", help="address the router listens on")
@@ -79,6 +89,17 @@ class DevSettings(Settings):
     log_format: str = setting(
         "logfmt", help="log lines of every process as logfmt or JSON", choices=FORMATS
     )
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.fast_path and self.executors_per_shard < 1:
+            from shardflow.infra.errors import SettingsError
+
+            raise SettingsError(
+                "without the fast path the workflows need executor processes: "
+                "--executors-per-shard 1 or more",
+                setting="executors_per_shard",
+            )
 
 
 @dataclass
@@ -282,6 +303,9 @@ class DevCluster:
             self.router_urls.append(f"http://{s.host}:{port}")
             targets["router"].append(f"{s.host}:{port}")
             tokens = ["--tokens", s.token] if s.token else []
+            local = ["--executors", *apps] if s.fast_path else []
+            if s.fast_path and s.app_dir:
+                local += ["--app-dir", s.app_dir]
             self.children.append(
                 Child(
                     router_child(i),
@@ -296,6 +320,7 @@ class DevCluster:
                         "--port",
                         str(port),
                         *tokens,
+                        *local,
                     ],
                 )
             )
