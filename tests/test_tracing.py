@@ -77,6 +77,14 @@ async def test_a_trace_follows_a_workflow_through_the_router_runs_steps_and_chil
     client = await cluster.add_router()
     doc = await client.start("family", {"n": 40}, traceparent=PARENT, wait=30)
     assert doc["status"] == "completed", doc
+
+    async def ended() -> bool:  # the last run's span ends after its answer may have gone
+        return any(
+            s.name == "run family" and _attrs(s)["shardflow.outcome"] == "completed"
+            for s in spans.get_finished_spans()
+        )
+
+    await until(ended, what="the last run's span")
     finished = list(spans.get_finished_spans())
     assert {s.context.trace_id for s in finished} == {TRACE}, "all in the caller's trace"
     (start,) = [s for s in finished if s.name == "start family"]
@@ -84,7 +92,7 @@ async def test_a_trace_follows_a_workflow_through_the_router_runs_steps_and_chil
     runs = [s for s in finished if s.name == "run family"]
     assert len(runs) >= 2  # the first run, and resumes after its children finish
     assert {_parent_id(r) for r in runs} == {start.context.span_id}
-    assert _attrs(runs[-1])["shardflow.outcome"] == "completed"
+    assert [_attrs(r)["shardflow.outcome"] for r in runs].count("completed") == 1
     run_ids = {r.context.span_id for r in runs}
     children = [s for s in finished if s.name in ("run w3", "run failing")]
     assert len(children) == 3 and all(_parent_id(c) in run_ids for c in children)
