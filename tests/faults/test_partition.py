@@ -17,10 +17,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
-from shardflow.devcluster.launcher import LocalPostgres, ensure_database, remove_data
+from shardflow.catalog.store import Catalog
+from shardflow.devcluster.launcher import (
+    LocalPostgres,
+    PostgresServer,
+    ensure_database,
+    free_port,
+    remove_data,
+)
 from shardflow.infra import pool as shard_pool
 from shardflow.shard.client import ShardClient
 from shardflow.shard.migrate import migrate
@@ -62,9 +70,12 @@ def netns() -> Iterator[tuple[str, str]]:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
 
 
+@pytest.mark.parametrize("side", ["executor", "router"])
 async def test_a_partitioned_executor_is_recovered_by_its_peer(
-    netns: tuple[str, str], tmp_path: Path
+    netns: tuple[str, str], tmp_path: Path, side: str
 ) -> None:
+    """``side``: an executor process, or a router running the fast path (its own executor
+    takes the starts it accepts), on the far side of the partition."""
     ns, ns_if = netns
     base = tmp_path / "pg"
     server_pg = LocalPostgres(
@@ -88,10 +99,15 @@ async def test_a_partitioned_executor_is_recovered_by_its_peer(
         finally:
             await conn.close()
         far = f"postgresql://postgres@{SUBNET}.1:{server.port}/shardflow"
-        partitioned = _executor_in(ns, far, tmp_path / "partitioned.log")
         client = await ShardClient.connect(dsn)
         try:
-            held = await _started_under(client, partitioned)
+            if side == "executor":
+                partitioned = _executor_in(ns, far, tmp_path / "partitioned.log")
+                held = await _started_under(client, partitioned)
+            else:
+                catalog = await _far_catalog(server, far)
+                url, partitioned = _router_in(ns, catalog, tmp_path / "router.log")
+                held = await _started_through(url, client, partitioned, server.dsn("catalog"))
             _ip("link", "set", ns_if, "down", ns=ns)  # silence: nothing is refused
             cut = time.monotonic()
             peer = ExecutorProcess(
@@ -126,6 +142,67 @@ def _executor_in(ns: str, dsn: str, log_path: Path) -> subprocess.Popen[bytes]:
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
+
+
+async def _far_catalog(server: PostgresServer, far_shard: str) -> str:
+    """A catalog on the same server naming the shard by its far address; its far DSN."""
+    await ensure_database(server, "catalog")
+    catalog = await Catalog.connect(server.dsn("catalog"))
+    try:
+        await catalog.create(16)
+        await catalog.add_shard("s1", far_shard)
+        await catalog.spread()
+    finally:
+        await catalog.close()
+    return f"postgresql://postgres@{SUBNET}.1:{server.port}/catalog"
+
+
+def _router_in(ns: str, catalog: str, log_path: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """A router with executors (the fast path) inside the namespace: its URL (on the
+    namespace's side of the veth pair) and process."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "shardflow", "router",
+             "--catalog", catalog, "--host", f"{SUBNET}.2", "--port", str(port),
+             "--executors", "--app", "tests.apps.crash"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    return f"http://{SUBNET}.2:{port}", proc
+
+
+async def _started_through(
+    url: str, client: ShardClient, router: subprocess.Popen[bytes], catalog: str
+) -> list[str]:
+    """Workflows started through the partitioned router, held by its own executor."""
+
+    async def registered() -> bool:  # in the shard, then its names in the catalog
+        assert router.poll() is None, "the partitioned router exited"
+        if not await client.pool.fetchval("SELECT count(*) FROM shardflow.executors"):
+            return False
+        conn = await asyncpg.connect(catalog)
+        try:
+            return bool(await conn.fetchval("SELECT count(*) FROM catalog.registry"))
+        finally:
+            await conn.close()
+
+    await until(registered, timeout=60, what="the partitioned router's executor")
+    ids = [f"part-{i}" for i in range(4)]
+    async with aiohttp.ClientSession() as http:
+        for wid in ids:
+            body = {"workflow": "slow_append", "input": {"seconds": 3.0}, "id": wid}
+            async with http.post(f"{url}/v1/workflows", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+    owners = "SELECT DISTINCT lease_owner FROM shardflow.workflows WHERE status = 'running'"
+
+    async def held() -> bool:
+        running = await client.pool.fetch(owners)
+        executors = await client.pool.fetch("SELECT owner FROM shardflow.executors")
+        return len(running) == 1 and {r["owner"] for r in executors} == {running[0][0]}
+
+    await until(held, what="the router's own executor to hold them")
+    return ids
 
 
 async def _started_under(client: ShardClient, executor: subprocess.Popen[bytes]) -> list[str]:
