@@ -86,7 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--clients", type=int, default=64)
     h.add_argument("--seconds", type=float, default=15.0)
     h.add_argument("--rate", type=float, default=200.0, help="arrivals/s of the open loop")
-    h.add_argument("--executors-per-shard", type=int, default=1)
+    h.add_argument(
+        "--executors-per-shard",
+        type=int,
+        default=0,
+        help="executor processes per shard, beside the router's own (the fast path)",
+    )
+    h.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="the router runs no executors (then --executors-per-shard 1 or more)",
+    )
     h.add_argument(
         "--coordinators", type=int, default=1, help="0: no coordinator (its samples' cost)"
     )

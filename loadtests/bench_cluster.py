@@ -184,6 +184,7 @@ async def _http(args: argparse.Namespace) -> int:
         shards=args.shards,
         executors_per_shard=args.executors_per_shard,
         coordinators=args.coordinators,
+        fast_path=not args.no_fast_path,
     ) as cluster:
         url = cluster.router_urls[0]
         print("warming up 3 s ...", flush=True)
@@ -215,6 +216,7 @@ async def _http(args: argparse.Namespace) -> int:
                 "workload": "W3",
                 "shards": args.shards,
                 "tracing": args.tracing,
+                "fast_path": not args.no_fast_path,
                 "closed_wf_per_s": closed["wf_per_s"],
                 "closed_p50_ms": closed["p50_ms"],
                 "closed_p99_ms": closed["p99_ms"],
@@ -249,7 +251,9 @@ async def rebalance(args: argparse.Namespace) -> int:
     # --cpu-per-shard 0: no groups at all (the shards share the machine)
     caps = ShardCaps(args.cpu_per_shard or None, f"shardflow-bench-{os.getpid()}")
     # caps outermost: its groups are removed once the cluster's processes have all ended
-    async with caps, local_cluster(shards=2, slots=args.slots) as cluster:
+    # the fast path off: each shard's executor is a process inside its shard's cap
+    settings = {"shards": 2, "slots": args.slots, "fast_path": False, "executors_per_shard": 1}
+    async with caps, local_cluster(**settings) as cluster:
         caps.cap(cluster, "shard0", "shard1")
         url = cluster.router_urls[0]
         load = ["--mode", "closed", "--clients", str(args.clients)]

@@ -3,10 +3,15 @@
     python -m loadtests.scale --shards 1,2,4 --cpu-per-shard 0.15 --seconds 20
 
 This machine cannot hold a fleet, so each shard (its Postgres server with every backend,
-and its executor) runs in its own cgroup capped at ``--cpu-per-shard`` of a core (v1 or
+and its executor process: the fast path is off here, so that all of a shard's work is
+inside its cap) runs in its own cgroup capped at ``--cpu-per-shard`` of a core (v1 or
 v2; needs root). The router, the coordinator, the catalog and the load generator run
-outside the caps. At each step a closed loop of ``--clients-per-shard`` times shards clients
-drives W3 through the router; the report gives throughput, the scaling efficiency
+outside the caps. At each step a closed loop of ``clients per shard`` times shards clients
+drives W3 through the router. The clients per shard are those with which one capped shard
+reaches its own best throughput (``--clients-per-shard auto``: the first step tries
+``CANDIDATES`` and keeps the best), so that the one-shard baseline is not held back by
+too few or too many clients and the efficiency reads at most 1 when shards add nothing
+to each other. The report gives throughput, the scaling efficiency
 ``T(n) / (n * T(1))``, the CPU used outside the caps and how busy the machine was (a step
 that came near the machine's limit says so: its efficiency then measures the machine,
 not Shardflow). Writes ``scale.csv`` and ``scale.png``; the last line is one JSON object.
@@ -29,6 +34,7 @@ from loadtests.cgroups import ShardCaps
 from loadtests.compare import RESULTS
 
 NEAR_LIMIT = 0.9  # of all cores busy
+CANDIDATES = (2, 4, 8, 16, 32)  # clients per shard tried for the baseline
 
 
 def machine_busy() -> float:
@@ -38,14 +44,31 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+async def _best_clients(url: str, args: argparse.Namespace) -> int:
+    """The clients with which the (one-shard) cluster at ``url`` finishes the most."""
+    probe = max(1.0, args.seconds / 4)
+    best, best_rate = CANDIDATES[0], -1.0
+    for clients in CANDIDATES:
+        loop = ["--mode", "closed", "--clients", str(clients), "--seconds", str(probe)]
+        rate = float((await _loadgen(url, *loop)).summary["wf_per_s"])
+        print(f"  baseline probe: {clients} clients, {rate} wf/s", flush=True)
+        if rate > best_rate:
+            best, best_rate = clients, rate
+    return best
+
+
 async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
     caps = ShardCaps(args.cpu_per_shard, f"shardflow-scale-{os.getpid()}")
     # caps outermost: its groups are removed once the cluster's processes have all ended
-    async with caps, local_cluster(shards=n) as cluster:
+    cluster_settings = {"shards": n, "fast_path": False, "executors_per_shard": 1}
+    async with caps, local_cluster(**cluster_settings) as cluster:
         caps.cap(cluster, *(f"shard{i}" for i in range(n)))
         groups = list(caps.groups.values())
-        clients = ["--mode", "closed", "--clients", str(args.clients_per_shard * n)]
         url = cluster.router_urls[0]
+        if args.clients_per_shard is None:
+            await _loadgen(url, "--mode", "closed", "--clients", "8", "--seconds", str(args.warmup))
+            args.clients_per_shard = await _best_clients(url, args)
+        clients = ["--mode", "closed", "--clients", str(args.clients_per_shard * n)]
         await _loadgen(url, *clients, "--seconds", str(args.warmup))
         capped0 = [g.usage() for g in groups]
         throttled0 = [g.throttled() for g in groups]
@@ -59,6 +82,7 @@ async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "shards": n,
         "clients": args.clients_per_shard * n,
+        "clients_per_shard": args.clients_per_shard,
         "wf_per_s": summary["wf_per_s"],
         "p99_ms": summary["p99_ms"],
         "errors": summary["errors"],
@@ -119,7 +143,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-per-shard", type=float, default=0.15, help="cores per shard's cgroup"
     )
-    parser.add_argument("--clients-per-shard", type=int, default=16)
+    parser.add_argument(
+        "--clients-per-shard",
+        default="auto",
+        help="clients per shard, or auto: those of the one-shard baseline's best throughput",
+    )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=None)
@@ -130,8 +158,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--shards: comma-separated whole numbers, such as 1,2,4")
     if not args.shards or min(args.shards) < 1 or args.shards != sorted(set(args.shards)):
         parser.error("--shards: positive, ascending, without repeats")
-    if args.cpu_per_shard <= 0 or args.clients_per_shard < 1 or args.seconds <= 0:
-        parser.error("--cpu-per-shard, --clients-per-shard and --seconds must be positive")
+    if args.clients_per_shard == "auto":
+        args.clients_per_shard = None
+        if args.shards[0] != 1:
+            parser.error("--clients-per-shard auto measures the baseline: --shards starts at 1")
+    else:
+        try:
+            args.clients_per_shard = int(args.clients_per_shard)
+        except ValueError:
+            parser.error("--clients-per-shard: a whole number or auto")
+        if args.clients_per_shard < 1:
+            parser.error("--clients-per-shard must be positive")
+    if args.cpu_per_shard <= 0 or args.seconds <= 0:
+        parser.error("--cpu-per-shard and --seconds must be positive")
     return args
 
 

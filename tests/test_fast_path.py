@@ -72,6 +72,22 @@ async def _all_started(executors: dict[str, Any]) -> bool:
     return len(executors) == len(SHARDS)
 
 
+async def _settled_ids(cluster: LiveCluster, workflow: str) -> list[str]:
+    """The IDs the dead router started, once all of them have finished: a start the
+    router sent just before it died can still commit after it (its backend runs the
+    statement to the end), so they are read again until no new one appears."""
+    sql = f"SELECT id, status FROM shardflow.workflows WHERE id LIKE '{workflow}-%'"
+    seen: list[str] = []
+    for _ in range(90):
+        rows = [r for shard in ("c0", "c1") for r in await cluster.fetch_on(shard, sql)]
+        ids = sorted(r["id"] for r in rows)
+        if ids == seen and all(r["status"] in ("completed", "failed") for r in rows):
+            return ids
+        seen = ids
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"{workflow}: not all finished in 90 s: {seen}")
+
+
 async def _registered(cluster: LiveCluster) -> bool:
     """Both shards have an executor besides the test's own (the router's)."""
     for shard in ("c0", "c1"):
@@ -140,12 +156,7 @@ async def test_a_router_killed_mid_step_or_mid_compensation_loses_and_repeats_no
                 break
     await until(lambda: asyncio.to_thread(lambda: dying_router.proc.poll() is not None), timeout=60)
     assert dying_router.proc.returncode == -signal.SIGKILL
-    found = []
-    for shard in ("c0", "c1"):
-        found += await growing.fetch_on(
-            shard, "SELECT id FROM shardflow.workflows WHERE id LIKE $1", f"{workflow}-%"
-        )
-    ids = sorted(r["id"] for r in found)
+    ids = await _settled_ids(growing, workflow)
     assert ids, "the router died before any start"
     reader = await growing.add_router()
     for wid in ids:

@@ -242,7 +242,15 @@ def test_compare_refuses_bad_arguments(argv: list[str], capsys: pytest.CaptureFi
 
 @pytest.mark.parametrize(
     "argv",
-    [["--shards", "2,1"], ["--shards", "one"], ["--shards", "0,1"], ["--cpu-per-shard", "0"]],
+    [
+        ["--shards", "2,1"],
+        ["--shards", "one"],
+        ["--shards", "0,1"],
+        ["--cpu-per-shard", "0"],
+        ["--shards", "2,4"],  # auto clients measure the one-shard baseline
+        ["--clients-per-shard", "many"],
+        ["--clients-per-shard", "0"],
+    ],
 )
 def test_scale_refuses_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:

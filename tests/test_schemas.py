@@ -55,7 +55,9 @@ NODE_LOCAL = {
     "pg_extension",
 }
 RELATION = re.compile(
-    r"(?<!epoch )\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS)\s+([a-z_]+(?:\.[a-z_]+)?)(\s*\()?"
+    # (not the FROM of extract(epoch FROM ...) or of IS DISTINCT FROM)
+    r"(?<!epoch )(?<!DISTINCT )\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS)\s+"
+    r"([a-z_]+(?:\.[a-z_]+)?)(\s*\()?"
 )
 
 
