@@ -263,6 +263,15 @@ def _dpkg(package: str) -> str:
     return _version(["dpkg-query", "-W", "-f", "${Version}", package])
 
 
+def _ready_line(log: Path, proc: subprocess.Popen[bytes], line: str) -> None:
+    """Until a child's log says ``line`` (it prints it once it serves)."""
+    deadline = time.monotonic() + 90
+    while line not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchmarkError(f"{log.name}: not ready: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
 @contextlib.asynccontextmanager
 async def dbos() -> AsyncIterator[Running]:
     """DBOS Transact on a Postgres 15 of its own, started like the shards' (durable: fsync
@@ -271,38 +280,49 @@ async def dbos() -> AsyncIterator[Running]:
 
     folder = Path(tempfile.mkdtemp(prefix="shardflow-dbos-", dir="/tmp"))
     servers = LocalPostgres(folder / "pg", durable=True, databases=("dbos",))
-    app = None
+    apps: list[subprocess.Popen[bytes]] = []
+    processes = os.cpu_count() or 1  # one per core, as Shardflow's processes have them
     try:
         server = servers.start_one("dbos")  # from the main thread (it installs a signal handler)
         port = free_port()
-        app = _spawn(
-            [
-                sys.executable,
-                "-m",
-                "loadtests.dbos_w3",
-                "--database-url",
-                f"postgresql://postgres@127.0.0.1:{server.port}/dbos",
-                "--port",
-                str(port),
-            ],
-            folder / "app.log",
-        )
-        await asyncio.to_thread(_wait_port, port, app, "the DBOS app")
+        for index in range(processes):
+            apps.append(
+                _spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "loadtests.dbos_w3",
+                        "--database-url",
+                        f"postgresql://postgres@127.0.0.1:{server.port}/dbos",
+                        "--port",
+                        str(port),
+                        "--index",
+                        str(index),
+                    ],
+                    folder / f"app-{index}.log",
+                )
+            )
+            # each ready (and the first, which makes the system tables) before the next
+            await asyncio.to_thread(
+                _ready_line, folder / f"app-{index}.log", apps[-1], "dbos app ready"
+            )
         yield Running(
             "dbos",
             f"http://127.0.0.1:{port}",
             "DBOS Transact (the dbos package) on its own Postgres 15, in its durable default: "
             "the workflow's status and each step's output are committed in the system "
-            "database before the next step. One app process serves POST /w3 (aiohttp): "
-            "DBOS.start_workflow_async under the client's ID, then the result; async workflow "
-            f"and steps on the request's event loop, sys_db_pool_size {POOL_SIZE}.",
+            f"database before the next step. {processes} app processes (one per core, each "
+            "a DBOS executor on the same system database, sharing the port) serve POST /w3 "
+            "(aiohttp): DBOS.start_workflow_async under the client's ID, then the result; "
+            f"async workflow and steps on the request's event loop, sys_db_pool_size "
+            f"{POOL_SIZE}.",
             {
                 "dbos": _package("dbos"),
                 "postgres": _version([str(servers.bindir / "postgres"), "--version"]),
             },
         )
     finally:
-        if app is not None:
+        for app in apps:
             _stop(app)
         servers.stop()
         shutil.rmtree(folder, ignore_errors=True)
