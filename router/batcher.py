@@ -14,13 +14,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-from shardflow.shard.client import ShardClient, StartRequest, StartResult, start_each_on
+from shardflow.router.local import LocalExecutors, start_each
+from shardflow.shard.client import ShardClient, StartRequest, StartResult
 from shardflow.shard.waiters import settle
-
-if TYPE_CHECKING:
-    from shardflow.router.local import LocalExecutors
 
 
 class StartBatcher:
@@ -61,10 +58,10 @@ class StartBatcher:
         ids = [str(r.id) for r in requests]
         results = self._client.results
         results.expect(ids)  # before the start, so no completion comes first
-        local = self._local
-        prefer = None if local is None else local.owner(self._shard_id)
         try:
-            outcomes = await start_each_on(results.statements(len(requests)), requests, prefer)
+            outcomes = await start_each(
+                self._local, self._shard_id, results.statements(len(requests)), requests
+            )
         except Exception as exc:
             results.forget(ids)
             for _, fut in batch:
@@ -75,7 +72,5 @@ class StartBatcher:
             for wid, o in zip(ids, outcomes, strict=True)
             if not (isinstance(o, StartResult) and o.created)
         )
-        if local is not None:
-            local.hand(self._shard_id, [o for o in outcomes if isinstance(o, StartResult)])
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
             settle(fut, outcome)

@@ -25,8 +25,9 @@ from shardflow.infra.errors import (
 from shardflow.router import directory
 from shardflow.router import requests as rq
 from shardflow.router.errors import HttpError
+from shardflow.router.local import start_each
 from shardflow.router.view import ClusterView
-from shardflow.shard.client import ShardClient, StartRequest, StartResult, start_each_on
+from shardflow.shard.client import ShardClient, StartRequest, StartResult
 
 VIEW = web.AppKey("view", ClusterView)
 
@@ -158,11 +159,8 @@ async def start_batch(request: web.Request) -> web.Response:
 
     async def one_shard(shard: str, group: list[tuple[int, StartRequest]]) -> None:
         try:
-            local = view.local
-            prefer = None if local is None else local.owner(shard)
-            outcomes = await start_each_on(view.client(shard).pool, [r for _, r in group], prefer)
-            if local is not None:
-                local.hand(shard, [o for o in outcomes if isinstance(o, StartResult)])
+            requests = [r for _, r in group]
+            outcomes = await start_each(view.local, shard, view.client(shard).pool, requests)
         except ShardflowError as exc:
             for i, _ in group:
                 out[i] = {"error": {"code": exc.code, "message": exc.message}}

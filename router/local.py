@@ -16,20 +16,37 @@ import json
 import logging
 from collections.abc import Iterator
 
+import asyncpg
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from shardflow.catalog.admin import register_workflows
 from shardflow.catalog.store import Catalog
+from shardflow.infra.errors import ShardflowError
 from shardflow.metrics.shard import ShardMetrics
 from shardflow.router.settings import RouterSettings
-from shardflow.shard.client import ShardClient, StartResult
+from shardflow.shard.client import ShardClient, StartRequest, StartResult, start_each_on
 from shardflow.shard.executor import Executor
 from shardflow.shard.executor_settings import ExecutorSettings
 from shardflow.shard.sdk import Registry
 
 log = logging.getLogger("shardflow.router")
+
+
+async def start_each(
+    local: LocalExecutors | None,
+    shard_id: str,
+    conn: asyncpg.Connection | asyncpg.Pool,
+    requests: list[StartRequest],
+) -> list[StartResult | ShardflowError]:
+    """``start_each_on`` for a router: with the fast path, the starts name this router's
+    executor of the shard, which then takes what they leased to it."""
+    prefer = None if local is None else local.owner(shard_id)
+    outcomes = await start_each_on(conn, requests, prefer)
+    if local is not None:
+        local.hand(shard_id, [o for o in outcomes if isinstance(o, StartResult)])
+    return outcomes
 
 
 class LocalExecutors(Collector):

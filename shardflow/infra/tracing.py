@@ -27,7 +27,11 @@ from shardflow.infra.errors import SettingsError
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 EXPORTERS = ("otlp", "console", "none")
-INSTRUMENTS = ("asyncpg", "aiohttp")
+# SHARDFLOW_OTEL_INSTRUMENT's names and the package that instruments each
+INSTRUMENTS = {
+    "asyncpg": "opentelemetry-instrumentation-asyncpg",
+    "aiohttp": "opentelemetry-instrumentation-aiohttp-server",
+}
 
 
 def parse_traceparent(value: object) -> str | None:
@@ -83,16 +87,16 @@ def configure(service: str, environ: Mapping[str, str] = os.environ) -> bool:
     name = environ.get("OTEL_SERVICE_NAME") or service  # the variable wins, as everywhere
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     for exporter in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(","):
-        name = exporter.strip().lower()
-        if name == "otlp":
+        kind = exporter.strip().lower()
+        if kind == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        elif name == "console":
+        elif kind == "console":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        elif name not in ("", "none"):
+        elif kind not in ("", "none"):
             raise SettingsError(
-                f"OTEL_TRACES_EXPORTER={name!r} is not one of {', '.join(EXPORTERS)}"
+                f"OTEL_TRACES_EXPORTER={kind!r} is not one of {', '.join(EXPORTERS)}"
             )
     _instrument(environ.get("SHARDFLOW_OTEL_INSTRUMENT", ""), provider)
     install(provider)
@@ -119,8 +123,7 @@ def _instrument(names: str, provider: Any) -> None:
         except ImportError:
             raise SettingsError(
                 f"SHARDFLOW_OTEL_INSTRUMENT names {name}, whose instrumentation is not "
-                f"installed: pip install opentelemetry-instrumentation-{name.replace('_', '-')}"
-                + ("-server" if name == "aiohttp" else "")
+                f"installed: pip install {INSTRUMENTS[name]}"
             ) from None
 
 

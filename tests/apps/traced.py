@@ -1,4 +1,5 @@
-"""W3 with a step that can kill its own executor (for the trace across a crash)."""
+"""W3 (examples/bench.py's steps) with a charge step that can kill its own executor, for the
+trace across a crash."""
 
 from __future__ import annotations
 
@@ -7,12 +8,8 @@ import os
 import signal
 from typing import Any
 
+from examples.bench import notify, reserve
 from shardflow import Context, step, workflow
-
-
-@step
-async def reserve(order: dict[str, Any]) -> dict[str, Any]:
-    return {"reserved": order["order_id"]}
 
 
 @step
@@ -22,11 +19,6 @@ async def charge(order: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
     return {"charged": order["amount"]}
-
-
-@step
-async def notify(order: dict[str, Any]) -> dict[str, Any]:
-    return {"notified": True}
 
 
 @workflow(name="traced_w3")
