@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from shardflow.metrics.coordinator import CoordinatorMetrics
 from shardflow.metrics.router import RouterMetrics
 from shardflow.metrics.shard import ShardMetrics
+from shardflow.metrics.standard import BUILD_LABELS
 
 HEADER = """# Metrics
 
@@ -57,7 +58,7 @@ def _describe(owner: str, registry: CollectorRegistry) -> list[tuple[str, str, s
             name = family.name + SUFFIX.get(family.type, "")
             labels = getattr(collector, "_labelnames", ()) or getattr(family, "_labelnames", ())
             if family.type == "info":
-                labels = ("version", "component", "python")
+                labels = BUILD_LABELS
             described.append((name, family.type, ", ".join(labels), owner, family.documentation))
     return described
 

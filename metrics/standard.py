@@ -15,6 +15,9 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+# The labels of shardflow_build_info (docs.py lists them: an Info declares none of its own).
+BUILD_LABELS = ("version", "component", "python")
+
 
 def version() -> str:
     try:
@@ -32,4 +35,4 @@ def add_standard(registry: CollectorRegistry, component: str) -> None:
         "shardflow_build",
         "The running Shardflow: its version, component and Python (value 1).",
         registry=registry,
-    ).info({"version": version(), "component": component, "python": platform.python_version()})
+    ).info(dict(zip(BUILD_LABELS, (version(), component, platform.python_version()), strict=True)))
