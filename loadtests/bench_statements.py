@@ -4,7 +4,8 @@ One local durable Postgres with a migrated shard, its slots owned as on a shard 
 and a stand-in executor row that takes hand-offs (as a running executor's does). Each
 round runs every hot statement ``--calls`` times on one connection and reads the CPU
 its backend used (``/proc/<pid>/schedstat``, nanoseconds): starts alone and in
-batches, checkpoint flushes of steps and of finishes, an idle claim. The baseline is
+batches (handed off by NOTIFY; ``own_*``: the fast path's, to the caller's own executor, in
+the answer), checkpoint flushes of steps and of finishes, an idle claim. The baseline is
 the floor of a durable write, measured in the same rounds: a one-row autocommit INSERT.
 
 The flushes write what the starts created (leased to the stand-in), so every statement
@@ -135,18 +136,25 @@ async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int
     pid = await conn.fetchval("SELECT pg_backend_pid()")
     singles = _ids(f"r{n}a-", calls)
     batched = _ids(f"r{n}b-", calls * 5)
+    own = _ids(f"r{n}c-", calls * 4)
     groups = [batched[i : i + 7] for i in range(0, len(batched) - 6, 7)]
 
-    async def start_ids(ids: list[str]) -> None:
+    async def start_ids(ids: list[str], own: bool = False) -> None:
+        """Starts handed off to the stand-in: by NOTIFY, or (``own``) as the fast path's
+        starts by the stand-in's own process, in the answer."""
         k = len(ids)
         start = q["workflow_start_many"]
         # a checkout before traceparents takes 8 parameters, one before the fast path 9
-        traced = [None] * sum(f"${n}" in start for n in (9, 10))
+        extra: list[Any] = [None] * sum(f"${n}" in start for n in (9, 10))
+        if own and len(extra) == 2:
+            extra[1] = OWNER
         rows = await conn.fetch(start, ids, ["w3"] * k, [INPUT] * k,
                                 [None] * k, [None] * k, [None] * k, None, False,
-                                *traced)  # fmt: skip
+                                *extra)  # fmt: skip
         if not all(r["created"] and r["status"] == "running" for r in rows):
             raise BenchError("a start did not create a workflow handed off to the stand-in")
+        if own and len(extra) == 2 and not all(r["handoff"] for r in rows):
+            raise BenchError("a start of the stand-in's own did not answer with its hand-off")
 
     async def flush(ids: list[str], seq: int, finish: bool) -> None:
         lean = "checkpoint_flush_one" if len(ids) == 1 else "checkpoint_flush_plain"
@@ -164,6 +172,10 @@ async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int
         "floor": await _measure(pid, calls, floor),
         "start_1": await _measure(pid, calls, lambda i: start_ids(singles[i : i + 1])),
         "start_5": await _measure(pid, calls, lambda i: start_ids(batched[5 * i : 5 * i + 5])),
+        "own_1": await _measure(pid, calls, lambda i: start_ids(own[i : i + 1], own=True)),
+        "own_3": await _measure(
+            pid, calls, lambda i: start_ids(own[calls + 3 * i : calls + 3 * i + 3], own=True)
+        ),
         "flush_1": await _measure(pid, calls, lambda i: flush(singles[i : i + 1], 0, False)),
         "flush_7": await _measure(pid, len(groups), lambda i: flush(groups[i], 0, False)),
         "finish_7": await _measure(pid, len(groups), lambda i: flush(groups[i], 1, True)),
@@ -181,8 +193,8 @@ NEEDED = {"workflow_start_many", "checkpoint_flush_one", "checkpoint_flush_plain
           "workflow_claim_batch"}  # fmt: skip
 
 # Workflows (or records) per call of each statement, for the per-workflow figure.
-PER_CALL = {"floor": 1, "start_1": 1, "start_5": 5, "flush_1": 1, "flush_7": 7, "finish_7": 7,
-            "claim_idle": 1}  # fmt: skip
+PER_CALL = {"floor": 1, "start_1": 1, "start_5": 5, "own_1": 1, "own_3": 3, "flush_1": 1,
+            "flush_7": 7, "finish_7": 7, "claim_idle": 1}  # fmt: skip
 
 
 @dataclass

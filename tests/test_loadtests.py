@@ -377,9 +377,10 @@ def test_bench_statements_prints_each_statement_against_the_floor() -> None:
     assert out["rounds"] == 2 and out["calls"] == 14
     figures = out["statements"]
     assert list(figures) == [
-        "floor", "start_1", "start_5", "flush_1", "flush_7", "finish_7", "claim_idle"
+        "floor", "start_1", "start_5", "own_1", "own_3", "flush_1", "flush_7", "finish_7",
+        "claim_idle",
     ]  # fmt: skip
-    for name, rows in (("start_5", 5), ("flush_7", 7), ("start_1", 1)):
+    for name, rows in (("start_5", 5), ("own_3", 3), ("flush_7", 7), ("start_1", 1)):
         f = figures[name]
         assert f["us_per_call"] > 0
         assert f["us_per_row"] == pytest.approx(f["us_per_call"] / rows, abs=0.1)
