@@ -156,9 +156,8 @@ def descendants(pid: int) -> list[int]:
 
 def cap_shard(cluster: DevCluster, shard: str, cores: float, prefix: str) -> CpuGroup:
     """A new group ``prefix-shard`` capped at ``cores``, holding the shard's Postgres server
-    (so every backend it starts later too) and the executors the cluster runs for it."""
-    from shardflow.devcluster.dev import is_executor_of
-
+    (so every backend it starts later too) and the processes the cluster runs for it only
+    (its executors; with home shards, its router)."""
     server = cluster.pg.servers[shard].process
     if server is None:
         raise CgroupError(f"the Postgres server of {shard} is not running")
@@ -166,7 +165,7 @@ def cap_shard(cluster: DevCluster, shard: str, cores: float, prefix: str) -> Cpu
     roots = [server.pid] + [
         c.process.pid
         for c in cluster.children
-        if is_executor_of(c.name, shard) and c.process is not None
+        if cluster.runs_for(c.name, shard) and c.process is not None
     ]
     for root in roots:
         for pid in descendants(root):

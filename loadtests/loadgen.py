@@ -49,12 +49,16 @@ _JSON = {"Content-Type": "application/json"}
 class HttpDriver:
     """Shardflow through the router: POST a W3 workflow with ``?wait=``, which answers with
     its outcome; long-poll its result if it has not finished by then. ``separate_result``:
-    the start alone, then the long poll (two requests per workflow)."""
+    the start alone, then the long poll (two requests per workflow). ``url`` may name
+    several routers, comma-separated: workflow ``i`` goes to router ``i`` modulo their
+    number (start and long poll alike)."""
 
     def __init__(self, url: str, workflow: str = "w3", separate_result: bool = False) -> None:
-        self.url = url.rstrip("/")
+        self.urls = [u.rstrip("/") for u in url.split(",") if u.strip()]
+        self.url = self.urls[0]
         self.workflow = workflow
-        self.start_url = self.url + "/v1/workflows" + ("" if separate_result else "?wait=30")
+        self.query = "" if separate_result else "?wait=30"
+        self.start_url = self.url + "/v1/workflows" + self.query
         self.session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -67,8 +71,10 @@ class HttpDriver:
     async def one(self, i: int) -> None:
         assert self.session is not None
         body = {"workflow": self.workflow, "input": make_input(i), "id": uuid.uuid4().hex}
+        url = self.urls[i % len(self.urls)]
+        start_url = self.start_url if url == self.url else url + "/v1/workflows" + self.query
         async with self.session.post(
-            self.start_url, data=json.dumps(body).encode(), headers=_JSON
+            start_url, data=json.dumps(body).encode(), headers=_JSON
         ) as resp:
             doc = json.loads(await resp.read())
             if resp.status not in (200, 201):
@@ -77,7 +83,7 @@ class HttpDriver:
             return
         while True:
             async with self.session.get(
-                f"{self.url}/v1/workflows/{body['id']}/result", params={"timeout": "30"}
+                f"{url}/v1/workflows/{body['id']}/result", params={"timeout": "30"}
             ) as resp:
                 await resp.read()
                 if resp.status == 200:
@@ -319,7 +325,8 @@ def main() -> None:
         "--target",
         "--url",
         required=True,
-        help="router URL, Temporal HOST:PORT, AMQP URL or the DBOS app's URL",
+        help="router URL (or several, comma-separated), Temporal HOST:PORT, AMQP URL or the "
+        "DBOS app's URL",
     )
     parser.add_argument("--workflow", default="w3", help="the workflow a Shardflow router starts")
     parser.add_argument(

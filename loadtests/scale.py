@@ -6,15 +6,20 @@ This machine cannot hold a fleet, so each shard (its Postgres server with every 
 and its executor process: the fast path is off here, so that all of a shard's work is
 inside its cap) runs in its own cgroup capped at ``--cpu-per-shard`` of a core (v1 or
 v2; needs root). The router, the coordinator, the catalog and the load generator run
-outside the caps. At each step a closed loop of ``clients per shard`` times shards clients
-drives W3 through the router. The clients per shard are those with which one capped shard
-reaches its own best throughput (``--clients-per-shard auto``: the first step tries
-``CANDIDATES`` and keeps the best), so that the one-shard baseline is not held back by
-too few or too many clients and the efficiency reads at most 1 when shards add nothing
-to each other. The report gives throughput, the scaling efficiency
-``T(n) / (n * T(1))``, the CPU used outside the caps and how busy the machine was (a step
-that came near the machine's limit says so: its efficiency then measures the machine,
-not Shardflow). Writes ``scale.csv`` and ``scale.png``; the last line is one JSON object.
+outside the caps. With ``--routers per-shard`` each shard's cap holds a router too, with
+the fast path for that shard only (``router --executors-for``), and no executor process:
+the load generator spreads the workflows over the routers, so each router serves a share
+of every shard's starts and runs its own shard's workflows; only the coordinator, the
+catalog and the load generator stay outside. At each step a closed loop of ``clients per
+shard`` times shards clients drives W3 through the router(s). The clients per shard are
+those with which one capped shard reaches its own best throughput (``--clients-per-shard
+auto``: the first step tries ``CANDIDATES`` and keeps the best), so that the one-shard
+baseline is not held back by too few or too many clients and the efficiency reads at
+most 1 when shards add nothing to each other. The report gives throughput, the scaling
+efficiency ``T(n) / (n * T(1))``, the CPU used outside the caps and how busy the machine
+was (a step that came near the machine's limit says so: its efficiency then measures the
+machine, not Shardflow). Writes ``scale.csv`` and ``scale.png``; the last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -66,11 +71,13 @@ async def _best_clients(url: str, args: argparse.Namespace) -> int:
 async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
     caps = ShardCaps(args.cpu_per_shard, f"shardflow-scale-{os.getpid()}")
     # caps outermost: its groups are removed once the cluster's processes have all ended
-    cluster_settings = {"shards": n, "fast_path": False, "executors_per_shard": 1}
+    cluster_settings: dict[str, Any] = {"shards": n, "fast_path": False, "executors_per_shard": 1}
+    if args.routers == "per-shard":
+        cluster_settings = {"shards": n, "routers": n, "home_shards": True}
     async with caps, local_cluster(**cluster_settings) as cluster:
         caps.cap(cluster, *(f"shard{i}" for i in range(n)))
         groups = list(caps.groups.values())
-        url = cluster.router_urls[0]
+        url = ",".join(cluster.router_urls)
         if args.clients_per_shard is None:
             await _loadgen(url, "--mode", "closed", "--clients", "8", "--seconds", str(args.warmup))
             args.clients_per_shard = await _best_clients(url, args)
@@ -87,6 +94,7 @@ async def step(n: int, args: argparse.Namespace) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     return {
         "shards": n,
+        "routers": args.routers,
         "clients": args.clients_per_shard * n,
         "clients_per_shard": args.clients_per_shard,
         "wf_per_s": summary["wf_per_s"],
@@ -154,6 +162,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="clients per shard, or auto: those of the one-shard baseline's best throughput",
     )
+    parser.add_argument(
+        "--routers",
+        choices=("one", "per-shard"),
+        default="one",
+        help="one router outside the caps (executor processes inside), or one router per "
+        "shard inside its cap, running that shard's workflows (the fast path)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=None)
@@ -202,6 +217,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     print(f"results in {out}", flush=True)
     return {
         "cpu_per_shard": args.cpu_per_shard,
+        "routers": args.routers,
         "steps": steps,
         "efficiency": {str(s["shards"]): s["efficiency"] for s in steps},
     }

@@ -62,8 +62,14 @@ class LocalExecutors(Collector):
 
     def add(self, shard_id: str, dsn: str, client: ShardClient) -> None:
         """Start an executor of a shard new to this router, in the background (a shard
-        that is down is retried until it answers, as any executor does)."""
-        if shard_id in self.executors or shard_id in self._starting:
+        that is down is retried until it answers, as any executor does), unless the
+        router runs executors for its home shards only and this is not one."""
+        home = self.settings.executors_for
+        if (
+            shard_id in self.executors
+            or shard_id in self._starting
+            or (home and shard_id not in home)
+        ):
             return
         task = asyncio.create_task(self._start(shard_id, dsn, client))
         self._starting[shard_id] = task

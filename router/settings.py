@@ -46,6 +46,11 @@ class RouterSettings(Settings):
         "this router accepts are leased to them and run here, their outcomes answered in "
         "memory (the fast path); other executors keep taking the rest",
     )
+    executors_for: list[str] = setting(
+        [],
+        help="with executors: run them for these shards only (this router's home shards; "
+        "repeatable; none: every shard); starts on other shards go to their executors",
+    )
     app: list[str] = setting(
         [], help="module(s) defining the workflows of the in-process executors (repeatable)"
     )
@@ -68,4 +73,9 @@ class RouterSettings(Settings):
             raise SettingsError(
                 "setting executors needs app: pass --app MODULE (the workflows to run here)",
                 setting="app",
+            )
+        if self.executors_for and not self.executors:
+            raise SettingsError(
+                "setting executors_for needs executors: pass --executors too",
+                setting="executors_for",
             )

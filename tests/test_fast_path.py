@@ -72,6 +72,39 @@ async def _all_started(executors: dict[str, Any]) -> bool:
     return len(executors) == len(SHARDS)
 
 
+async def test_a_router_with_home_shards_runs_their_starts_and_leaves_the_rest_to_peers(
+    cluster: LiveCluster,
+):
+    """``--executors-for``: the router runs an executor of its home shard only; its starts
+    on that shard run here, those on the other shards are handed to their peers."""
+    home, others = SHARDS[0], SHARDS[1:]
+    before = {s: _completed(e.metrics.registry) for s, e in cluster.executors.items()}
+    client = await cluster.add_router(executors=True, app=["examples.bench"], executors_for=[home])
+    view = cluster.routers[-1].view
+    assert view is not None and view.local is not None
+    local = view.local
+    await until(lambda: _only(local.executors, home), what="the home shard's executor")
+    ids = [f"home-{i}" for i in range(30)]
+    docs = await asyncio.gather(
+        *(client.start("w3", make_input(i), id=wid, wait=30) for i, wid in enumerate(ids))
+    )
+    assert all(d["status"] == "completed" for d in docs)
+    on_home = sum(cluster.shard_of(wid) == home for wid in ids)
+    assert 0 < on_home < len(ids)  # the home shard got some, the others the rest
+    assert _completed(local.executors[home].metrics.registry) == on_home
+
+    async def by_peers() -> bool:  # a peer counts its completion after its answer went out
+        done = sum(_completed(cluster.executors[s].metrics.registry) - before[s] for s in others)
+        return done == len(ids) - on_home
+
+    await until(by_peers, what="the peers' counts")
+    assert set(local.executors) == {home}  # never one for the other shard
+
+
+async def _only(executors: dict[str, Any], shard: str) -> bool:
+    return set(executors) == {shard}
+
+
 async def _settled_ids(cluster: LiveCluster, workflow: str) -> list[str]:
     """The IDs the dead router started, once all of them have finished: a start the
     router sent just before it died can still commit after it (its backend runs the

@@ -319,15 +319,19 @@ def test_locust_drives_shardflow_and_both_baselines(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_scale_model_caps_each_shard_and_reports_efficiency(tmp_path: Path) -> None:
+@pytest.mark.parametrize("routers", ["one", "per-shard"])
+def test_scale_model_caps_each_shard_and_reports_efficiency(tmp_path: Path, routers: str) -> None:
+    """One router outside the caps (executor processes inside), or a router per shard
+    inside its cap running that shard's workflows, spread over by the load generator."""
     if os.geteuid() != 0:
         pytest.fail("the scale model writes cgroup quotas: run the suite as root (CI does)")
     out = tmp_path / "scale"
     result = run_module(
         "loadtests.scale",
         *("--shards", "1,2", "--cpu-per-shard", "0.3", "--clients-per-shard", "4"),
-        *("--seconds", "2", "--warmup", "0.5", "--out", str(out)),
+        *("--seconds", "2", "--warmup", "0.5", "--out", str(out), "--routers", routers),
     )
+    assert result["routers"] == routers
     steps = result["steps"]
     assert [s["shards"] for s in steps] == [1, 2]
     assert result["efficiency"]["1"] == 1.0

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from shardflow.devcluster.dev import DevSettings
 from shardflow.devcluster.launcher import free_port
 from shardflow.infra.errors import SettingsError
+from shardflow.router.settings import RouterSettings
 from shardflow.shard.executor_settings import ExecutorSettings
 from shardflow.shard.faults import Faults
 from tests.conftest import ROOT
@@ -49,6 +51,32 @@ def test_invalid_settings_name_the_setting(args: dict, env: dict, setting: str):
         ExecutorSettings.load(args, env=env)
     assert info.value.details["setting"] == setting
     assert setting in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [
+        ({"executors": "true"}, "app"),
+        ({"executors_for": ["c0"], "app": ["x"]}, "executors_for"),
+    ],
+)
+def test_a_router_s_executors_need_their_app_and_home_shards_need_executors(
+    args: dict, setting: str
+):
+    with pytest.raises(SettingsError) as info:
+        RouterSettings.load({"catalog": "c", **args}, env={})
+    assert info.value.details["setting"] == setting
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{"home_shards": "true", "shards": "2"}, {"home_shards": "true", "fast_path": "false"}],
+    ids=["fewer-routers", "no-fast-path"],
+)
+def test_home_shards_need_the_fast_path_and_a_router_per_shard(args: dict):
+    with pytest.raises(SettingsError) as info:
+        DevSettings.load({"app": ["x"], "executors_per_shard": "1", **args}, env={})
+    assert info.value.details["setting"] == "home_shards"
 
 
 def test_bad_fault_spec_is_refused():

@@ -70,6 +70,11 @@ class DevSettings(Settings):
         minimum=0,
     )
     routers: int = setting(1, help="router processes (the first on --port)", minimum=1)
+    home_shards: bool = setting(
+        False,
+        help="with the fast path and as many routers as shards: router i runs the executor "
+        "of shard i only (router --executors-for), the other shards' starts go to theirs",
+    )
     coordinators: int = setting(1, help="coordinator processes (one leads)", minimum=0)
     host: str = setting("127.0.0.1", help="address the router listens on")
     port: int = setting(8080, help="port of the first router", minimum=0)
@@ -92,9 +97,14 @@ class DevSettings(Settings):
 
     def validate(self) -> None:
         super().validate()
-        if not self.fast_path and self.executors_per_shard < 1:
-            from shardflow.infra.errors import SettingsError
+        from shardflow.infra.errors import SettingsError
 
+        if self.home_shards and (not self.fast_path or self.routers != self.shards):
+            raise SettingsError(
+                "home_shards needs the fast path and --routers equal to --shards",
+                setting="home_shards",
+            )
+        if not self.fast_path and self.executors_per_shard < 1:
             raise SettingsError(
                 "without the fast path the workflows need executor processes: "
                 "--executors-per-shard 1 or more",
@@ -304,6 +314,8 @@ class DevCluster:
             targets["router"].append(f"{s.host}:{port}")
             tokens = ["--tokens", s.token] if s.token else []
             local = ["--executors", *apps] if s.fast_path else []
+            if s.home_shards:
+                local += ["--executors-for", list(self.shard_dsns)[i]]
             if s.fast_path and s.app_dir:
                 local += ["--app-dir", s.app_dir]
             self.children.append(
@@ -327,6 +339,14 @@ class DevCluster:
         self.write_targets(targets)
         if s.haproxy:
             self.children.append(self._haproxy(targets["router"]))
+
+    def runs_for(self, child: str, shard: str) -> bool:
+        """Whether process ``child`` runs workflows of ``shard`` only: one of its executors,
+        or with home_shards its router."""
+        if is_executor_of(child, shard):
+            return True
+        homes = list(self.shard_dsns) if self.settings.home_shards else []
+        return shard in homes and child == router_child(homes.index(shard))
 
     @property
     def url(self) -> str:
