@@ -223,6 +223,106 @@ BEGIN
 END
 $$;
 
+-- The fast path's starts: those a router makes for its own executor (p_prefer), with the
+-- answers of start_workflows(..., p_partial => true, p_prefer): a start with a problem is
+-- answered with it; one the executor can take as start_workflows would give it to it (it
+-- takes hand-offs and runs the kind, no due entry holds kinds back, the name has no limit,
+-- the input fits a hand-off) is leased to it and answered with its hand-off, or found if
+-- its ID is taken. Any other start comes back deferred, written nowhere: the caller starts
+-- those with start_workflows (ShardClient's start_each_on does). Its plan is half the size
+-- of the batch query's, without the other executors, their NOTIFYs and the queue: Postgres
+-- sets up every node of a plan at each run, and for the 1-3 starts of a fast-path batch
+-- that set-up was most of the statement's cost (docs/benchmarks.md).
+CREATE OR REPLACE FUNCTION shardflow.start_own(
+    p_ids text[], p_names text[], p_inputs jsonb[], p_routing_keys text[],
+    p_parents text[], p_timeouts double precision[], p_priorities integer[],
+    p_traceparents text[], p_prefer text)
+RETURNS TABLE (id text, slot integer, status text, created boolean, conflict boolean,
+               problem text, handoff text, deferred boolean)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_slots integer := (SELECT s.value::integer FROM shardflow.settings s WHERE s.key = 'slots');
+BEGIN
+    IF shardflow.on_citus() THEN  -- start_each decides each start alone
+        RETURN QUERY SELECT e.*, false FROM shardflow.start_each(
+            p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts, p_priorities,
+            true, coalesce(v_slots, 1024), p_traceparents, p_prefer) e;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH taker AS MATERIALIZED (
+        -- As start_workflows' takers, for the caller's executor alone.
+        SELECT e.kinds, e.lease_until FROM shardflow.executors e
+        WHERE e.owner = p_prefer AND e.handoff_until > now()
+          AND coalesce((SELECT min(q.run_at) FROM shardflow.ready q) > now(), true)
+    ), input AS (
+        SELECT t.*, coalesce(t.routing_key, t.id) AS key
+        FROM unnest(p_ids, p_names, p_inputs, p_routing_keys, p_parents, p_timeouts,
+                    p_priorities, p_traceparents)
+            WITH ORDINALITY AS t(id, name, input, routing_key, parent, timeout_s, priority,
+                                 traceparent, ord)
+    ), keyed AS (
+        SELECT i.*, shardflow.slot_of(i.key, coalesce(v_slots, 1024)) AS slot,
+               r.version, coalesce(i.timeout_s, r.timeout_s) AS timeout,
+               shardflow.start_problem(i.id, i.key, r.version) AS problem
+        FROM input i
+        LEFT JOIN LATERAL (
+            SELECT g.version, g.timeout_s FROM shardflow.registry g WHERE g.name = i.name
+            ORDER BY g.registered_at DESC, g.version DESC LIMIT 1) r ON true
+    ), owned AS (
+        -- FOR SHARE: see start_workflows.
+        SELECT s.slot FROM shardflow.slots s
+        WHERE s.slot = ANY (ARRAY(SELECT k.slot FROM keyed k)) AND s.state = 'owned'
+        FOR SHARE
+    ), checked AS (
+        SELECT k.*, coalesce(k.problem, CASE WHEN EXISTS (SELECT 1 FROM shardflow.slots)
+            AND k.slot NOT IN (SELECT o.slot FROM owned o)
+            THEN 'slot_moved'
+            WHEN k.key = k.id AND EXISTS (SELECT 1 FROM shardflow.directory d
+                                          WHERE d.id = k.id AND d.routing_key <> k.id)
+            THEN 'id_elsewhere' END) AS issue
+        FROM keyed k
+    ), mine AS (
+        SELECT c.*, c.issue IS NULL
+               AND EXISTS (SELECT FROM taker t WHERE (c.name || '@' || c.version) = ANY (t.kinds))
+               AND octet_length(c.input::text) <= 2000
+               AND NOT EXISTS (SELECT FROM shardflow.limits l WHERE l.name = c.name) AS own
+        FROM checked c
+    ), ins AS (
+        INSERT INTO shardflow.workflows AS w
+            (id, slot, routing_key, name, version, status, input, parent, deadline, priority,
+             lease_owner, lease_epoch, lease_until, traceparent)
+        SELECT c.id, c.slot, c.key, c.name, c.version, 'running', c.input, c.parent,
+               now() + make_interval(secs => c.timeout), coalesce(c.priority, 0),
+               p_prefer, 1, (SELECT t.lease_until FROM taker t), c.traceparent
+        FROM mine c
+        WHERE c.own
+        ON CONFLICT ON CONSTRAINT workflows_pkey DO NOTHING
+        RETURNING w.id, w.status
+    ), answered AS (
+        SELECT c.*, ins.id IS NOT NULL
+                    AND c.ord = min(c.ord) FILTER (WHERE c.own) OVER (PARTITION BY c.id) AS made,
+               ins.status AS made_status
+        FROM mine c LEFT JOIN ins ON ins.id = c.id AND c.own
+    )
+    SELECT a.id, a.slot, CASE WHEN a.own THEN coalesce(a.made_status, w.status) END,
+           coalesce(a.made, false),
+           coalesce(a.own AND a.made_status IS NULL AND (w.name <> a.name OR w.input <> a.input),
+                    false),
+           a.issue,
+           CASE WHEN a.made THEN shardflow.handoff_item(a.id, a.name, a.version, a.input,
+                                                        a.timeout, a.key, a.parent, a.priority,
+                                                        a.traceparent) END,
+           a.issue IS NULL AND NOT a.own
+    FROM answered a
+    -- A key probe per start of the caller's that found its ID taken (see start_workflows).
+    LEFT JOIN LATERAL (
+        SELECT w.status, w.name, w.input FROM shardflow.workflows w
+        WHERE w.id = a.id AND a.own AND a.made_status IS NULL LIMIT 1) w ON true
+    ORDER BY a.ord;
+END
+$$;
+
 -- One start of start_workflows (which calls it for a batch of one): the same checks,
 -- hand-off, writes and NOTIFYs as its batch query, in that order.
 CREATE OR REPLACE FUNCTION shardflow.start_one(
