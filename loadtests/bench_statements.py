@@ -141,21 +141,16 @@ async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int
 
     async def start_ids(ids: list[str], own: bool = False) -> None:
         """Starts handed off to the stand-in: by NOTIFY, or (``own``) as the fast path's
-        starts by the stand-in's own process, in the answer (workflow_start_own, or in a
-        checkout without it the batch query naming the stand-in)."""
+        starts by the stand-in's own process, in the answer."""
         k = len(ids)
-        columns = (ids, ["w3"] * k, [INPUT] * k, [None] * k, [None] * k, [None] * k, None)
-        if own and "workflow_start_own" in q:
-            rows = await conn.fetch(q["workflow_start_own"], *columns, [None] * k, OWNER)
-            if any(r["deferred"] for r in rows):
-                raise BenchError("the lean start deferred a start the stand-in can take")
-        else:
-            start = q["workflow_start_many"]
-            # a checkout before traceparents takes 8 parameters, one before the fast path 9
-            extra: list[Any] = [None] * sum(f"${n}" in start for n in (9, 10))
-            if own and len(extra) == 2:
-                extra[1] = OWNER
-            rows = await conn.fetch(start, *columns, False, *extra)
+        start = q["workflow_start_many"]
+        # a checkout before traceparents takes 8 parameters, one before the fast path 9
+        extra: list[Any] = [None] * sum(f"${n}" in start for n in (9, 10))
+        if own and len(extra) == 2:
+            extra[1] = OWNER
+        rows = await conn.fetch(start, ids, ["w3"] * k, [INPUT] * k,
+                                [None] * k, [None] * k, [None] * k, None, False,
+                                *extra)  # fmt: skip
         if not all(r["created"] and r["status"] == "running" for r in rows):
             raise BenchError("a start did not create a workflow handed off to the stand-in")
         if own and len(extra) == 2 and not all(r["handoff"] for r in rows):

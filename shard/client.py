@@ -118,23 +118,20 @@ async def _start(
     inputs = [codec.dumps(r.input, f"the input of workflow {r.workflow}") for r in requests]
     ids = [r.id if r.id is not None else uuid.uuid4().hex for r in requests]
     names = [r.workflow for r in requests]
-    columns = (
-        ids,
-        names,
-        inputs,
-        [r.routing_key for r in requests],
-        [r.parent for r in requests],
-        [r.timeout for r in requests],
-        [r.priority for r in requests],
-    )
-    traceparents = [r.traceparent for r in requests]
     try:
-        if prefer is not None and partial:
-            rows = await _start_own(conn, columns, traceparents, prefer)
-        else:
-            rows = await conn.fetch(
-                query("workflow_start_many"), *columns, partial, traceparents, prefer
-            )
+        rows = await conn.fetch(
+            query("workflow_start_many"),
+            ids,
+            names,
+            inputs,
+            [r.routing_key for r in requests],
+            [r.parent for r in requests],
+            [r.timeout for r in requests],
+            [r.priority for r in requests],
+            partial,
+            [r.traceparent for r in requests],
+            prefer,
+        )
         results: list[StartResult | ShardflowError] = [
             _result(row)
             if row["problem"] is None
@@ -159,30 +156,6 @@ async def _start(
     except Exception as exc:
         raise translate(exc) from exc
     return results
-
-
-async def _start_own(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    columns: tuple[list[Any], ...],
-    traceparents: list[str | None],
-    prefer: str,
-) -> list[asyncpg.Record]:
-    """The fast path's starts (partial): ``workflow_start_own`` leases to executor
-    ``prefer`` what it can take, in a statement half the batch query's cost; the starts it
-    defers (another executor's kind, a limit, a backlog) go through the batch query."""
-    rows = list(await conn.fetch(query("workflow_start_own"), *columns, traceparents, prefer))
-    deferred = [i for i, row in enumerate(rows) if row["deferred"]]
-    if deferred:
-        again = await conn.fetch(
-            query("workflow_start_many"),
-            *([column[i] for i in deferred] for column in columns),
-            True,
-            [traceparents[i] for i in deferred],
-            prefer,
-        )
-        for i, row in zip(deferred, again, strict=True):
-            rows[i] = row
-    return rows
 
 
 def _result(row: asyncpg.Record) -> StartResult:

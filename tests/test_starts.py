@@ -9,15 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shardflow.infra.errors import ShardflowError
-from shardflow.shard.client import (
-    ShardClient,
-    StartRequest,
-    StartResult,
-    start_each_on,
-    start_problem,
-)
-from shardflow.shard.queries import query
+from shardflow.shard.client import ShardClient
 from shardflow.shard.store import ShardStore
 
 START = (
@@ -103,106 +95,5 @@ async def test_a_start_alone_answers_and_writes_as_in_a_batch(
         assert answers["empty ID"]["problem"] == "invalid_id"
         assert answers["routing key too long"]["problem"] == "invalid_routing_key"
         assert answers["slot moving"]["problem"] == "slot_moved"
-    finally:
-        await conn.close()
-
-
-OWN = "stand-in"
-# What keeps the caller's own executor from taking a start (start_own defers it then).
-IN_THE_WAY = {
-    "nothing": "",
-    "a limit on the name": "INSERT INTO shardflow.limits (name, per_shard) VALUES ('w3', 5)",
-    "a due entry in the queue": """
-        INSERT INTO shardflow.workflows (id, slot, routing_key, name, version, status, input)
-        VALUES ('due', 0, 'due', 'w3', '1', 'pending', '{}');
-        INSERT INTO shardflow.ready (workflow_id, slot, run_at)
-        VALUES ('due', 0, now() - interval '1 second')""",
-    "hand-offs off": "UPDATE shardflow.executors SET handoff_until = now() - interval '1 second'",
-}
-MANY = (
-    "SELECT id, slot, status, created, conflict, problem, handoff FROM shardflow.start_workflows("
-    "$1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::double precision[],"
-    " $7::integer[], true, NULL, $8)"
-)
-
-
-def _request(row: Row) -> StartRequest:
-    return StartRequest(row[1], row[2], row[0], row[3], row[5], row[4], row[6] or 0)
-
-
-def _answer(outcome: StartResult | ShardflowError) -> Any:
-    if isinstance(outcome, ShardflowError):
-        return outcome.code
-    return (outcome.status, outcome.created, outcome.conflict, outcome.handoff is not None)
-
-
-async def _twice(conn: asyncpg.Connection, rows: list[Row]) -> tuple[Any, Any]:
-    """The first row's answer and what it wrote: by start_each_on for the caller's own
-    executor (start_own, then the batch query for what it deferred), and by the batch query
-    alone, each undone."""
-    found = []
-    for own in (True, False):
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            if own:
-                answer = _answer((await start_each_on(conn, [_request(r) for r in rows], OWN))[0])
-            else:
-                columns = list(zip(*rows, strict=True))
-                inputs = [json.dumps(v) for v in columns[2]]
-                first = (await conn.fetch(MANY, columns[0], columns[1], inputs, *columns[3:], OWN))[
-                    0
-                ]
-                answer = _answer(
-                    start_problem(first["id"], rows[0][1], first["problem"])
-                    if first["problem"]
-                    else StartResult(*(first[k] for k in ("id", "slot", "status", "created",
-                                                          "conflict", "handoff")))
-                )  # fmt: skip
-            written = await conn.fetchrow(WRITTEN, rows[0][0])
-            found.append((answer, None if written is None else dict(written)))
-        finally:
-            await tx.rollback()
-    return found[0], found[1]
-
-
-@pytest.mark.parametrize("in_the_way", list(IN_THE_WAY))
-async def test_the_fast_path_s_lean_start_answers_and_writes_as_the_batch_query(
-    client: ShardClient, dsn: str, in_the_way: str
-):
-    """start_own takes what the caller's own executor can take and defers the rest, so
-    that with the batch query after it every start ends as the batch query alone makes it,
-    whatever stands in the way."""
-    await ShardStore(client.pool).registry_add([("w3", "1", 30.0), ("other", "1", None)])
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "INSERT INTO shardflow.slots (slot, epoch) SELECT g, 1 FROM generate_series(0, 1023) g;"
-            "UPDATE shardflow.slots SET state = 'moving'"
-            " WHERE slot = shardflow.slot_of('on-the-move', 1024)"
-        )
-        await conn.execute(OPEN)
-        await _start(conn, [("taken", "w3", {"a": 1}, None, None, None, None)])
-        if IN_THE_WAY[in_the_way]:
-            await conn.execute(IN_THE_WAY[in_the_way])
-        filler: Row = ("filler", "w3", 0, None, None, None, None)
-        theirs: Row = ("theirs", "other", {"a": 1}, None, None, None, None)
-        seen = set()
-        for case, row in {**CASES, "a kind the executor does not run": theirs}.items():
-            for rows in ([row], [row, filler]):
-                own, alone = await _twice(conn, rows)
-                assert own == alone, (case, len(rows))
-                if not isinstance(own[0], str) and own[0][1]:  # created
-                    seen.add(own[0][0])
-        # both kinds of new start were there to compare: taken by the executor, and not
-        assert ("running" in seen) == (in_the_way == "nothing")
-        assert "pending" in seen
-        # and start_own itself took what it could, deferring only the rest
-        got = await conn.fetch(
-            query("workflow_start_own"), ["mine", "theirs"], ["w3", "other"], ["1", "1"],
-            [None] * 2, [None] * 2, [None] * 2, [None] * 2, [None] * 2, OWN,
-        )  # fmt: skip
-        assert [r["deferred"] for r in got] == [in_the_way != "nothing", True]
-        assert (got[0]["handoff"] is not None) == (in_the_way == "nothing")
     finally:
         await conn.close()

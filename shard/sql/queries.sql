@@ -308,14 +308,6 @@ FROM shardflow.start_workflows($1::text[], $2::text[], $3::jsonb[], $4::text[], 
                                $6::double precision[], $7::integer[], $8::boolean, $9::text[],
                                $10::text);
 
--- name: workflow_start_own
--- The fast path's starts, for the executor $9 of the caller's own process: answered as by
--- workflow_start_many with partial and $10 = $9, except those that executor cannot take,
--- which come back deferred (started nowhere) for workflow_start_many (shardflow.start_own).
-SELECT id, slot, status, created, conflict, problem, handoff, deferred
-FROM shardflow.start_own($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
-                         $6::double precision[], $7::integer[], $8::text[], $9::text);
-
 -- name: workflow_start_recheck
 -- Starts that raced with a concurrent insert of the same ID: read what won.
 SELECT t.id, w.slot, w.status, false AS created,
