@@ -17,15 +17,22 @@ from typing import Any
 
 import pytest
 
-from loadtests import compare, report, scale
+from loadtests import bench, compare, report, scale
 from loadtests.bench_cluster import Phase, local_cluster
 from loadtests.cgroups import CgroupError, CpuGroup
 from loadtests.cpu import part_of, parts_spent, tree_cpu_parts
 from loadtests.loadgen import rate_between
 from loadtests.locust_run import run_locust
+from shardflow.shard.client import ShardClient
+from shardflow.shard.store import ShardStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
+
+# An executor that takes every w3 handed off at its start (no process behind it).
+OPEN_STAND_IN = """INSERT INTO shardflow.executors
+    (owner, lock_key, lease_until, kinds, handoff_until)
+VALUES ('stand-in', 7, now() + interval '1 minute', '{w3@1}', now() + interval '1 minute')"""
 
 
 def run_module(module: str, *args: str, timeout: float = 600) -> dict[str, Any]:
@@ -537,8 +544,24 @@ def test_bench_rebalance_refuses_a_bad_cpu_cap(value: str) -> None:
     )
 
 
+async def test_bench_engine_s_loader_keeps_its_workflows_in_flight_whatever_takes_them(
+    client: ShardClient,
+) -> None:
+    """Starts handed off to an executor never enter the ready queue: the loader counts
+    them too, and stops at its bound (it used to count the queue only, and never stopped)."""
+    await ShardStore(client.pool).registry_add([("w3", "1", 30.0)])
+    async with client.pool.acquire() as conn:
+        await conn.execute(OPEN_STAND_IN)
+    started = await bench._load(client, 1.0, 100, batch=32)
+    async with client.pool.acquire() as conn:
+        running = await conn.fetchval(
+            "SELECT count(*) FROM shardflow.workflows WHERE status = 'running'"
+        )
+    assert started == running and 100 - 32 // 4 < started <= 100
+
+
 def test_bench_engine_measures_its_ceiling_first_with_its_cpu() -> None:
-    out = run_module("loadtests.bench", "engine", "--seconds", "1", "--queue", "64")
+    out = run_module("loadtests.bench", "engine", "--seconds", "1", "--in-flight", "64")
     assert set(out) >= {
         "workload", "wf_per_s", "p50_ms", "p99_ms", "ceiling_wf_per_s", "ratio_to_ceiling",
         "ceiling_cpu_ms_per_wf",
