@@ -27,6 +27,7 @@ import aiohttp
 
 from examples.bench import make_input
 from shardflow.shard.model import FINISHED
+from shardflow.shard.slots import slot_of
 
 
 class LoadError(Exception):
@@ -51,18 +52,37 @@ class HttpDriver:
     its outcome; long-poll its result if it has not finished by then. ``separate_result``:
     the start alone, then the long poll (two requests per workflow). ``url`` may name
     several routers, comma-separated: workflow ``i`` goes to router ``i`` modulo their
-    number (start and long poll alike)."""
+    number (start and long poll alike). Named ``SHARD=URL``, each router is the home of
+    that shard (``router --executors-for``) and workflow ``i`` gets an ID on its router's
+    shard (by the slot map of ``GET /v1/cluster``), as a client that knows the map would
+    send it."""
 
     def __init__(self, url: str, workflow: str = "w3", separate_result: bool = False) -> None:
-        self.urls = [u.rstrip("/") for u in url.split(",") if u.strip()]
+        entries = [u.strip() for u in url.split(",") if u.strip()]
+        self.homes = [e.split("=", 1)[0] for e in entries] if "=" in url else []
+        self.urls = [e.split("=", 1)[-1].rstrip("/") for e in entries]
         self.url = self.urls[0]
         self.workflow = workflow
         self.query = "" if separate_result else "?wait=30"
         self.start_url = self.url + "/v1/workflows" + self.query
         self.session: aiohttp.ClientSession | None = None
+        self.owners: list[str] = []  # the shard of each slot, with homes
 
     async def open(self) -> None:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        if self.homes:
+            async with self.session.get(self.url + "/v1/cluster") as resp:
+                self.owners = (await resp.json())["slot_owners"]
+            if not set(self.homes) <= set(self.owners):
+                raise LoadError("a home shard that owns no slot")
+
+    def _id(self, i: int) -> str:
+        """A new workflow ID; with homes, one on the shard of router ``i``'s home."""
+        while True:
+            wid = uuid.uuid4().hex
+            home = self.homes[i % len(self.homes)] if self.homes else None
+            if home is None or self.owners[slot_of(wid, len(self.owners))] == home:
+                return wid
 
     async def close(self) -> None:
         if self.session is not None:
@@ -70,7 +90,7 @@ class HttpDriver:
 
     async def one(self, i: int) -> None:
         assert self.session is not None
-        body = {"workflow": self.workflow, "input": make_input(i), "id": uuid.uuid4().hex}
+        body = {"workflow": self.workflow, "input": make_input(i), "id": self._id(i)}
         url = self.urls[i % len(self.urls)]
         start_url = self.start_url if url == self.url else url + "/v1/workflows" + self.query
         async with self.session.post(

@@ -21,9 +21,10 @@ from loadtests import bench, compare, report, scale
 from loadtests.bench_cluster import Phase, local_cluster
 from loadtests.cgroups import CgroupError, CpuGroup
 from loadtests.cpu import part_of, parts_spent, tree_cpu_parts
-from loadtests.loadgen import rate_between
+from loadtests.loadgen import HttpDriver, rate_between
 from loadtests.locust_run import run_locust
 from shardflow.shard.client import ShardClient
+from shardflow.shard.slots import slot_of
 from shardflow.shard.store import ShardStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,7 +327,7 @@ def test_locust_drives_shardflow_and_both_baselines(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("routers", ["one", "per-shard"])
+@pytest.mark.parametrize("routers", ["one", "per-shard", "per-shard-home"])
 def test_scale_model_caps_each_shard_and_reports_efficiency(tmp_path: Path, routers: str) -> None:
     """One router outside the caps (executor processes inside), or a router per shard
     inside its cap running that shard's workflows, spread over by the load generator."""
@@ -352,6 +353,19 @@ def test_scale_model_caps_each_shard_and_reports_efficiency(tmp_path: Path, rout
     assert [int(r["shards"]) for r in rows] == [1, 2]
     assert is_png(out / "scale.png")
     assert not leftover_groups()  # cleaned up
+
+
+def test_the_load_generator_sends_each_workflow_to_its_shard_s_home_router() -> None:
+    """``SHARD=URL`` entries: workflow ``i`` goes to router ``i`` (in turn) with an ID whose
+    slot that router's shard owns; plain URLs only take turns."""
+    homed = HttpDriver("s0=http://a:1,s1=http://b:2/")
+    assert homed.urls == ["http://a:1", "http://b:2"] and homed.homes == ["s0", "s1"]
+    homed.owners = ["s0", "s1", "s1", "s0", "s1", "s0", "s0", "s1"]
+    for i in range(20):
+        wid = homed._id(i)
+        assert homed.owners[slot_of(wid, 8)] == ["s0", "s1"][i % 2]
+    plain = HttpDriver("http://a:1,http://b:2")
+    assert plain.homes == [] and plain.urls == ["http://a:1", "http://b:2"]
 
 
 def leftover_groups(prefix: str = "shardflow-scale-") -> list[Path]:
