@@ -146,14 +146,15 @@ async def _round(conn: asyncpg.Connection, q: dict[str, str], n: int, calls: int
         start = q["workflow_start_many"]
         # a checkout before traceparents takes 8 parameters, one before the fast path 9
         extra: list[Any] = [None] * sum(f"${n}" in start for n in (9, 10))
-        if own and len(extra) == 2:
+        named = own and len(extra) == 2  # the stand-in named as the caller's own
+        if named:
             extra[1] = OWNER
         rows = await conn.fetch(start, ids, ["w3"] * k, [INPUT] * k,
                                 [None] * k, [None] * k, [None] * k, None, False,
                                 *extra)  # fmt: skip
         if not all(r["created"] and r["status"] == "running" for r in rows):
             raise BenchError("a start did not create a workflow handed off to the stand-in")
-        if own and len(extra) == 2 and not all(r["handoff"] for r in rows):
+        if named and not all(r["handoff"] for r in rows):
             raise BenchError("a start of the stand-in's own did not answer with its hand-off")
 
     async def flush(ids: list[str], seq: int, finish: bool) -> None:

@@ -63,8 +63,8 @@ class HttpDriver:
         self.urls = [e.split("=", 1)[-1].rstrip("/") for e in entries]
         self.url = self.urls[0]
         self.workflow = workflow
-        self.query = "" if separate_result else "?wait=30"
-        self.start_url = self.url + "/v1/workflows" + self.query
+        query = "" if separate_result else "?wait=30"
+        self.start_urls = [u + "/v1/workflows" + query for u in self.urls]
         self.session: aiohttp.ClientSession | None = None
         self.owners: list[str] = []  # the shard of each slot, with homes
 
@@ -78,9 +78,9 @@ class HttpDriver:
 
     def _id(self, i: int) -> str:
         """A new workflow ID; with homes, one on the shard of router ``i``'s home."""
+        home = self.homes[i % len(self.homes)] if self.homes else None
         while True:
             wid = uuid.uuid4().hex
-            home = self.homes[i % len(self.homes)] if self.homes else None
             if home is None or self.owners[slot_of(wid, len(self.owners))] == home:
                 return wid
 
@@ -92,9 +92,8 @@ class HttpDriver:
         assert self.session is not None
         body = {"workflow": self.workflow, "input": make_input(i), "id": self._id(i)}
         url = self.urls[i % len(self.urls)]
-        start_url = self.start_url if url == self.url else url + "/v1/workflows" + self.query
         async with self.session.post(
-            start_url, data=json.dumps(body).encode(), headers=_JSON
+            self.start_urls[i % len(self.urls)], data=json.dumps(body).encode(), headers=_JSON
         ) as resp:
             doc = json.loads(await resp.read())
             if resp.status not in (200, 201):

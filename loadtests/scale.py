@@ -208,15 +208,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out or RESULTS / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-scale")
     out.mkdir(parents=True, exist_ok=True)
     steps: list[dict[str, Any]] = []
-    args.probed = 0.0
+    args.probed = 0.0  # the best probe's rate, when the first step probes (one shard)
+    per_shard = 0.0
     for n in args.shards:
         result = await step(n, args)
-        first = steps[0] if steps else result
-        # The baseline is the best one capped shard was seen to do: its step, or its best
-        # probe when that was more (a capped shard's throughput drifts from run to run, and
-        # a baseline held back by a slow run would read as efficiency above 1).
-        first["baseline_wf_per_s"] = max(first["wf_per_s"], args.probed * first["shards"])
-        per_shard = first["baseline_wf_per_s"] / first["shards"]
+        if not steps:
+            # The baseline is the best the first step was seen to do: its run, or its best
+            # probe when that was more (a capped shard's throughput drifts from run to run,
+            # and a baseline held back by a slow run would read as efficiency above 1).
+            result["baseline_wf_per_s"] = max(result["wf_per_s"], args.probed * n)
+            per_shard = result["baseline_wf_per_s"] / n
         result["efficiency"] = round(result["wf_per_s"] / (n * per_shard), 3) if per_shard else 0.0
         steps.append(result)
         note = "  NEAR THE MACHINE'S LIMIT" if result["near_machine_limit"] else ""
